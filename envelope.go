@@ -1,0 +1,544 @@
+package zmqhttp
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"sync"
+
+	"github.com/ugorji/go/codec"
+)
+
+// ProtocolVersion is the envelope version this package speaks. A peer that
+// receives an envelope with another version rejects it (see PROTOCOL.md).
+const ProtocolVersion = 1
+
+// Kind is the type of an envelope.
+type Kind uint8
+
+// Message kinds. Values not listed are invalid; kinds marked reserved are
+// defined by PROTOCOL.md for later versions of the protocol and are rejected
+// by this implementation with a clear error rather than misread.
+const (
+	KindRequest   Kind = 1  // client → server: one HTTP request
+	KindResponse  Kind = 2  // server → client: one HTTP response
+	KindError     Kind = 3  // server → client: the request with this id failed without an HTTP response
+	KindCancel    Kind = 4  // client → server: the caller gave up on request id (reserved)
+	KindPing      Kind = 5  // either way: heartbeat (reserved)
+	KindPong      Kind = 6  // either way: heartbeat answer (reserved)
+	KindDraining  Kind = 7  // server → client: send no new requests (reserved)
+	KindChunk     Kind = 8  // either way: streamed body chunk with seq and last flag (reserved)
+	KindCredit    Kind = 9  // either way: flow-control credit for streamed bodies (reserved)
+	KindHello     Kind = 10 // either way: capabilities, e.g. batching (reserved)
+	maxKnownKind       = KindHello
+)
+
+var kindNames = [...]string{
+	KindRequest: "request", KindResponse: "response", KindError: "error",
+	KindCancel: "cancel", KindPing: "ping", KindPong: "pong", KindDraining: "draining",
+	KindChunk: "chunk", KindCredit: "credit", KindHello: "hello",
+}
+
+func (k Kind) String() string {
+	if k > 0 && k <= maxKnownKind {
+		return kindNames[k]
+	}
+	return fmt.Sprintf("kind(%d)", uint8(k))
+}
+
+// supported reports whether this version of the package implements k.
+func (k Kind) supported() bool {
+	return k == KindRequest || k == KindResponse || k == KindError
+}
+
+// Error codes carried by a KindError envelope in its Status field.
+const (
+	errCodeBadRequest  = 400 // the request envelope could not be decoded or was invalid
+	errCodeTooLarge    = 413 // a limit was exceeded
+	errCodeUnsupported = 501 // unknown kind or version
+	errCodeInternal    = 500 // the server failed to produce a response
+)
+
+// envelope is the single message layout of the protocol: a msgpack array
+// whose fields are positional (see PROTOCOL.md, "Envelope"). Fields a kind
+// does not use are encoded as their zero value.
+type envelope struct {
+	_struct bool `codec:",toarray"` //nolint:unused // tells codec to encode as an array
+
+	Version uint8  // 0
+	Kind    Kind   // 1
+	ID      uint64 // 2: request id chosen by the client, echoed in the reply
+	Method  string // 3: request
+	URI     string // 4: request: request-target as sent on the request line
+	Host    string // 5: request
+	Status  int    // 6: response status; error code for KindError
+	// Header holds name/value pairs flattened: [n0, v0, n1, v1, ...], in
+	// the order the values were added, names in canonical form.
+	Header []string // 7
+	Body   []byte   // 8
+	// Trailer is flattened like Header.
+	Trailer []string // 9
+	// ContentLength is the body length the sender declared: len(Body), or
+	// -1 when the sender did not know it in advance (chunked).
+	ContentLength int64 // 10
+	// Timeout is, in a request, the caller's remaining time in
+	// microseconds when the request was sent; 0 means no deadline.
+	Timeout int64  // 11
+	Message string // 12: human-readable text for KindError
+	Seq     uint64 // 13: reserved (chunk sequence)
+	Flags   uint64 // 14: reserved (bit 0: last chunk)
+	Credit  uint64 // 15: reserved (flow control)
+}
+
+const envelopeFields = 16
+
+// Limits bounds what a peer accepts from the network. The zero value of a
+// field means its default; see the field docs.
+type Limits struct {
+	// MaxBodyBytes bounds a request or response body. Default 32 MiB.
+	MaxBodyBytes int64
+	// MaxHeaderBytes bounds the sum of the lengths of all header and
+	// trailer names and values, plus method, URI and host. Default 1 MiB.
+	MaxHeaderBytes int
+	// MaxHeaderFields bounds the number of header plus trailer values.
+	// Default 1024.
+	MaxHeaderFields int
+}
+
+const (
+	defaultMaxBodyBytes    = 32 << 20
+	defaultMaxHeaderBytes  = 1 << 20
+	defaultMaxHeaderFields = 1024
+)
+
+func (l Limits) maxBodyBytes() int64 {
+	if l.MaxBodyBytes > 0 {
+		return l.MaxBodyBytes
+	}
+	return defaultMaxBodyBytes
+}
+
+func (l Limits) maxHeaderBytes() int {
+	if l.MaxHeaderBytes > 0 {
+		return l.MaxHeaderBytes
+	}
+	return defaultMaxHeaderBytes
+}
+
+func (l Limits) maxHeaderFields() int {
+	if l.MaxHeaderFields > 0 {
+		return l.MaxHeaderFields
+	}
+	return defaultMaxHeaderFields
+}
+
+// maxFrameBytes is the largest envelope frame these limits admit: the body,
+// the header bytes, and room for msgpack overhead of every field.
+func (l Limits) maxFrameBytes() int64 {
+	return l.maxBodyBytes() + int64(l.maxHeaderBytes()) + int64(l.maxHeaderFields())*10 + 4096
+}
+
+var mh = func() *codec.MsgpackHandle {
+	h := &codec.MsgpackHandle{}
+	h.WriteExt = true // new spec: str and bin are distinct types
+	h.RawToString = true
+	h.MaxInitLen = 4096
+	return h
+}()
+
+// encoderPool reuses codec encoders; each is reset onto the destination.
+var encoderPool = sync.Pool{New: func() any { return codec.NewEncoderBytes(nil, mh) }}
+
+// appendEnvelope appends the msgpack encoding of e to dst.
+func appendEnvelope(dst []byte, e *envelope) ([]byte, error) {
+	enc := encoderPool.Get().(*codec.Encoder)
+	out := dst
+	enc.ResetBytes(&out)
+	err := enc.Encode(e)
+	enc.ResetBytes(nil)
+	encoderPool.Put(enc)
+	if err != nil {
+		return dst, fmt.Errorf("zmqhttp: encode %s envelope: %w", e.Kind, err)
+	}
+	return out, nil
+}
+
+var decoderPool = sync.Pool{New: func() any { return codec.NewDecoderBytes(nil, mh) }}
+
+// ProtocolError reports an envelope that this peer cannot accept: malformed,
+// of another version, of a kind it does not implement, or over a limit.
+type ProtocolError struct {
+	Reason string // short, stable reason, also used as a counter name
+	Detail string
+}
+
+func (e *ProtocolError) Error() string {
+	if e.Detail == "" {
+		return "zmqhttp: protocol error: " + e.Reason
+	}
+	return "zmqhttp: protocol error: " + e.Reason + ": " + e.Detail
+}
+
+// Reasons carried by ProtocolError.
+const (
+	reasonMalformed   = "malformed envelope"
+	reasonVersion     = "unsupported version"
+	reasonKind        = "unsupported kind"
+	reasonTooLarge    = "over limit"
+	reasonInvalidHTTP = "invalid HTTP field"
+	reasonFraming     = "bad framing"
+)
+
+func protoErr(reason, format string, args ...any) *ProtocolError {
+	return &ProtocolError{Reason: reason, Detail: fmt.Sprintf(format, args...)}
+}
+
+// decodeEnvelope decodes one envelope frame, enforcing lim. The returned
+// envelope's byte slices may alias b.
+//
+// Before the codec sees the bytes, a shape check walks them: the top level
+// must be an array, nesting is at most two deep and no array or map may
+// declare more elements than lim admits. So a small frame can never make the
+// decoder allocate much more than its own size.
+func decodeEnvelope(b []byte, lim Limits, e *envelope) error {
+	if len(b) == 0 {
+		return protoErr(reasonMalformed, "empty frame")
+	}
+	n, err := arrayHeader(b)
+	if err != nil {
+		return err
+	}
+	if n < 3 {
+		return protoErr(reasonMalformed, "array of %d fields, want at least 3", n)
+	}
+	// Read version and kind before anything else so that a peer of
+	// another version gets "unsupported version", not a field error.
+	ver, kind, id, ok := peekHead(b)
+	if !ok {
+		return protoErr(reasonMalformed, "version, kind and id must be unsigned integers")
+	}
+	if ver != ProtocolVersion {
+		return &idError{id: id, kind: Kind(kind), err: protoErr(reasonVersion, "version %d, this peer speaks %d", ver, ProtocolVersion)}
+	}
+	if !Kind(kind).supported() {
+		return &idError{id: id, kind: Kind(kind), err: protoErr(reasonKind, "%s", Kind(kind))}
+	}
+	if err := checkShape(b, lim.maxHeaderFields()); err != nil {
+		return &idError{id: id, kind: Kind(kind), err: err}
+	}
+	*e = envelope{}
+	dec := decoderPool.Get().(*codec.Decoder)
+	dec.ResetBytes(b)
+	err = dec.Decode(e)
+	dec.ResetBytes(nil)
+	decoderPool.Put(dec)
+	if err != nil {
+		return &idError{id: id, kind: Kind(kind), err: protoErr(reasonMalformed, "%v", err)}
+	}
+	if err := validateEnvelope(e, lim); err != nil {
+		return &idError{id: id, kind: e.Kind, err: err}
+	}
+	return nil
+}
+
+// idError carries the id and kind of an envelope that failed to decode when
+// they could be read, so the receiver can answer that request with an error.
+type idError struct {
+	id   uint64
+	kind Kind
+	err  error
+}
+
+func (e *idError) Error() string { return e.err.Error() }
+func (e *idError) Unwrap() error { return e.err }
+
+func validateEnvelope(e *envelope, lim Limits) error {
+	if int64(len(e.Body)) > lim.maxBodyBytes() {
+		return protoErr(reasonTooLarge, "body of %d bytes exceeds %d", len(e.Body), lim.maxBodyBytes())
+	}
+	if len(e.Header)%2 != 0 || len(e.Trailer)%2 != 0 {
+		return protoErr(reasonMalformed, "header list of odd length")
+	}
+	if len(e.Header)/2+len(e.Trailer)/2 > lim.maxHeaderFields() {
+		return protoErr(reasonTooLarge, "%d header fields exceed %d", len(e.Header)/2+len(e.Trailer)/2, lim.maxHeaderFields())
+	}
+	size := len(e.Method) + len(e.URI) + len(e.Host)
+	for _, s := range e.Header {
+		size += len(s)
+	}
+	for _, s := range e.Trailer {
+		size += len(s)
+	}
+	if size > lim.maxHeaderBytes() {
+		return protoErr(reasonTooLarge, "header bytes %d exceed %d", size, lim.maxHeaderBytes())
+	}
+	if e.ContentLength < -1 {
+		return protoErr(reasonMalformed, "content length %d", e.ContentLength)
+	}
+	if e.ContentLength >= 0 && e.ContentLength != int64(len(e.Body)) {
+		return protoErr(reasonMalformed, "content length %d but body of %d bytes", e.ContentLength, len(e.Body))
+	}
+	if e.Timeout < 0 {
+		return protoErr(reasonMalformed, "negative timeout")
+	}
+	switch e.Kind {
+	case KindRequest:
+		if !validMethod(e.Method) {
+			return protoErr(reasonInvalidHTTP, "method %q", e.Method)
+		}
+		if !validRequestURI(e.URI) {
+			return protoErr(reasonInvalidHTTP, "request URI %q", e.URI)
+		}
+		if !validHeaderValue(e.Host) {
+			return protoErr(reasonInvalidHTTP, "host %q", e.Host)
+		}
+	case KindResponse:
+		if e.Status < 100 || e.Status > 999 {
+			return protoErr(reasonInvalidHTTP, "status %d", e.Status)
+		}
+	}
+	if err := validHeaderList(e.Header); err != nil {
+		return err
+	}
+	return validHeaderList(e.Trailer)
+}
+
+func validHeaderList(kv []string) error {
+	for i := 0; i < len(kv); i += 2 {
+		if !validHeaderName(kv[i]) {
+			return protoErr(reasonInvalidHTTP, "header name %q", kv[i])
+		}
+		if !validHeaderValue(kv[i+1]) {
+			return protoErr(reasonInvalidHTTP, "value of header %q", kv[i])
+		}
+	}
+	return nil
+}
+
+// validMethod reports whether m is a non-empty HTTP token.
+func validMethod(m string) bool { return validHeaderName(m) }
+
+func validHeaderName(s string) bool {
+	if s == "" {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		if !isTokenChar(s[i]) {
+			return false
+		}
+	}
+	return true
+}
+
+func isTokenChar(c byte) bool {
+	switch {
+	case c >= 'a' && c <= 'z', c >= 'A' && c <= 'Z', c >= '0' && c <= '9':
+		return true
+	}
+	switch c {
+	case '!', '#', '$', '%', '&', '\'', '*', '+', '-', '.', '^', '_', '`', '|', '~':
+		return true
+	}
+	return false
+}
+
+// validHeaderValue rejects control characters other than horizontal tab,
+// which would let a peer inject header lines into the HTTP/1.1 stream.
+func validHeaderValue(s string) bool {
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if (c < ' ' && c != '\t') || c == 0x7f {
+			return false
+		}
+	}
+	return true
+}
+
+// validRequestURI accepts a request-target with no spaces or control bytes.
+func validRequestURI(s string) bool {
+	if s == "" {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		if s[i] <= ' ' || s[i] == 0x7f {
+			return false
+		}
+	}
+	return true
+}
+
+// arrayHeader reads the msgpack array header at b[0].
+func arrayHeader(b []byte) (int, error) {
+	c := b[0]
+	switch {
+	case c&0xf0 == 0x90:
+		return int(c & 0x0f), nil
+	case c == 0xdc && len(b) >= 3:
+		return int(binary.BigEndian.Uint16(b[1:])), nil
+	case c == 0xdd && len(b) >= 5:
+		return int(binary.BigEndian.Uint32(b[1:])), nil
+	}
+	return 0, protoErr(reasonMalformed, "envelope is not a msgpack array (first byte 0x%02x)", c)
+}
+
+// peekHead reads the first three array elements as unsigned integers.
+func peekHead(b []byte) (ver, kind, id uint64, ok bool) {
+	p := 1
+	if b[0] == 0xdc {
+		p = 3
+	} else if b[0] == 0xdd {
+		p = 5
+	}
+	var vals [3]uint64
+	for i := range vals {
+		v, n, good := readUint(b[p:])
+		if !good {
+			return 0, 0, 0, false
+		}
+		vals[i] = v
+		p += n
+	}
+	return vals[0], vals[1], vals[2], true
+}
+
+func readUint(b []byte) (v uint64, n int, ok bool) {
+	if len(b) == 0 {
+		return 0, 0, false
+	}
+	c := b[0]
+	switch {
+	case c <= 0x7f:
+		return uint64(c), 1, true
+	case c == 0xcc && len(b) >= 2:
+		return uint64(b[1]), 2, true
+	case c == 0xcd && len(b) >= 3:
+		return uint64(binary.BigEndian.Uint16(b[1:])), 3, true
+	case c == 0xce && len(b) >= 5:
+		return uint64(binary.BigEndian.Uint32(b[1:])), 5, true
+	case c == 0xcf && len(b) >= 9:
+		return binary.BigEndian.Uint64(b[1:]), 9, true
+	// Signed encodings of non-negative values are accepted: some
+	// msgpack libraries encode small ints that way.
+	case c == 0xd0 && len(b) >= 2 && int8(b[1]) >= 0:
+		return uint64(b[1]), 2, true
+	case c == 0xd1 && len(b) >= 3 && int16(binary.BigEndian.Uint16(b[1:])) >= 0:
+		return uint64(binary.BigEndian.Uint16(b[1:])), 3, true
+	case c == 0xd2 && len(b) >= 5 && int32(binary.BigEndian.Uint32(b[1:])) >= 0:
+		return uint64(binary.BigEndian.Uint32(b[1:])), 5, true
+	case c == 0xd3 && len(b) >= 9 && int64(binary.BigEndian.Uint64(b[1:])) >= 0:
+		return binary.BigEndian.Uint64(b[1:]), 9, true
+	}
+	return 0, 0, false
+}
+
+var errShape = errors.New("shape")
+
+// checkShape walks one msgpack value at b[0] and the whole buffer must be
+// exactly that value. Arrays and maps may declare at most maxElems elements
+// (the top-level array at most envelopeFields*4) and nest at most 3 deep;
+// every declared length must fit in the remaining bytes.
+func checkShape(b []byte, maxElems int) error {
+	n, err := walk(b, 0, maxElems)
+	if err != nil {
+		return protoErr(reasonMalformed, "%v", err)
+	}
+	if n != len(b) {
+		return protoErr(reasonMalformed, "%d trailing bytes after envelope", len(b)-n)
+	}
+	return nil
+}
+
+func walk(b []byte, depth, maxElems int) (int, error) {
+	if len(b) == 0 {
+		return 0, errors.New("truncated")
+	}
+	c := b[0]
+	need := func(k int) error {
+		if len(b) < k {
+			return errors.New("truncated")
+		}
+		return nil
+	}
+	// raw returns the size of a value with a length prefix of hdr bytes.
+	raw := func(hdr int, l uint64) (int, error) {
+		if uint64(len(b)-hdr) < l {
+			return 0, fmt.Errorf("declared length %d exceeds remaining %d bytes", l, len(b)-hdr)
+		}
+		return hdr + int(l), nil
+	}
+	container := func(hdr int, count uint64, perElem int) (int, error) {
+		if depth >= 3 {
+			return 0, errors.New("nested too deep")
+		}
+		limit := uint64(maxElems)
+		if depth == 0 {
+			limit = envelopeFields * 4
+		}
+		if count > limit {
+			return 0, fmt.Errorf("container of %d elements exceeds %d", count, limit)
+		}
+		p := hdr
+		for i := uint64(0); i < count*uint64(perElem); i++ {
+			m, err := walk(b[p:], depth+1, maxElems)
+			if err != nil {
+				return 0, err
+			}
+			p += m
+		}
+		return p, nil
+	}
+	switch {
+	case c <= 0x7f, c >= 0xe0, c == 0xc0, c == 0xc2, c == 0xc3:
+		return 1, nil
+	case c&0xe0 == 0xa0:
+		return raw(1, uint64(c&0x1f))
+	case c&0xf0 == 0x90:
+		return container(1, uint64(c&0x0f), 1)
+	case c&0xf0 == 0x80:
+		return container(1, uint64(c&0x0f), 2)
+	}
+	switch c {
+	case 0xcc, 0xd0:
+		return 2, need(2)
+	case 0xcd, 0xd1:
+		return 3, need(3)
+	case 0xce, 0xd2, 0xca:
+		return 5, need(5)
+	case 0xcf, 0xd3, 0xcb:
+		return 9, need(9)
+	case 0xd9, 0xc4:
+		if err := need(2); err != nil {
+			return 0, err
+		}
+		return raw(2, uint64(b[1]))
+	case 0xda, 0xc5:
+		if err := need(3); err != nil {
+			return 0, err
+		}
+		return raw(3, uint64(binary.BigEndian.Uint16(b[1:])))
+	case 0xdb, 0xc6:
+		if err := need(5); err != nil {
+			return 0, err
+		}
+		return raw(5, uint64(binary.BigEndian.Uint32(b[1:])))
+	case 0xdc, 0xde:
+		if err := need(3); err != nil {
+			return 0, err
+		}
+		per := 1
+		if c == 0xde {
+			per = 2
+		}
+		return container(3, uint64(binary.BigEndian.Uint16(b[1:])), per)
+	case 0xdd, 0xdf:
+		if err := need(5); err != nil {
+			return 0, err
+		}
+		per := 1
+		if c == 0xdf {
+			per = 2
+		}
+		return container(5, uint64(binary.BigEndian.Uint32(b[1:])), per)
+	}
+	return 0, fmt.Errorf("unsupported msgpack type 0x%02x", c)
+}

@@ -1,0 +1,376 @@
+package zmqhttp
+
+import (
+	"bufio"
+	"bytes"
+	"errors"
+	"fmt"
+	"net/http"
+	"net/textproto"
+	"sort"
+	"strconv"
+	"strings"
+)
+
+// This file converts between envelopes and the HTTP/1.1 bytes the user's
+// http.Server reads and writes on a Listener's connections.
+
+// requestBytes renders a request envelope as HTTP/1.1 request bytes, as a
+// few segments so that the body is not copied: head, body, and (for a
+// chunked request) the chunk framing around it.
+func requestBytes(e *envelope) [][]byte {
+	var b bytes.Buffer
+	b.Grow(256 + 32*len(e.Header))
+	b.WriteString(e.Method)
+	b.WriteByte(' ')
+	b.WriteString(e.URI)
+	b.WriteString(" HTTP/1.1\r\nHost: ")
+	b.WriteString(e.Host)
+	b.WriteString("\r\n")
+	for i := 0; i+1 < len(e.Header); i += 2 {
+		switch e.Header[i] {
+		case "Host", "Content-Length", "Transfer-Encoding", "Connection", "Trailer":
+			continue // carried by the envelope's own fields
+		}
+		b.WriteString(e.Header[i])
+		b.WriteString(": ")
+		b.WriteString(e.Header[i+1])
+		b.WriteString("\r\n")
+	}
+	chunked := e.ContentLength < 0
+	switch {
+	case chunked:
+		b.WriteString("Transfer-Encoding: chunked\r\n")
+		if len(e.Trailer) > 0 {
+			b.WriteString("Trailer: ")
+			b.WriteString(strings.Join(trailerNames(e.Trailer), ", "))
+			b.WriteString("\r\n")
+		}
+	case len(e.Body) > 0 || e.Method == "POST" || e.Method == "PUT" || e.Method == "PATCH":
+		b.WriteString("Content-Length: ")
+		b.WriteString(strconv.Itoa(len(e.Body)))
+		b.WriteString("\r\n")
+	}
+	b.WriteString("\r\n")
+	if !chunked {
+		if len(e.Body) == 0 {
+			return [][]byte{b.Bytes()}
+		}
+		return [][]byte{b.Bytes(), e.Body}
+	}
+	if len(e.Body) > 0 {
+		b.WriteString(strconv.FormatInt(int64(len(e.Body)), 16))
+		b.WriteString("\r\n")
+	}
+	var tail bytes.Buffer
+	if len(e.Body) > 0 {
+		tail.WriteString("\r\n")
+	}
+	tail.WriteString("0\r\n")
+	for i := 0; i+1 < len(e.Trailer); i += 2 {
+		tail.WriteString(e.Trailer[i])
+		tail.WriteString(": ")
+		tail.WriteString(e.Trailer[i+1])
+		tail.WriteString("\r\n")
+	}
+	tail.WriteString("\r\n")
+	return [][]byte{b.Bytes(), e.Body, tail.Bytes()}
+}
+
+func trailerNames(kv []string) []string {
+	seen := map[string]bool{}
+	var names []string
+	for i := 0; i < len(kv); i += 2 {
+		if !seen[kv[i]] {
+			seen[kv[i]] = true
+			names = append(names, kv[i])
+		}
+	}
+	return names
+}
+
+// respParser reads the HTTP/1.1 response an http.Server writes, as it is
+// written, and knows when it is complete. It skips 1xx responses. The
+// caller owns it and serialises calls.
+type respParser struct {
+	headReq   bool // the request was HEAD: no body follows the header
+	maxBody   int64
+	maxHeader int
+
+	state   int
+	pend    []byte // bytes not yet consumed by the state machine
+	left    int64  // bytes left in the current body part or chunk
+	status  int
+	reason  string
+	header  http.Header
+	body    []byte
+	trailer http.Header
+	chunked bool
+	err     error
+}
+
+const (
+	psHeader = iota
+	psBody
+	psChunkSize
+	psChunkData
+	psChunkEnd
+	psTrailer
+	psUntilClose
+	psDone
+)
+
+var (
+	errHeaderTooLarge   = errors.New("response header too large")
+	errMalformedReponse = errors.New("malformed HTTP response from handler")
+)
+
+// write consumes p. It returns an error once the response is invalid or
+// over a limit; after that the parser takes nothing more.
+func (p *respParser) write(b []byte) error {
+	if p.err != nil {
+		return p.err
+	}
+	if p.state == psDone {
+		return nil
+	}
+	if p.state == psBody && len(p.pend) == 0 {
+		// Fast path: body bytes go straight to the body.
+		n := min(int64(len(b)), p.left)
+		p.body = append(p.body, b[:n]...)
+		p.left -= n
+		if p.left == 0 {
+			p.state = psDone
+		}
+		return nil
+	}
+	p.pend = append(p.pend, b...)
+	p.err = p.advance()
+	return p.err
+}
+
+// done reports whether a complete response has been read.
+func (p *respParser) done() bool { return p.state == psDone }
+
+// finish is called when the server closes the connection. A response that
+// runs until close is complete then; any other unfinished one is not.
+func (p *respParser) finish() bool {
+	if p.state == psUntilClose {
+		p.state = psDone
+	}
+	return p.state == psDone
+}
+
+func (p *respParser) advance() error {
+	for {
+		switch p.state {
+		case psDone:
+			p.pend = p.pend[:0]
+			return nil
+		case psHeader:
+			i := bytes.Index(p.pend, []byte("\r\n\r\n"))
+			if i < 0 {
+				if len(p.pend) > p.maxHeader {
+					return errHeaderTooLarge
+				}
+				return nil
+			}
+			if err := p.parseHeader(p.pend[:i+4]); err != nil {
+				return err
+			}
+			p.pend = p.pend[i+4:]
+		case psBody, psUntilClose:
+			n := int64(len(p.pend))
+			if p.state == psBody {
+				n = min(n, p.left)
+				p.left -= n
+			}
+			if int64(len(p.body))+n > p.maxBody {
+				return ErrBodyTooLarge
+			}
+			p.body = append(p.body, p.pend[:n]...)
+			p.pend = p.pend[n:]
+			if p.state == psBody && p.left == 0 {
+				p.state = psDone
+			}
+			if len(p.pend) == 0 {
+				p.pend = p.pend[:0:0]
+				return nil
+			}
+		case psChunkSize:
+			i := bytes.IndexByte(p.pend, '\n')
+			if i < 0 {
+				if len(p.pend) > 4096 {
+					return errMalformedReponse
+				}
+				return nil
+			}
+			line := strings.TrimSpace(string(p.pend[:i]))
+			if semi := strings.IndexByte(line, ';'); semi >= 0 {
+				line = strings.TrimSpace(line[:semi])
+			}
+			n, err := strconv.ParseInt(line, 16, 64)
+			if err != nil || n < 0 {
+				return errMalformedReponse
+			}
+			p.pend = p.pend[i+1:]
+			if n == 0 {
+				p.state = psTrailer
+				continue
+			}
+			if int64(len(p.body))+n > p.maxBody {
+				return ErrBodyTooLarge
+			}
+			p.left = n
+			p.state = psChunkData
+		case psChunkData:
+			n := min(int64(len(p.pend)), p.left)
+			p.body = append(p.body, p.pend[:n]...)
+			p.pend = p.pend[n:]
+			p.left -= n
+			if p.left > 0 {
+				return nil
+			}
+			p.state = psChunkEnd
+		case psChunkEnd:
+			if len(p.pend) < 2 {
+				return nil
+			}
+			if p.pend[0] != '\r' || p.pend[1] != '\n' {
+				return errMalformedReponse
+			}
+			p.pend = p.pend[2:]
+			p.state = psChunkSize
+		case psTrailer:
+			if len(p.pend) >= 2 && p.pend[0] == '\r' && p.pend[1] == '\n' {
+				p.pend = p.pend[2:]
+				p.state = psDone
+				continue
+			}
+			i := bytes.Index(p.pend, []byte("\r\n\r\n"))
+			if i < 0 {
+				if len(p.pend) > p.maxHeader {
+					return errHeaderTooLarge
+				}
+				return nil
+			}
+			tr, err := textproto.NewReader(bufio.NewReader(bytes.NewReader(p.pend[:i+4]))).ReadMIMEHeader()
+			if err != nil {
+				return errMalformedReponse
+			}
+			p.trailer = http.Header(tr)
+			p.pend = p.pend[i+4:]
+			p.state = psDone
+		}
+	}
+}
+
+func (p *respParser) parseHeader(block []byte) error {
+	tp := textproto.NewReader(bufio.NewReader(bytes.NewReader(block)))
+	line, err := tp.ReadLine()
+	if err != nil {
+		return errMalformedReponse
+	}
+	proto, rest, ok := strings.Cut(line, " ")
+	if !ok || !strings.HasPrefix(proto, "HTTP/1.") {
+		return fmt.Errorf("%w: status line %q", errMalformedReponse, line)
+	}
+	code, reason, _ := strings.Cut(rest, " ")
+	status, err := strconv.Atoi(code)
+	if err != nil || len(code) != 3 || status < 100 {
+		return fmt.Errorf("%w: status line %q", errMalformedReponse, line)
+	}
+	h, err := tp.ReadMIMEHeader()
+	if err != nil {
+		return errMalformedReponse
+	}
+	if status/100 == 1 && status != http.StatusSwitchingProtocols {
+		return nil // informational: the final response follows
+	}
+	p.status, p.reason, p.header = status, reason, http.Header(h)
+	switch {
+	case p.headReq, status/100 == 1, status == http.StatusNoContent, status == http.StatusNotModified:
+		p.state = psDone
+	case strings.EqualFold(h.Get("Transfer-Encoding"), "chunked"):
+		p.chunked = true
+		p.state = psChunkSize
+	case h.Get("Content-Length") != "":
+		n, err := strconv.ParseInt(h.Get("Content-Length"), 10, 64)
+		if err != nil || n < 0 {
+			return errMalformedReponse
+		}
+		if n > p.maxBody {
+			return ErrBodyTooLarge
+		}
+		p.left = n
+		p.state = psBody
+		if n == 0 {
+			p.state = psDone
+		} else {
+			p.body = make([]byte, 0, n)
+		}
+	default:
+		p.state = psUntilClose
+	}
+	return nil
+}
+
+// responseSkip lists response header fields that describe the HTTP/1.1
+// connection rather than the response.
+var responseSkip = map[string]bool{
+	"Connection": true, "Keep-Alive": true, "Transfer-Encoding": true, "Trailer": true,
+}
+
+// envelope renders the parsed response as a response envelope for id.
+func (p *respParser) envelope(id uint64) *envelope {
+	e := &envelope{
+		Version: ProtocolVersion,
+		Kind:    KindResponse,
+		ID:      id,
+		Status:  p.status,
+		Body:    p.body,
+		Header:  appendHeader(make([]string, 0, 2*len(p.header)), p.header, responseSkip),
+	}
+	if p.reason != http.StatusText(p.status) {
+		e.Message = p.reason
+	}
+	if p.chunked {
+		e.ContentLength = -1
+	} else {
+		e.ContentLength = int64(len(p.body))
+	}
+	if len(p.trailer) > 0 {
+		e.Trailer = appendHeader(nil, p.trailer, nil)
+	}
+	return e
+}
+
+// simpleResponse builds a response envelope the Listener sends itself
+// (overload, shutting down), without running the handler.
+func simpleResponse(id uint64, status int, text string, extra ...string) *envelope {
+	body := []byte(text + "\n")
+	h := []string{
+		"Content-Length", strconv.Itoa(len(body)),
+		"Content-Type", "text/plain; charset=utf-8",
+	}
+	h = append(h, extra...)
+	h = append(h, "X-Content-Type-Options", "nosniff")
+	sortPairs(h)
+	return &envelope{
+		Version: ProtocolVersion, Kind: KindResponse, ID: id, Status: status,
+		Header: h, Body: body, ContentLength: int64(len(body)),
+	}
+}
+
+// sortPairs sorts a flattened name/value list by name, stably.
+func sortPairs(kv []string) {
+	type pair struct{ k, v string }
+	ps := make([]pair, 0, len(kv)/2)
+	for i := 0; i+1 < len(kv); i += 2 {
+		ps = append(ps, pair{kv[i], kv[i+1]})
+	}
+	sort.SliceStable(ps, func(i, j int) bool { return ps[i].k < ps[j].k })
+	for i, p := range ps {
+		kv[2*i], kv[2*i+1] = p.k, p.v
+	}
+}

@@ -1,0 +1,157 @@
+package zmqhttp
+
+import "time"
+
+// Option configures a Transport (NewTransport) or a Listener (Listen). Each
+// option says which side it applies to; the other side ignores it.
+type Option func(*config)
+
+// config is the set of settings options write. Zero values mean defaults,
+// supplied by the accessor methods below.
+type config struct {
+	limits            Limits
+	handshakeTimeout  time.Duration
+	dialTimeout       time.Duration
+	maxPending        int
+	backoffMin        time.Duration
+	backoffMax        time.Duration
+	disableCompress   bool
+	workers           int
+	queueSize         int
+	retryAfter        time.Duration
+	peerSendQueue     int
+	writeBatchMaxMsgs int
+}
+
+func newConfig(opts []Option) config {
+	var c config
+	for _, o := range opts {
+		if o != nil {
+			o(&c)
+		}
+	}
+	return c
+}
+
+// WithLimits sets the limits this side enforces on what it receives and
+// sends (body size, header bytes, header count). Both sides. Default: the
+// zero Limits, i.e. 32 MiB bodies, 1 MiB of headers, 1024 header fields.
+func WithLimits(l Limits) Option { return func(c *config) { c.limits = l } }
+
+// WithHandshakeTimeout bounds the ZMTP greeting and handshake of a new
+// connection. Both sides. Default 5s.
+func WithHandshakeTimeout(d time.Duration) Option {
+	return func(c *config) { c.handshakeTimeout = d }
+}
+
+func (c *config) handshakeTimeoutOrDefault() time.Duration {
+	if c.handshakeTimeout > 0 {
+		return c.handshakeTimeout
+	}
+	return 5 * time.Second
+}
+
+// WithDialTimeout bounds one attempt to connect to the server. Transport
+// only. Default 5s.
+func WithDialTimeout(d time.Duration) Option { return func(c *config) { c.dialTimeout = d } }
+
+func (c *config) dialTimeoutOrDefault() time.Duration {
+	if c.dialTimeout > 0 {
+		return c.dialTimeout
+	}
+	return 5 * time.Second
+}
+
+// WithMaxPending bounds the requests a Transport holds at once, waiting to
+// be sent or waiting for their reply. Past it, RoundTrip fails at once with
+// ErrTooManyPending. Transport only. Default 4096.
+func WithMaxPending(n int) Option { return func(c *config) { c.maxPending = n } }
+
+func (c *config) maxPendingOrDefault() int {
+	if c.maxPending > 0 {
+		return c.maxPending
+	}
+	return 4096
+}
+
+// WithReconnectBackoff sets the first and the largest wait between two
+// attempts to connect; the wait doubles after each failure. Transport only.
+// Default 50ms and 2s.
+func WithReconnectBackoff(min, max time.Duration) Option {
+	return func(c *config) { c.backoffMin, c.backoffMax = min, max }
+}
+
+func (c *config) backoff() (time.Duration, time.Duration) {
+	lo, hi := c.backoffMin, c.backoffMax
+	if lo <= 0 {
+		lo = 50 * time.Millisecond
+	}
+	if hi < lo {
+		hi = 2 * time.Second
+		if hi < lo {
+			hi = lo
+		}
+	}
+	return lo, hi
+}
+
+// WithDisableCompression turns off transparent gzip, as
+// http.Transport.DisableCompression does: by default a Transport asks for
+// gzip when the request names no Accept-Encoding and decompresses the reply.
+// Transport only.
+func WithDisableCompression() Option { return func(c *config) { c.disableCompress = true } }
+
+// WithWorkers sets how many requests the Listener lets the http.Server
+// handle at once: Accept hands out at most n connections that are still
+// open. Listener only. Default 128.
+func WithWorkers(n int) Option { return func(c *config) { c.workers = n } }
+
+func (c *config) workersOrDefault() int {
+	if c.workers > 0 {
+		return c.workers
+	}
+	return 128
+}
+
+// WithQueueSize sets how many received requests may wait for a free worker.
+// When every worker is busy and the queue is full, the Listener answers 503
+// Service Unavailable with Retry-After, without running the handler.
+// Listener only. Default 1024.
+func WithQueueSize(n int) Option { return func(c *config) { c.queueSize = n } }
+
+func (c *config) queueSizeOrDefault() int {
+	if c.queueSize > 0 {
+		return c.queueSize
+	}
+	return 1024
+}
+
+// WithRetryAfter sets the Retry-After the Listener sends with its overload
+// 503 (rounded up to whole seconds). Listener only. Default 1s.
+func WithRetryAfter(d time.Duration) Option { return func(c *config) { c.retryAfter = d } }
+
+func (c *config) retryAfterSeconds() int {
+	if c.retryAfter <= 0 {
+		return 1
+	}
+	return int((c.retryAfter + time.Second - 1) / time.Second)
+}
+
+// peerSendQueueOrDefault bounds the messages queued for one connection's
+// writer. A server whose client stops reading fills it and then drops that
+// client's connection rather than holding replies for everyone.
+func (c *config) peerSendQueueOrDefault() int {
+	if c.peerSendQueue > 0 {
+		return c.peerSendQueue
+	}
+	return 4096
+}
+
+// writeBatchOrDefault bounds how many messages a writer coalesces into one
+// flush (one write syscall for small messages).
+func (c *config) writeBatchOrDefault() int {
+	if c.writeBatchMaxMsgs > 0 {
+		return c.writeBatchMaxMsgs
+	}
+	return 128
+}

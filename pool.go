@@ -1,0 +1,234 @@
+package zmqhttp
+
+import (
+	"io"
+	"net"
+	"os"
+	"sync"
+	"time"
+)
+
+// This file is the worker side of the Listener: a received request (job)
+// waits in the bounded queue until Accept pairs it with a free worker slot
+// and returns it as a vconn, the net.Conn the http.Server reads the request
+// from and writes the response to.
+
+// job is a received request waiting for a worker.
+type job struct {
+	peer *peer
+	env  envelope
+}
+
+// vconn is the connection the http.Server sees for one request. The server
+// reads the request as HTTP/1.1 bytes, then (as over TCP) keeps a read
+// pending while the handler runs; that read ends when the server aborts it
+// with a deadline, or when the connection is closed. The response bytes
+// the server writes are parsed as they arrive; once complete they are sent
+// to the peer as a response envelope, and the next read returns io.EOF, so
+// the server closes the connection and the worker slot is freed.
+type vconn struct {
+	l     *Listener
+	peer  *peer
+	id    uint64
+	local net.Addr
+
+	// parts is the request bytes still to be read. Read only, by the
+	// server's reading goroutine (http.Server never reads concurrently).
+	parts [][]byte
+
+	// wake has room for one token; it is sent whenever a blocked Read
+	// should look again (deadline changed, response done, Close).
+	wake chan struct{}
+
+	// mu guards the following fields.
+	mu            sync.Mutex
+	readDeadline  time.Time
+	writeDeadline time.Time
+	resp          respParser
+	sent          bool // the reply (response or error) was queued to the peer
+	closed        bool
+}
+
+func newVConn(l *Listener, j *job) *vconn {
+	c := &vconn{
+		l:     l,
+		peer:  j.peer,
+		id:    j.env.ID,
+		local: l.ln.Addr(),
+		parts: requestBytes(&j.env),
+		wake:  make(chan struct{}, 1),
+	}
+	c.resp.headReq = j.env.Method == "HEAD"
+	c.resp.maxBody = l.cfg.limits.maxBodyBytes()
+	c.resp.maxHeader = l.cfg.limits.maxHeaderBytes()
+	return c
+}
+
+func (c *vconn) signal() {
+	select {
+	case c.wake <- struct{}{}:
+	default:
+	}
+}
+
+// Read returns the request bytes, then blocks as an idle TCP read would.
+func (c *vconn) Read(p []byte) (int, error) {
+	c.mu.Lock()
+	if c.closed {
+		c.mu.Unlock()
+		return 0, net.ErrClosed
+	}
+	if !c.readDeadline.IsZero() && !time.Now().Before(c.readDeadline) {
+		c.mu.Unlock()
+		return 0, os.ErrDeadlineExceeded
+	}
+	// A read that starts after the response was sent is the server
+	// looking for a next request: there is none on this connection.
+	if c.sent && len(c.parts) == 0 {
+		c.mu.Unlock()
+		return 0, io.EOF
+	}
+	c.mu.Unlock()
+	if len(c.parts) > 0 {
+		n := 0
+		for n < len(p) && len(c.parts) > 0 {
+			m := copy(p[n:], c.parts[0])
+			n += m
+			if m == len(c.parts[0]) {
+				c.parts[0] = nil
+				c.parts = c.parts[1:]
+			} else {
+				c.parts[0] = c.parts[0][m:]
+			}
+		}
+		return n, nil
+	}
+	for {
+		c.mu.Lock()
+		if c.closed {
+			c.mu.Unlock()
+			return 0, net.ErrClosed
+		}
+		dl := c.readDeadline
+		c.mu.Unlock()
+		var timer <-chan time.Time
+		if !dl.IsZero() {
+			d := time.Until(dl)
+			if d <= 0 {
+				return 0, os.ErrDeadlineExceeded
+			}
+			t := time.NewTimer(d)
+			timer = t.C
+			select {
+			case <-c.wake:
+				t.Stop()
+				continue
+			case <-timer:
+				continue
+			}
+		}
+		<-c.wake
+	}
+}
+
+// Write feeds response bytes to the parser; a complete response is sent
+// to the peer at once.
+func (c *vconn) Write(p []byte) (int, error) {
+	c.mu.Lock()
+	if c.closed {
+		c.mu.Unlock()
+		return 0, net.ErrClosed
+	}
+	if !c.writeDeadline.IsZero() && !time.Now().Before(c.writeDeadline) {
+		c.mu.Unlock()
+		return 0, os.ErrDeadlineExceeded
+	}
+	if c.sent {
+		c.mu.Unlock()
+		return len(p), nil // bytes after a complete response: discarded
+	}
+	if err := c.resp.write(p); err != nil {
+		c.sent = true
+		c.mu.Unlock()
+		c.l.stats.noResponse.Add(1)
+		c.reply(errorEnvelope(c.id, errCodeInternal, "handler response: "+err.Error()))
+		return 0, err
+	}
+	var e *envelope
+	if c.resp.done() {
+		c.sent = true
+		e = c.resp.envelope(c.id)
+	}
+	c.mu.Unlock()
+	if e != nil {
+		c.reply(e)
+	}
+	return len(p), nil
+}
+
+// reply queues e to the peer and marks the request answered.
+func (c *vconn) reply(e *envelope) {
+	c.peer.reply(e)
+	c.l.finished()
+	c.signal()
+}
+
+// Close sends the response if it is complete (a response that runs until
+// the connection closes), or an error envelope if it is not, and frees the
+// worker slot.
+func (c *vconn) Close() error {
+	c.mu.Lock()
+	if c.closed {
+		c.mu.Unlock()
+		return nil
+	}
+	c.closed = true
+	var e *envelope
+	if !c.sent {
+		c.sent = true
+		if c.resp.finish() {
+			e = c.resp.envelope(c.id)
+		} else {
+			c.l.stats.noResponse.Add(1)
+			e = errorEnvelope(c.id, errCodeInternal, "the server closed the connection without a complete response")
+		}
+	}
+	c.mu.Unlock()
+	if e != nil {
+		c.reply(e)
+	}
+	c.signal()
+	<-c.l.slots
+	return nil
+}
+
+// LocalAddr returns the Listener's address.
+func (c *vconn) LocalAddr() net.Addr { return c.local }
+
+// RemoteAddr names the ZeroMQ peer that sent the request.
+func (c *vconn) RemoteAddr() net.Addr { return c.peer.addr }
+
+// SetDeadline sets both deadlines.
+func (c *vconn) SetDeadline(t time.Time) error {
+	c.SetReadDeadline(t)
+	return c.SetWriteDeadline(t)
+}
+
+// SetReadDeadline bounds the current and future Reads; a blocked Read
+// returns os.ErrDeadlineExceeded when it passes.
+func (c *vconn) SetReadDeadline(t time.Time) error {
+	c.mu.Lock()
+	c.readDeadline = t
+	c.mu.Unlock()
+	c.signal()
+	return nil
+}
+
+// SetWriteDeadline bounds future Writes. Writes never block (the response
+// is buffered), so a Write fails only when it starts after the deadline.
+func (c *vconn) SetWriteDeadline(t time.Time) error {
+	c.mu.Lock()
+	c.writeDeadline = t
+	c.mu.Unlock()
+	return nil
+}

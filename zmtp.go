@@ -1,0 +1,244 @@
+package zmqhttp
+
+import (
+	"bufio"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"strings"
+	"time"
+
+	"github.com/go-zeromq/zmq4"
+	"github.com/go-zeromq/zmq4/security/null"
+)
+
+// This file holds the ZeroMQ wire layer. zmq4 performs the ZMTP 3 greeting
+// and the NULL security handshake (zmq4.Open); after it, frames are read and
+// written here, on our own buffered connection, because zmq4's socket layer
+// has no frame size limit, fans a DEALER out to every peer, reports lost
+// messages as sent and starts goroutines per Send (see FIELD-NOTES.md).
+
+// ZMTP frame flags (ZMTP 3.0, RFC 23).
+const (
+	flagMore    = 0x01
+	flagLong    = 0x02
+	flagCommand = 0x04
+)
+
+// maxFramesPerMessage bounds the frames one message may carry: the empty
+// delimiter and the envelope, with room for routing frames.
+const maxFramesPerMessage = 8
+
+// routingAllowance is what a message may carry beyond its envelope frame
+// (delimiter and routing frames).
+const routingAllowance = 4096
+
+// handshakeReadLimit bounds what a peer may send during the handshake.
+const handshakeReadLimit = 16 << 10
+
+// hsConn is the net.Conn zmq4 sees during the handshake: reads come through
+// a bounded reader so that a peer cannot make the handshake allocate much.
+type hsConn struct {
+	net.Conn
+	r io.Reader
+}
+
+func (c *hsConn) Read(p []byte) (int, error) { return c.r.Read(p) }
+
+// handshake runs the ZMTP greeting and READY exchange on nc as a socket of
+// type typ, within timeout. It returns the buffered reader to continue with
+// (it may already hold frames the peer sent after READY) and the peer's
+// socket type. A panic inside zmq4 on malformed input becomes an error.
+func handshake(nc net.Conn, typ zmq4.SocketType, server bool, timeout time.Duration) (br *bufio.Reader, peer zmq4.SocketType, err error) {
+	if err := nc.SetDeadline(time.Now().Add(timeout)); err != nil {
+		return nil, "", err
+	}
+	br = bufio.NewReaderSize(nc, 32<<10)
+	lim := &io.LimitedReader{R: br, N: handshakeReadLimit}
+	defer func() {
+		if r := recover(); r != nil {
+			err = fmt.Errorf("zmqhttp: ZMTP handshake: malformed peer input (%v)", r)
+		}
+	}()
+	zc, err := zmq4.Open(&hsConn{Conn: nc, r: lim}, null.Security(), typ, zmq4.SocketIdentity(""), server, nil)
+	if err != nil {
+		return nil, "", fmt.Errorf("zmqhttp: ZMTP handshake: %w", err)
+	}
+	if err := nc.SetDeadline(time.Time{}); err != nil {
+		return nil, "", err
+	}
+	return br, zmq4.SocketType(zc.Peer.Meta["Socket-Type"]), nil
+}
+
+// errFrameTooLarge is wrapped by readMessage when a peer announces a frame
+// over the limit; the connection is then unusable and is closed.
+var errFrameTooLarge = errors.New("frame too large")
+
+// readMessage reads one ZeroMQ message (all frames up to the last without
+// MORE) from br into frames, reusing its backing array. Each frame is at
+// most maxFrame bytes; the message at most maxFramesPerMessage frames.
+// Command frames (PING and others) are returned as a single-frame message
+// with isCmd set.
+func readMessage(br *bufio.Reader, maxFrame int64, frames [][]byte) (_ [][]byte, isCmd bool, err error) {
+	frames = frames[:0]
+	var total uint64
+	for {
+		flags, err := br.ReadByte()
+		if err != nil {
+			return frames, false, err
+		}
+		var size uint64
+		if flags&flagLong != 0 {
+			var hdr [8]byte
+			if _, err := io.ReadFull(br, hdr[:]); err != nil {
+				return frames, false, unexpectedEOF(err)
+			}
+			size = binary.BigEndian.Uint64(hdr[:])
+		} else {
+			b, err := br.ReadByte()
+			if err != nil {
+				return frames, false, unexpectedEOF(err)
+			}
+			size = uint64(b)
+		}
+		if flags&^(flagMore|flagLong|flagCommand) != 0 {
+			return frames, false, protoErr(reasonFraming, "reserved frame flag bits 0x%02x", flags)
+		}
+		total += size
+		if size > uint64(maxFrame) || total > uint64(maxFrame)+routingAllowance {
+			return frames, false, protoErr(reasonTooLarge, "%v: peer announced %d bytes, limit %d", errFrameTooLarge, size, maxFrame)
+		}
+		if len(frames) == maxFramesPerMessage {
+			return frames, false, protoErr(reasonFraming, "more than %d frames in one message", maxFramesPerMessage)
+		}
+		buf := make([]byte, size)
+		if _, err := io.ReadFull(br, buf); err != nil {
+			return frames, false, unexpectedEOF(err)
+		}
+		if flags&flagCommand != 0 {
+			if len(frames) > 0 || flags&flagMore != 0 {
+				return frames, false, protoErr(reasonFraming, "command frame inside a message")
+			}
+			return append(frames, buf), true, nil
+		}
+		frames = append(frames, buf)
+		if flags&flagMore == 0 {
+			return frames, false, nil
+		}
+	}
+}
+
+func unexpectedEOF(err error) error {
+	if err == io.EOF {
+		return io.ErrUnexpectedEOF
+	}
+	return err
+}
+
+// commandName returns the name of a ZMTP command frame.
+func commandName(b []byte) string {
+	if len(b) == 0 || int(b[0]) > len(b)-1 {
+		return ""
+	}
+	return string(b[1 : 1+int(b[0])])
+}
+
+// writeFrame appends one frame, with MORE set when more is true, to w.
+func writeFrame(w *bufio.Writer, b []byte, more bool) error {
+	var hdr [9]byte
+	var flags byte
+	if more {
+		flags |= flagMore
+	}
+	n := 2
+	if len(b) > 255 {
+		hdr[0] = flags | flagLong
+		binary.BigEndian.PutUint64(hdr[1:], uint64(len(b)))
+		n = 9
+	} else {
+		hdr[0] = flags
+		hdr[1] = byte(len(b))
+	}
+	if _, err := w.Write(hdr[:n]); err != nil {
+		return err
+	}
+	_, err := w.Write(b)
+	return err
+}
+
+// writeCommand writes a ZMTP command frame (e.g. PONG) to w.
+func writeCommand(w *bufio.Writer, name string, body []byte) error {
+	cmd := make([]byte, 0, 1+len(name)+len(body))
+	cmd = append(cmd, byte(len(name)))
+	cmd = append(cmd, name...)
+	cmd = append(cmd, body...)
+	var hdr [9]byte
+	n := 2
+	if len(cmd) > 255 {
+		hdr[0] = flagCommand | flagLong
+		binary.BigEndian.PutUint64(hdr[1:], uint64(len(cmd)))
+		n = 9
+	} else {
+		hdr[0] = flagCommand
+		hdr[1] = byte(len(cmd))
+	}
+	if _, err := w.Write(hdr[:n]); err != nil {
+		return err
+	}
+	_, err := w.Write(cmd)
+	return err
+}
+
+// pongBody answers a ZMTP PING: the PONG carries the ping's context bytes
+// (after the 2-byte TTL).
+func pongBody(ping []byte) []byte {
+	body := ping[1+len("PING"):]
+	if len(body) >= 2 {
+		return body[2:]
+	}
+	return nil
+}
+
+// endpoint is a parsed ZeroMQ endpoint.
+type endpoint struct {
+	scheme  string // "tcp" or "ipc"
+	network string // net package network: "tcp" or "unix"
+	addr    string // net package address
+}
+
+// parseEndpoint parses "tcp://host:port" or "ipc://path". With listen set,
+// "*" as host means all interfaces and "*" or "0" as port an ephemeral one.
+func parseEndpoint(ep string, listen bool) (endpoint, error) {
+	scheme, rest, ok := strings.Cut(ep, "://")
+	if !ok {
+		return endpoint{}, fmt.Errorf("zmqhttp: endpoint %q: want tcp://host:port or ipc://path", ep)
+	}
+	switch scheme {
+	case "tcp":
+		host, port, err := net.SplitHostPort(rest)
+		if err != nil {
+			return endpoint{}, fmt.Errorf("zmqhttp: endpoint %q: %w", ep, err)
+		}
+		if listen {
+			if host == "*" {
+				host = ""
+			}
+			if port == "*" {
+				port = "0"
+			}
+		} else if host == "" || host == "*" || port == "" || port == "*" || port == "0" {
+			return endpoint{}, fmt.Errorf("zmqhttp: endpoint %q: a dial endpoint needs a host and a port", ep)
+		}
+		return endpoint{scheme: "tcp", network: "tcp", addr: net.JoinHostPort(host, port)}, nil
+	case "ipc":
+		if rest == "" || rest == "*" {
+			return endpoint{}, fmt.Errorf("zmqhttp: endpoint %q: ipc needs a socket path", ep)
+		}
+		return endpoint{scheme: "ipc", network: "unix", addr: rest}, nil
+	case "inproc":
+		return endpoint{}, fmt.Errorf("zmqhttp: endpoint %q: inproc is not supported (go-zeromq's inproc corrupts frames over 255 bytes); use ipc:// or tcp://", ep)
+	}
+	return endpoint{}, fmt.Errorf("zmqhttp: endpoint %q: unsupported transport %q (want tcp or ipc)", ep, scheme)
+}
