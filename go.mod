@@ -1,6 +1,6 @@
 module github.com/zmqhttp/zmqhttp
 
-go 1.26.8
+go 1.23
 
 require (
 	github.com/go-zeromq/zmq4 v0.17.0
