@@ -223,7 +223,7 @@ func decodeEnvelope(b []byte, lim Limits, e *envelope) error {
 	if !Kind(kind).supported() {
 		return &idError{id: id, kind: Kind(kind), err: protoErr(reasonKind, "%s", Kind(kind))}
 	}
-	if err := checkShape(b, lim.maxHeaderFields()); err != nil {
+	if err := checkShape(b, 2*lim.maxHeaderFields()); err != nil {
 		return &idError{id: id, kind: Kind(kind), err: err}
 	}
 	*e = envelope{}
@@ -435,11 +435,16 @@ var errShape = errors.New("shape")
 
 // checkShape walks one msgpack value at b[0] and the whole buffer must be
 // exactly that value. Arrays and maps may declare at most maxElems elements
+// (a flattened header list holds two per field)
 // (the top-level array at most envelopeFields*4) and nest at most 3 deep;
 // every declared length must fit in the remaining bytes.
 func checkShape(b []byte, maxElems int) error {
 	n, err := walk(b, 0, maxElems)
 	if err != nil {
+		var pe *ProtocolError
+		if errors.As(err, &pe) {
+			return pe
+		}
 		return protoErr(reasonMalformed, "%v", err)
 	}
 	if n != len(b) {
@@ -475,7 +480,7 @@ func walk(b []byte, depth, maxElems int) (int, error) {
 			limit = envelopeFields * 4
 		}
 		if count > limit {
-			return 0, fmt.Errorf("container of %d elements exceeds %d", count, limit)
+			return 0, protoErr(reasonTooLarge, "list of %d elements exceeds %d", count, limit)
 		}
 		p := hdr
 		for i := uint64(0); i < count*uint64(perElem); i++ {
