@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"net/textproto"
 	"sync"
 
 	"github.com/ugorji/go/codec"
@@ -238,7 +239,17 @@ func decodeEnvelope(b []byte, lim Limits, e *envelope) error {
 	if err := validateEnvelope(e, lim); err != nil {
 		return &idError{id: id, kind: e.Kind, err: err}
 	}
+	// Names are canonical on the wire; a peer that sends "content-length"
+	// must not slip a framing header past the receiver's checks.
+	canonicalNames(e.Header)
+	canonicalNames(e.Trailer)
 	return nil
+}
+
+func canonicalNames(kv []string) {
+	for i := 0; i < len(kv); i += 2 {
+		kv[i] = textproto.CanonicalMIMEHeaderKey(kv[i])
+	}
 }
 
 // idError carries the id and kind of an envelope that failed to decode when

@@ -84,7 +84,14 @@ func (c *vconn) Read(p []byte) (int, error) {
 	}
 	// A read that starts after the response was sent is the server
 	// looking for a next request: there is none on this connection.
-	if c.sent && len(c.parts) == 0 {
+	//
+	// Before that, once the request bytes are all read, the only read
+	// http.Server makes is its one-byte background read, which must
+	// block while the handler runs, as on an idle TCP connection. A
+	// larger read means the server wants request bytes that do not
+	// exist (the request was incomplete): EOF, as from a client that
+	// closed, rather than a worker held forever.
+	if len(c.parts) == 0 && (c.sent || len(p) > 1) {
 		c.mu.Unlock()
 		return 0, io.EOF
 	}

@@ -10,6 +10,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/textproto"
 	"sort"
 	"strconv"
 	"strings"
@@ -572,17 +573,21 @@ var requestSkip = map[string]bool{
 
 // appendHeader flattens h into kv, names sorted for a stable encoding,
 // values in their order.
+// Names are sent in canonical form (a key set directly in the map, such
+// as h["content-type"], is canonicalised), so that the skip list and the
+// receiver see one spelling.
 func appendHeader(kv []string, h http.Header, skip map[string]bool) []string {
 	names := make([]string, 0, len(h))
 	for name := range h {
-		if !skip[name] {
+		if !skip[textproto.CanonicalMIMEHeaderKey(name)] {
 			names = append(names, name)
 		}
 	}
 	sort.Strings(names)
 	for _, name := range names {
+		cname := textproto.CanonicalMIMEHeaderKey(name)
 		for _, v := range h[name] {
-			kv = append(kv, name, v)
+			kv = append(kv, cname, v)
 		}
 	}
 	return kv

@@ -491,7 +491,7 @@ func TestRegisterProtocol(t *testing.T) {
 	defer ht.CloseIdleConnections()
 	client := &http.Client{Transport: ht, Timeout: 10 * time.Second}
 	for url, want := range map[string]string{
-		"zmq://users/u/1":   "zmq users/u/1",
+		"zmq://users/u/1":  "zmq users/u/1",
 		plain.URL + "/p/2": "http /p/2",
 	} {
 		resp, err := client.Get(url)
@@ -675,4 +675,26 @@ func TestSilentConnectionDoesNotBlockOthers(t *testing.T) {
 		t.Fatal(err)
 	}
 	resp.Body.Close()
+}
+
+// TestNonCanonicalFramingHeaders: framing headers spelled in lower case by
+// a foreign peer are not passed to the server as a second framing, and the
+// worker is not held waiting for body bytes that do not exist.
+func TestNonCanonicalFramingHeaders(t *testing.T) {
+	ts := startServer(t, "tcp", echoHandler(), WithWorkers(1))
+	p := dialRaw(t, ts.L)
+	for i, hdr := range [][]string{
+		{"content-length", "5"},
+		{"transfer-encoding", "chunked"},
+		{"host", "evil"},
+	} {
+		e := envelope{Version: 1, Kind: KindRequest, ID: uint64(100 + i), Method: "POST", URI: "/", Host: "h",
+			Header: hdr, Body: []byte("abc"), ContentLength: 3}
+		b, _ := appendEnvelope(nil, &e)
+		p.send(t, nil, b)
+		r := p.recvEnvelope(t)
+		if r.Kind != KindResponse || r.ID != e.ID || r.Status != 200 || string(r.Body) != "abc" {
+			t.Errorf("header %q: got kind %s id %d status %d body %q", hdr, r.Kind, r.ID, r.Status, r.Body)
+		}
+	}
 }

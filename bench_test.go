@@ -1,0 +1,38 @@
+package zmqhttp
+
+import (
+	"bytes"
+	"io"
+	"net/http"
+	"testing"
+)
+
+// BenchmarkRoundTrip measures one request/response through Transport,
+// Listener and http.Server in one process, with b.SetParallelism callers.
+func BenchmarkRoundTrip(b *testing.B) {
+	for _, network := range testNetworks {
+		b.Run(network, func(b *testing.B) {
+			ts := startServer(b, network, echoHandler(), WithWorkers(512))
+			client, _ := newClient(b, ts.L.Endpoint())
+			body := bytes.Repeat([]byte("x"), 128)
+			b.ReportAllocs()
+			b.SetParallelism(32) // 64 callers on 2 cores
+			b.ResetTimer()
+			b.RunParallel(func(pb *testing.PB) {
+				for pb.Next() {
+					resp, err := client.Post("http://svc/", "application/octet-stream", bytes.NewReader(body))
+					if err != nil {
+						b.Error(err)
+						return
+					}
+					io.Copy(io.Discard, resp.Body)
+					resp.Body.Close()
+					if resp.StatusCode != http.StatusOK {
+						b.Errorf("status %d", resp.StatusCode)
+						return
+					}
+				}
+			})
+		})
+	}
+}
