@@ -4,6 +4,7 @@ go 1.23
 
 require (
 	github.com/go-zeromq/zmq4 v0.17.0
+	github.com/gorilla/mux v1.8.1
 	github.com/ugorji/go/codec v1.3.2
 )
 

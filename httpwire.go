@@ -1,7 +1,6 @@
 package zmqhttp
 
 import (
-	"bufio"
 	"bytes"
 	"errors"
 	"fmt"
@@ -102,9 +101,9 @@ type respParser struct {
 	left    int64  // bytes left in the current body part or chunk
 	status  int
 	reason  string
-	header  http.Header
+	hdr     []string // header fields as written: name, value, ...
 	body    []byte
-	trailer http.Header
+	trailer []string
 	chunked bool
 	err     error
 }
@@ -254,11 +253,11 @@ func (p *respParser) advance() error {
 				}
 				return nil
 			}
-			tr, err := textproto.NewReader(bufio.NewReader(bytes.NewReader(p.pend[:i+4]))).ReadMIMEHeader()
+			tr, err := parseFields(string(p.pend[:i+4]), nil)
 			if err != nil {
-				return errMalformedReponse
+				return err
 			}
-			p.trailer = http.Header(tr)
+			p.trailer = tr
 			p.pend = p.pend[i+4:]
 			p.state = psDone
 		}
@@ -266,53 +265,80 @@ func (p *respParser) advance() error {
 }
 
 func (p *respParser) parseHeader(block []byte) error {
-	tp := textproto.NewReader(bufio.NewReader(bytes.NewReader(block)))
-	line, err := tp.ReadLine()
-	if err != nil {
-		return errMalformedReponse
-	}
-	proto, rest, ok := strings.Cut(line, " ")
+	text := string(block) // one allocation; names and values share it
+	line, rest, _ := strings.Cut(text, "\r\n")
+	proto, status, ok := strings.Cut(line, " ")
 	if !ok || !strings.HasPrefix(proto, "HTTP/1.") {
 		return fmt.Errorf("%w: status line %q", errMalformedReponse, line)
 	}
-	code, reason, _ := strings.Cut(rest, " ")
-	status, err := strconv.Atoi(code)
-	if err != nil || len(code) != 3 || status < 100 {
+	code, reason, _ := strings.Cut(status, " ")
+	n, err := strconv.Atoi(code)
+	if err != nil || len(code) != 3 || n < 100 {
 		return fmt.Errorf("%w: status line %q", errMalformedReponse, line)
 	}
-	h, err := tp.ReadMIMEHeader()
+	kv, err := parseFields(rest, p.hdr[:0])
 	if err != nil {
-		return errMalformedReponse
+		return err
 	}
-	if status/100 == 1 && status != http.StatusSwitchingProtocols {
+	if n/100 == 1 && n != http.StatusSwitchingProtocols {
 		return nil // informational: the final response follows
 	}
-	p.status, p.reason, p.header = status, reason, http.Header(h)
+	p.status, p.reason, p.hdr = n, reason, kv
+	var te, cl string
+	for i := 0; i < len(kv); i += 2 {
+		switch kv[i] {
+		case "Transfer-Encoding":
+			te = kv[i+1]
+		case "Content-Length":
+			cl = kv[i+1]
+		}
+	}
 	switch {
-	case p.headReq, status/100 == 1, status == http.StatusNoContent, status == http.StatusNotModified:
+	case p.headReq, n/100 == 1, n == http.StatusNoContent, n == http.StatusNotModified:
 		p.state = psDone
-	case strings.EqualFold(h.Get("Transfer-Encoding"), "chunked"):
+	case strings.EqualFold(te, "chunked"):
 		p.chunked = true
 		p.state = psChunkSize
-	case h.Get("Content-Length") != "":
-		n, err := strconv.ParseInt(h.Get("Content-Length"), 10, 64)
-		if err != nil || n < 0 {
+	case cl != "":
+		size, err := strconv.ParseInt(cl, 10, 64)
+		if err != nil || size < 0 {
 			return errMalformedReponse
 		}
-		if n > p.maxBody {
+		if size > p.maxBody {
 			return ErrBodyTooLarge
 		}
-		p.left = n
+		p.left = size
 		p.state = psBody
-		if n == 0 {
+		if size == 0 {
 			p.state = psDone
 		} else {
-			p.body = make([]byte, 0, n)
+			p.body = make([]byte, 0, size)
 		}
 	default:
 		p.state = psUntilClose
 	}
 	return nil
+}
+
+// parseFields parses "Name: value\r\n" lines up to the empty line that
+// ends a header or trailer block, appending canonical names and trimmed
+// values to kv.
+func parseFields(text string, kv []string) ([]string, error) {
+	for {
+		line, rest, ok := strings.Cut(text, "\r\n")
+		if !ok {
+			return nil, errMalformedReponse
+		}
+		if line == "" {
+			return kv, nil
+		}
+		name, value, ok := strings.Cut(line, ":")
+		if !ok || !validHeaderName(name) {
+			return nil, fmt.Errorf("%w: header line %q", errMalformedReponse, line)
+		}
+		kv = append(kv, textproto.CanonicalMIMEHeaderKey(name), textproto.TrimString(value))
+		text = rest
+	}
 }
 
 // responseSkip lists response header fields that describe the HTTP/1.1
@@ -329,7 +355,7 @@ func (p *respParser) envelope(id uint64) *envelope {
 		ID:      id,
 		Status:  p.status,
 		Body:    p.body,
-		Header:  appendHeader(make([]string, 0, 2*len(p.header)), p.header, responseSkip),
+		Header:  skipFields(p.hdr, responseSkip),
 	}
 	if p.reason != http.StatusText(p.status) {
 		e.Message = p.reason
@@ -339,10 +365,19 @@ func (p *respParser) envelope(id uint64) *envelope {
 	} else {
 		e.ContentLength = int64(len(p.body))
 	}
-	if len(p.trailer) > 0 {
-		e.Trailer = appendHeader(nil, p.trailer, nil)
-	}
+	e.Trailer = p.trailer
 	return e
+}
+
+// skipFields removes the fields named in skip from kv, in place.
+func skipFields(kv []string, skip map[string]bool) []string {
+	out := kv[:0]
+	for i := 0; i < len(kv); i += 2 {
+		if !skip[kv[i]] {
+			out = append(out, kv[i], kv[i+1])
+		}
+	}
+	return out
 }
 
 // simpleResponse builds a response envelope the Listener sends itself

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"runtime"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -374,6 +375,7 @@ func (p *peer) writeLoop() {
 		case <-p.dead:
 			return
 		}
+		yielded := false
 		for more := true; more; {
 			var err error
 			switch m.op {
@@ -390,6 +392,18 @@ func (p *peer) writeLoop() {
 				p.close()
 				return
 			}
+			select {
+			case m = <-p.out:
+				continue
+			default:
+			}
+			if yielded {
+				break
+			}
+			// Before the syscall, let handlers that are about to reply
+			// run once, so that their replies share this write.
+			yielded = true
+			runtime.Gosched()
 			select {
 			case m = <-p.out:
 			default:

@@ -11,6 +11,7 @@ import (
 	"net"
 	"net/http"
 	"net/textproto"
+	"runtime"
 	"sort"
 	"strconv"
 	"strings"
@@ -275,6 +276,7 @@ func (t *Transport) serve(l *clientLink) {
 func (t *Transport) writeLoop(l *clientLink) {
 	maxBatch := t.cfg.writeBatchOrDefault()
 	var batch []*call
+	yielded := 0
 	for {
 		// Drain the queue first: calls may have been queued while no
 		// connection was up, and their wake token used by a writer of a
@@ -298,6 +300,12 @@ func (t *Transport) writeLoop(l *clientLink) {
 			}
 			t.mu.Unlock()
 			if n == 0 {
+				if l.bw.Buffered() > 0 {
+					if err := l.bw.Flush(); err != nil {
+						l.close(err)
+						return
+					}
+				}
 				break
 			}
 			for _, c := range batch {
@@ -306,6 +314,12 @@ func (t *Transport) writeLoop(l *clientLink) {
 					return
 				}
 			}
+			if yielded < 1 {
+				yielded++
+				runtime.Gosched()
+				continue
+			}
+			yielded = 0
 			if err := l.bw.Flush(); err != nil {
 				l.close(err)
 				return
