@@ -584,9 +584,6 @@ func diffCases() []diffCase {
 		{
 			name: "empty User-Agent suppresses the header",
 			req:  diffReq("GET", "/echo/ua", nil, diffHeaderMod(func(h http.Header) { h.Set("User-Agent", "") })),
-			knownDiff: "http.Transport sends no User-Agent when req.Header has User-Agent set to \"\" (the documented way to " +
-				"suppress it); zmqhttp Transport.buildRequest skips its default but appendHeader still copies the empty value, " +
-				"so the server sees a User-Agent header with an empty value",
 		},
 		{name: "Host header in req.Header is ignored", req: diffReq("GET", "/echo/host-header", nil,
 			diffHeaderMod(func(h http.Header) { h.Set("Host", "ignored.example") }))},
@@ -604,10 +601,6 @@ func diffCases() []diffCase {
 			name: "GET ContentLength -1 empty body",
 			req: diffReq("GET", "/echo/get-unknown-empty", func() io.Reader { return io.MultiReader() },
 				func(r *http.Request) { r.ContentLength = -1 }),
-			knownDiff: "http.Transport probes a body of unknown length on methods that usually lack one (GET, HEAD, DELETE, OPTIONS, " +
-				"PROPFIND, SEARCH) and, finding it empty, sends no body " +
-				"(server: ContentLength 0, no Transfer-Encoding); zmqhttp Transport.buildRequest sets ContentLength -1 whenever " +
-				"req.ContentLength < 0 and requestBytes sends it chunked (server: ContentLength -1, TransferEncoding [chunked])",
 		},
 		{name: "POST unknown length (MultiReader, ContentLength 0)", req: diffReq("POST", "/echo/multi", func() io.Reader {
 			return io.MultiReader(strings.NewReader("part1-"), strings.NewReader("part2"))
@@ -639,9 +632,6 @@ func diffCases() []diffCase {
 			req: diffReq("POST", "/echo/req-trailers-known", diffStr("known length"), func(r *http.Request) {
 				r.Trailer = http.Header{"X-Known": {"v"}}
 			}),
-			knownDiff: "http.Transport sends a known-length body with Content-Length and drops req.Trailer entirely (its " +
-				"transferWriter keeps trailers only for a chunked body); zmqhttp Transport.buildRequest forces ContentLength -1 " +
-				"whenever len(req.Trailer) > 0, so the server sees a chunked body (ContentLength -1) with the trailers",
 		},
 		{
 			name: "request trailer declared but never set",
@@ -649,18 +639,12 @@ func diffCases() []diffCase {
 				r.ContentLength = -1
 				r.Trailer = http.Header{"X-Never": nil}
 			}),
-			knownDiff: "http.Transport announces every req.Trailer key in a Trailer header, so the server's r.Trailer has the key " +
-				"with no value; zmqhttp requestBytes derives the Trailer header from trailer values only (trailerNames over " +
-				"env.Trailer, built by appendHeader which drops keys without values), so r.Trailer is nil",
 		},
 		{
 			name: "req.TransferEncoding chunked with a known-length body",
 			req: diffReq("POST", "/echo/te-chunked", diffStr("chunk me"), func(r *http.Request) {
 				r.TransferEncoding = []string{"chunked"}
 			}),
-			knownDiff: "http.Transport honours req.TransferEncoding = [chunked] and sends the body chunked (server: ContentLength " +
-				"-1, TransferEncoding [chunked]); zmqhttp Transport.buildRequest ignores req.TransferEncoding and sends " +
-				"Content-Length",
 		},
 		{name: "Expect: 100-continue", req: diffReq("POST", "/echo/expect", diffStr("continue body"),
 			diffHeaderMod(func(h http.Header) { h.Set("Expect", "100-continue") }))},
@@ -723,9 +707,6 @@ func diffCases() []diffCase {
 		{
 			name: "body delimited by connection close (Transfer-Encoding: identity)",
 			req:  diffReq("GET", "/until-close", nil),
-			knownDiff: "for a response whose body runs until the connection closes, http.Transport reports ContentLength -1; " +
-				"the zmqhttp Listener records it as a known length (respParser.envelope sets ContentLength = len(body) when not " +
-				"chunked, after finish() on psUntilClose) so Transport.buildResponse reports ContentLength = len(body)",
 		},
 
 		// --- trailers ---
@@ -735,9 +716,6 @@ func diffCases() []diffCase {
 		{
 			name: "response trailer declared but never set",
 			req:  diffReq("GET", "/trailers?mode=never", nil),
-			knownDiff: "http.Transport fills resp.Trailer with every name of the response's Trailer header (nil value when never " +
-				"sent), so resp.Trailer = {X-Never: nil}; the zmqhttp Listener drops the Trailer header (responseSkip) and " +
-				"Transport.buildResponse builds resp.Trailer from received trailer values only, so resp.Trailer is nil",
 		},
 
 		// --- redirects ---
@@ -796,11 +774,6 @@ func diffCases() []diffCase {
 				cl.Timeout = 200 * time.Millisecond
 				return cl.Get(c.Base + "/slow")
 			},
-			knownDiffRacy: true,
-			knownDiff: "err.(net.Error).Timeout() is sometimes false for the zmqhttp client: for a RoundTripper other than " +
-				"http.Transport, http.Client wraps the error as a timeout only if its own timer goroutine fired first; " +
-				"the zmqhttp Transport usually sees the context deadline at the same instant and returns fmt.Errorf(\"zmqhttp: " +
-				"... %w\", ctx.Err()) (Transport.ctxError), whose type has no Timeout method, so url.Error.Timeout() is false",
 		},
 		{
 			name: "request context deadline",
@@ -813,9 +786,6 @@ func diffCases() []diffCase {
 				}
 				return c.Client.Do(req)
 			},
-			knownDiff: "http.Transport returns an error that implements Timeout() (url.Error.Timeout() true, as " +
-				"net.Error); zmqhttp Transport.ctxError wraps ctx.Err() with fmt.Errorf, which hides the Timeout method " +
-				"from url.Error.Timeout() (errors.Is(err, context.DeadlineExceeded) still holds on both sides)",
 		},
 		{
 			name: "caller's deadline cancels the handler's context",

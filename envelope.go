@@ -87,11 +87,19 @@ type envelope struct {
 	Timeout int64  // 11
 	Message string // 12: human-readable text for KindError
 	Seq     uint64 // 13: reserved (chunk sequence)
-	Flags   uint64 // 14: reserved (bit 0: last chunk)
+	Flags   uint64 // 14: bit flags, see flagBodyUntilClose; bit 0 reserved (last chunk)
 	Credit  uint64 // 15: reserved (flow control)
 }
 
 const envelopeFields = 16
+
+// Envelope flags (field 14).
+const (
+	// flagBodyUntilClose marks a response whose HTTP/1.1 body was
+	// delimited by the server closing the connection (neither chunked
+	// nor with a Content-Length); ContentLength is then -1.
+	flagBodyUntilClose = 1 << 1
+)
 
 // Limits bounds what a peer accepts from the network. The zero value of a
 // field means its default; see the field docs.

@@ -26,21 +26,27 @@ func requestBytes(e *envelope) [][]byte {
 	b.WriteString(" HTTP/1.1\r\nHost: ")
 	b.WriteString(e.Host)
 	b.WriteString("\r\n")
+	chunked := e.ContentLength < 0
+	declared := false // a Trailer field announces the trailers
 	for i := 0; i+1 < len(e.Header); i += 2 {
 		switch e.Header[i] {
-		case "Host", "Content-Length", "Transfer-Encoding", "Connection", "Trailer":
+		case "Host", "Content-Length", "Transfer-Encoding", "Connection":
 			continue // carried by the envelope's own fields
+		case "Trailer":
+			if !chunked {
+				continue // trailers exist only in a chunked body
+			}
+			declared = true
 		}
 		b.WriteString(e.Header[i])
 		b.WriteString(": ")
 		b.WriteString(e.Header[i+1])
 		b.WriteString("\r\n")
 	}
-	chunked := e.ContentLength < 0
 	switch {
 	case chunked:
 		b.WriteString("Transfer-Encoding: chunked\r\n")
-		if len(e.Trailer) > 0 {
+		if len(e.Trailer) > 0 && !declared {
 			b.WriteString("Trailer: ")
 			b.WriteString(strings.Join(trailerNames(e.Trailer), ", "))
 			b.WriteString("\r\n")
@@ -96,16 +102,17 @@ type respParser struct {
 	maxBody   int64
 	maxHeader int
 
-	state   int
-	pend    []byte // bytes not yet consumed by the state machine
-	left    int64  // bytes left in the current body part or chunk
-	status  int
-	reason  string
-	hdr     []string // header fields as written: name, value, ...
-	body    []byte
-	trailer []string
-	chunked bool
-	err     error
+	state      int
+	pend       []byte // bytes not yet consumed by the state machine
+	left       int64  // bytes left in the current body part or chunk
+	status     int
+	reason     string
+	hdr        []string // header fields as written: name, value, ...
+	body       []byte
+	trailer    []string
+	chunked    bool
+	untilClose bool // the body ended when the server closed the connection
+	err        error
 }
 
 const (
@@ -156,6 +163,7 @@ func (p *respParser) done() bool { return p.state == psDone }
 func (p *respParser) finish() bool {
 	if p.state == psUntilClose {
 		p.state = psDone
+		p.untilClose = true
 	}
 	return p.state == psDone
 }
@@ -344,7 +352,7 @@ func parseFields(text string, kv []string) ([]string, error) {
 // responseSkip lists response header fields that describe the HTTP/1.1
 // connection rather than the response.
 var responseSkip = map[string]bool{
-	"Connection": true, "Keep-Alive": true, "Transfer-Encoding": true, "Trailer": true,
+	"Connection": true, "Keep-Alive": true, "Transfer-Encoding": true,
 }
 
 // envelope renders the parsed response as a response envelope for id.
@@ -360,9 +368,13 @@ func (p *respParser) envelope(id uint64) *envelope {
 	if p.reason != http.StatusText(p.status) {
 		e.Message = p.reason
 	}
-	if p.chunked {
+	switch {
+	case p.chunked:
 		e.ContentLength = -1
-	} else {
+	case p.untilClose:
+		e.ContentLength = -1
+		e.Flags |= flagBodyUntilClose
+	default:
 		e.ContentLength = int64(len(p.body))
 	}
 	e.Trailer = p.trailer

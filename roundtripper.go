@@ -472,11 +472,26 @@ func (t *Transport) ctxError(req *http.Request, err, fallback error) error {
 	t.mu.Lock()
 	connected, last := t.cur != nil, t.lastErr
 	t.mu.Unlock()
+	msg := fmt.Sprintf("zmqhttp: %s %s: %v", req.Method, req.URL.Redacted(), err)
 	if !connected && last != nil {
-		return fmt.Errorf("zmqhttp: %s %s: not connected (%v): %w", req.Method, req.URL.Redacted(), last, err)
+		msg = fmt.Sprintf("zmqhttp: %s %s: not connected (%v): %v", req.Method, req.URL.Redacted(), last, err)
 	}
-	return fmt.Errorf("zmqhttp: %s %s: %w", req.Method, req.URL.Redacted(), err)
+	return &contextError{msg: msg, err: err}
 }
+
+// contextError ends a call whose context ended first. It wraps the
+// context's error and, like net/http's, reports Timeout() for a deadline,
+// so url.Error.Timeout() is true for an http.Client caller.
+type contextError struct {
+	msg string
+	err error
+}
+
+func (e *contextError) Error() string { return e.msg }
+func (e *contextError) Unwrap() error { return e.err }
+
+// Timeout reports whether the call ended because its deadline passed.
+func (e *contextError) Timeout() bool { return errors.Is(e.err, context.DeadlineExceeded) }
 
 // enqueue registers c as pending and queues it for the writer.
 func (t *Transport) enqueue(c *call) error {
@@ -533,21 +548,47 @@ func (t *Transport) buildRequest(req *http.Request) (*envelope, bool, error) {
 	if host == "" {
 		host = req.URL.Host
 	}
+	hasBody := req.Body != nil && req.Body != http.NoBody
 	body, err := t.readBody(req)
 	if err != nil {
 		return nil, false, err
 	}
+	// Framing, decided as http.Transport decides it: a known length is
+	// sent with Content-Length (and req.Trailer is dropped); a body of
+	// unknown length that turns out empty is no body; anything else, or
+	// an explicit chunked TransferEncoding, is chunked, with trailers.
 	cl := int64(len(body))
+	chunked := len(req.TransferEncoding) > 0 && req.TransferEncoding[0] == "chunked"
+	unknown := req.ContentLength < 0 || req.ContentLength == 0 && hasBody
 	switch {
 	case req.ContentLength > 0 && req.ContentLength != cl:
 		return nil, false, fmt.Errorf("zmqhttp: ContentLength=%d with Body length %d", req.ContentLength, cl)
-	case req.ContentLength < 0, req.ContentLength == 0 && cl > 0, len(req.Trailer) > 0:
-		cl = -1 // unknown in advance: the server sees a chunked request
+	case unknown && cl > 0:
+		chunked = true
+	case unknown && hasBody && !bodylessMethod(method):
+		chunked = true // http.Transport probes only bodyless methods' bodies
 	}
-	header := make([]string, 0, 2*len(req.Header)+4)
+	if chunked {
+		cl = -1
+	}
+	header := make([]string, 0, 2*len(req.Header)+6)
 	header = appendHeader(header, req.Header, requestSkip)
-	if _, ok := req.Header["User-Agent"]; !ok {
+	// User-Agent: the default when the caller set none; nothing when the
+	// caller set it to "" (the documented way to send none).
+	if ua, ok := req.Header["User-Agent"]; !ok {
 		header = append(header, "User-Agent", defaultUserAgent)
+	} else if len(ua) > 0 && ua[0] != "" {
+		header = append(header, "User-Agent", ua[0])
+	}
+	var trailer []string
+	if chunked && len(req.Trailer) > 0 {
+		names := make([]string, 0, len(req.Trailer))
+		for k := range req.Trailer {
+			names = append(names, textproto.CanonicalMIMEHeaderKey(k))
+		}
+		sort.Strings(names)
+		header = append(header, "Trailer", strings.Join(names, ","))
+		trailer = appendHeader(nil, req.Trailer, nil)
 	}
 	gzipAsked := false
 	if !t.cfg.disableCompress && req.Header.Get("Accept-Encoding") == "" &&
@@ -564,10 +605,8 @@ func (t *Transport) buildRequest(req *http.Request) (*envelope, bool, error) {
 		Host:          host,
 		Header:        header,
 		Body:          body,
+		Trailer:       trailer,
 		ContentLength: cl,
-	}
-	if len(req.Trailer) > 0 {
-		env.Trailer = appendHeader(nil, req.Trailer, nil)
 	}
 	if err := validateEnvelope(env, t.cfg.limits); err != nil {
 		return nil, false, fmt.Errorf("zmqhttp: cannot send request: %w", err)
@@ -577,12 +616,22 @@ func (t *Transport) buildRequest(req *http.Request) (*envelope, bool, error) {
 
 const defaultUserAgent = "Go-http-client/1.1"
 
+// bodylessMethod reports whether http.Transport treats a body of unknown
+// length that turns out empty as no body for method (it probes those).
+func bodylessMethod(m string) bool {
+	switch m {
+	case "GET", "HEAD", "DELETE", "OPTIONS", "PROPFIND", "SEARCH":
+		return true
+	}
+	return false
+}
+
 // requestSkip lists header fields the envelope carries elsewhere or that
 // belong to one HTTP/1.1 hop.
 var requestSkip = map[string]bool{
 	"Host": true, "Content-Length": true, "Transfer-Encoding": true,
 	"Connection": true, "Keep-Alive": true, "Proxy-Connection": true,
-	"Upgrade": true, "Te": true, "Trailer": true,
+	"Upgrade": true, "Te": true, "Trailer": true, "User-Agent": true,
 }
 
 // appendHeader flattens h into kv, names sorted for a stable encoding,
@@ -656,6 +705,23 @@ func (t *Transport) buildResponse(req *http.Request, env *envelope, gzipAsked bo
 			resp.Trailer[env.Trailer[i]] = append(resp.Trailer[env.Trailer[i]], env.Trailer[i+1])
 		}
 	}
+	// Declared trailers are keys of resp.Trailer even when never sent, and
+	// the Trailer field itself is not part of resp.Header (as fixTrailer
+	// does in net/http).
+	if decl, ok := h["Trailer"]; ok {
+		if resp.Trailer == nil {
+			resp.Trailer = make(http.Header)
+		}
+		for _, v := range decl {
+			for _, name := range strings.Split(v, ",") {
+				name = textproto.CanonicalMIMEHeaderKey(textproto.TrimString(name))
+				if _, set := resp.Trailer[name]; name != "" && !set {
+					resp.Trailer[name] = nil
+				}
+			}
+		}
+		delete(h, "Trailer")
+	}
 	switch {
 	case req.Method == http.MethodHead:
 		resp.ContentLength = -1
@@ -666,6 +732,9 @@ func (t *Transport) buildResponse(req *http.Request, env *envelope, gzipAsked bo
 		}
 	case env.Status/100 == 1, env.Status == http.StatusNoContent, env.Status == http.StatusNotModified:
 		resp.ContentLength = 0
+	case env.ContentLength < 0 && env.Flags&flagBodyUntilClose != 0:
+		resp.ContentLength = -1
+		resp.Close = true
 	case env.ContentLength < 0:
 		resp.ContentLength = -1
 		resp.TransferEncoding = []string{"chunked"}
