@@ -54,8 +54,6 @@ func (k Kind) supported() bool {
 
 // Error codes carried by a KindError envelope in its Status field.
 const (
-	errCodeBadRequest  = 400 // the request envelope could not be decoded or was invalid
-	errCodeTooLarge    = 413 // a limit was exceeded
 	errCodeUnsupported = 501 // unknown kind or version
 	errCodeInternal    = 500 // the server failed to produce a response
 )
@@ -107,17 +105,19 @@ type Limits struct {
 	// MaxBodyBytes bounds a request or response body. Default 32 MiB.
 	MaxBodyBytes int64
 	// MaxHeaderBytes bounds the sum of the lengths of all header and
-	// trailer names and values, plus method, URI and host. Default 1 MiB.
+	// trailer names and values, plus method, URI and host. Default 2 MiB,
+	// above http.Server's default MaxHeaderBytes (1 MiB), so that by
+	// default the server's own limit applies, as over TCP.
 	MaxHeaderBytes int
 	// MaxHeaderFields bounds the number of header plus trailer values.
-	// Default 1024.
+	// Default 8192.
 	MaxHeaderFields int
 }
 
 const (
 	defaultMaxBodyBytes    = 32 << 20
-	defaultMaxHeaderBytes  = 1 << 20
-	defaultMaxHeaderFields = 1024
+	defaultMaxHeaderBytes  = 2 << 20
+	defaultMaxHeaderFields = 8192
 )
 
 func (l Limits) maxBodyBytes() int64 {
@@ -193,7 +193,8 @@ const (
 	reasonMalformed   = "malformed envelope"
 	reasonVersion     = "unsupported version"
 	reasonKind        = "unsupported kind"
-	reasonTooLarge    = "over limit"
+	reasonHeaderLarge = "header over limit"
+	reasonBodyLarge   = "body over limit"
 	reasonInvalidHTTP = "invalid HTTP field"
 	reasonFraming     = "bad framing"
 )
@@ -273,13 +274,13 @@ func (e *idError) Unwrap() error { return e.err }
 
 func validateEnvelope(e *envelope, lim Limits) error {
 	if int64(len(e.Body)) > lim.maxBodyBytes() {
-		return protoErr(reasonTooLarge, "body of %d bytes exceeds %d", len(e.Body), lim.maxBodyBytes())
+		return protoErr(reasonBodyLarge, "body of %d bytes exceeds %d", len(e.Body), lim.maxBodyBytes())
 	}
 	if len(e.Header)%2 != 0 || len(e.Trailer)%2 != 0 {
 		return protoErr(reasonMalformed, "header list of odd length")
 	}
 	if len(e.Header)/2+len(e.Trailer)/2 > lim.maxHeaderFields() {
-		return protoErr(reasonTooLarge, "%d header fields exceed %d", len(e.Header)/2+len(e.Trailer)/2, lim.maxHeaderFields())
+		return protoErr(reasonHeaderLarge, "%d header fields exceed %d", len(e.Header)/2+len(e.Trailer)/2, lim.maxHeaderFields())
 	}
 	size := len(e.Method) + len(e.URI) + len(e.Host)
 	for _, s := range e.Header {
@@ -289,7 +290,7 @@ func validateEnvelope(e *envelope, lim Limits) error {
 		size += len(s)
 	}
 	if size > lim.maxHeaderBytes() {
-		return protoErr(reasonTooLarge, "header bytes %d exceed %d", size, lim.maxHeaderBytes())
+		return protoErr(reasonHeaderLarge, "header bytes %d exceed %d", size, lim.maxHeaderBytes())
 	}
 	if e.ContentLength < -1 {
 		return protoErr(reasonMalformed, "content length %d", e.ContentLength)
@@ -388,6 +389,9 @@ func validRequestURI(s string) bool {
 
 // arrayHeader reads the msgpack array header at b[0].
 func arrayHeader(b []byte) (int, error) {
+	if len(b) == 0 {
+		return 0, protoErr(reasonMalformed, "empty envelope")
+	}
 	c := b[0]
 	switch {
 	case c&0xf0 == 0x90:
@@ -402,6 +406,9 @@ func arrayHeader(b []byte) (int, error) {
 
 // peekHead reads the first three array elements as unsigned integers.
 func peekHead(b []byte) (ver, kind, id uint64, ok bool) {
+	if _, err := arrayHeader(b); err != nil || len(b) == 0 {
+		return 0, 0, 0, false
+	}
 	p := 1
 	if b[0] == 0xdc {
 		p = 3
@@ -499,7 +506,10 @@ func walk(b []byte, depth, maxElems int) (int, error) {
 			limit = envelopeFields * 4
 		}
 		if count > limit {
-			return 0, protoErr(reasonTooLarge, "list of %d elements exceeds %d", count, limit)
+			if depth == 0 {
+				return 0, protoErr(reasonMalformed, "array of %d fields exceeds %d", count, limit)
+			}
+			return 0, protoErr(reasonHeaderLarge, "list of %d elements exceeds %d", count, limit)
 		}
 		p := hdr
 		for i := uint64(0); i < count*uint64(perElem); i++ {

@@ -77,9 +77,9 @@ func TestEnvelopeRejects(t *testing.T) {
 		{"reserved kind", []byte{0x93, 1, byte(KindCancel), 5}, reasonKind},
 		{"truncated", req(func(e *envelope) {})[:10], reasonMalformed},
 		{"trailing bytes", append(req(func(e *envelope) {}), 0xc0), reasonMalformed},
-		{"body over limit", req(func(e *envelope) { e.Body = make([]byte, 11); e.ContentLength = 11 }), reasonTooLarge},
-		{"too many headers", req(func(e *envelope) { e.Header = []string{"A", "1", "B", "2", "C", "3", "D", "4"} }), reasonTooLarge},
-		{"header bytes", req(func(e *envelope) { e.Header = []string{"A", string(make([]byte, 70))} }), reasonTooLarge},
+		{"body over limit", req(func(e *envelope) { e.Body = make([]byte, 11); e.ContentLength = 11 }), reasonBodyLarge},
+		{"too many headers", req(func(e *envelope) { e.Header = []string{"A", "1", "B", "2", "C", "3", "D", "4"} }), reasonHeaderLarge},
+		{"header bytes", req(func(e *envelope) { e.Header = []string{"A", string(make([]byte, 70))} }), reasonHeaderLarge},
 		{"odd header list", req(func(e *envelope) { e.Header = []string{"A"} }), reasonMalformed},
 		{"bad header name", req(func(e *envelope) { e.Header = []string{"A B", "1"} }), reasonInvalidHTTP},
 		{"CRLF in value", req(func(e *envelope) { e.Header = []string{"A", "1\r\nB: 2"} }), reasonInvalidHTTP},
@@ -89,7 +89,7 @@ func TestEnvelopeRejects(t *testing.T) {
 		{"negative timeout", req(func(e *envelope) { e.Timeout = -1 }), reasonMalformed},
 		// An array that claims 2^32-1 elements in a few bytes must not
 		// make the decoder allocate for them.
-		{"huge declared array", []byte{0x93 + 4, 1, 1, 5, 0xa1, 'G', 0xdd, 0xff, 0xff, 0xff, 0xff}, reasonTooLarge},
+		{"huge declared array", []byte{0x93 + 4, 1, 1, 5, 0xa1, 'G', 0xdd, 0xff, 0xff, 0xff, 0xff}, reasonHeaderLarge},
 		{"huge declared string", []byte{0x94, 1, 1, 5, 0xdb, 0xff, 0xff, 0xff, 0xff}, reasonMalformed},
 	}
 	for _, c := range cases {

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/http"
 	"os"
 	"runtime"
 	"strconv"
@@ -427,6 +428,11 @@ func (p *peer) readLoop() {
 		var isCmd bool
 		var err error
 		frames, isCmd, err = readMessage(p.br, maxFrame, frames)
+		var oe *oversizeError
+		if errors.As(err, &oe) {
+			p.rejectOversized(oe)
+			continue
+		}
 		if err != nil {
 			var pe *ProtocolError
 			if errors.As(err, &pe) {
@@ -448,13 +454,7 @@ func (p *peer) readLoop() {
 		}
 		var env envelope
 		if err := decodeEnvelope(frames[1], l.cfg.limits, &env); err != nil {
-			var ie *idError
-			if errors.As(err, &ie) && (ie.kind == KindRequest || !ie.kind.supported()) {
-				l.stats.rejected.Add(1)
-				p.reply(errorEnvelope(ie.id, errorCode(err), err.Error()))
-			} else {
-				l.stats.badMessages.Add(1)
-			}
+			p.reject(err)
 			continue
 		}
 		if env.Kind != KindRequest {
@@ -495,15 +495,44 @@ func (p *peer) sendPong(ctx []byte) {
 	}
 }
 
-func errorCode(err error) int {
+// reject answers a message that failed to decode, when its id could be
+// read: a request the server cannot take gets the HTTP answer an HTTP
+// server would give (400, 413 or 431) without running the handler; an
+// unknown version or kind gets an error envelope, since it may not be a
+// request at all. Anything else is dropped and counted.
+func (p *peer) reject(err error) {
+	var ie *idError
+	if !errors.As(err, &ie) || (ie.kind != KindRequest && ie.kind.supported()) {
+		p.l.stats.badMessages.Add(1)
+		return
+	}
+	p.l.stats.rejected.Add(1)
 	var pe *ProtocolError
-	if errors.As(err, &pe) {
+	errors.As(err, &pe)
+	if ie.kind != KindRequest || pe != nil && (pe.Reason == reasonVersion || pe.Reason == reasonKind) {
+		p.reply(errorEnvelope(ie.id, errCodeUnsupported, err.Error()))
+		return
+	}
+	status := http.StatusBadRequest
+	if pe != nil {
 		switch pe.Reason {
-		case reasonTooLarge:
-			return errCodeTooLarge
-		case reasonVersion, reasonKind:
-			return errCodeUnsupported
+		case reasonHeaderLarge:
+			status = http.StatusRequestHeaderFieldsTooLarge
+		case reasonBodyLarge:
+			status = http.StatusRequestEntityTooLarge
 		}
 	}
-	return errCodeBadRequest
+	p.reply(simpleResponse(ie.id, status, http.StatusText(status)+": "+err.Error()))
+}
+
+// rejectOversized answers a request whose message was over the frame
+// limit (and was discarded unread) with 413, if its id can be read.
+func (p *peer) rejectOversized(oe *oversizeError) {
+	ver, kind, id, ok := peekHead(oe.head)
+	if !ok || ver != ProtocolVersion || Kind(kind) != KindRequest {
+		p.l.stats.badMessages.Add(1)
+		return
+	}
+	p.l.stats.rejected.Add(1)
+	p.reply(simpleResponse(id, http.StatusRequestEntityTooLarge, "Request Entity Too Large: "+oe.Error()))
 }

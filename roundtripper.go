@@ -363,6 +363,14 @@ func (t *Transport) readLoop(l *clientLink) {
 		var isCmd bool
 		var err error
 		frames, isCmd, err = readMessage(l.br, maxFrame, frames)
+		var oe *oversizeError
+		if errors.As(err, &oe) {
+			t.stats.badReplies.Add(1)
+			if _, kind, id, ok := peekHead(oe.head); ok && Kind(kind) != KindRequest {
+				t.resolve(id, callResult{err: fmt.Errorf("%w: %v", ErrBodyTooLarge, oe)})
+			}
+			continue
+		}
 		if err != nil {
 			l.close(err)
 			return

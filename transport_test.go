@@ -532,27 +532,55 @@ func TestHandlerPanic(t *testing.T) {
 	}
 }
 
+// TestBodyLimits: a request over the server's limits is answered 413 like
+// an HTTP server would, without the handler; a message over the frame limit
+// is discarded unread and answered 413 too, and the shared connection, with
+// another caller's request in flight on it, survives.
 func TestBodyLimits(t *testing.T) {
-	ts := startServer(t, "tcp", echoHandler(), WithLimits(Limits{MaxBodyBytes: 1024}))
-	client, _ := newClient(t, ts.L.Endpoint(), WithLimits(Limits{MaxBodyBytes: 1 << 20}))
-	// Over the server's limit: the server rejects it with 413.
-	_, err := client.Post("http://svc/", "text/plain", bytes.NewReader(make([]byte, 4096)))
-	var re *RemoteError
-	if !errors.As(err, &re) || re.Code != 413 {
-		t.Fatalf("over server limit: got %v, want RemoteError 413", err)
+	entered := make(chan string, 4)
+	release := make(chan struct{})
+	mux := http.NewServeMux()
+	mux.Handle("/slow", blockingHandler(entered, release))
+	mux.Handle("/", echoHandler())
+	ts := startServer(t, "tcp", mux, WithLimits(Limits{MaxBodyBytes: 1024, MaxHeaderBytes: 1024, MaxHeaderFields: 16}))
+	client, tr := newClient(t, ts.L.Endpoint(), WithLimits(Limits{MaxBodyBytes: 1 << 20}))
+
+	slow := make(chan error, 1)
+	go func() {
+		resp, err := client.Get("http://svc/slow")
+		if err == nil {
+			resp.Body.Close()
+		}
+		slow <- err
+	}()
+	<-entered
+
+	for _, size := range []int{4096, 64 << 10} { // over the body limit; over the frame limit
+		resp, err := client.Post("http://svc/", "text/plain", bytes.NewReader(make([]byte, size)))
+		if err != nil {
+			t.Fatalf("%d-byte body: %v", size, err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusRequestEntityTooLarge {
+			t.Fatalf("%d-byte body: status %d, want 413", size, resp.StatusCode)
+		}
 	}
 	// Over the client's own limit: refused before sending.
 	client2, _ := newClient(t, ts.L.Endpoint(), WithLimits(Limits{MaxBodyBytes: 100}))
-	_, err = client2.Post("http://svc/", "text/plain", bytes.NewReader(make([]byte, 101)))
+	_, err := client2.Post("http://svc/", "text/plain", bytes.NewReader(make([]byte, 101)))
 	if !errors.Is(err, ErrBodyTooLarge) {
 		t.Fatalf("over client limit: got %v, want ErrBodyTooLarge", err)
 	}
-	// The connection survived both.
-	resp, err := client.Post("http://svc/", "text/plain", strings.NewReader("fine"))
-	if err != nil {
-		t.Fatal(err)
+	close(release)
+	if err := <-slow; err != nil {
+		t.Fatalf("the other caller's request failed: %v", err)
 	}
-	resp.Body.Close()
+	if st := tr.Stats(); st.ConnectionsLost != 0 || st.Connects != 1 {
+		t.Fatalf("connection did not survive: %+v", st)
+	}
+	if got := ts.L.Stats().Rejected; got != 2 {
+		t.Errorf("Rejected = %d, want 2", got)
+	}
 }
 
 // rawPeer is a hand-driven ZeroMQ DEALER for feeding a Listener bad input.
@@ -635,7 +663,7 @@ func TestBadInputFromNetwork(t *testing.T) {
 	b, _ := appendEnvelope(nil, &bad)
 	p.send(t, nil, b)
 	e = p.recvEnvelope(t)
-	if e.Kind != KindError || e.ID != 9 || e.Status != errCodeBadRequest {
+	if e.Kind != KindResponse || e.ID != 9 || e.Status != http.StatusBadRequest {
 		t.Fatalf("header injection: got %+v", e)
 	}
 	// A frame that announces 2^50 bytes: this connection is dropped.
@@ -696,5 +724,29 @@ func TestNonCanonicalFramingHeaders(t *testing.T) {
 		if r.Kind != KindResponse || r.ID != e.ID || r.Status != 200 || string(r.Body) != "abc" {
 			t.Errorf("header %q: got kind %s id %d status %d body %q", hdr, r.Kind, r.ID, r.Status, r.Body)
 		}
+	}
+}
+
+// TestReplyOverClientLimit: a reply over the client's limit fails only its
+// own call, with ErrBodyTooLarge; the connection stays up.
+func TestReplyOverClientLimit(t *testing.T) {
+	ts := startServer(t, "tcp", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/big" {
+			w.Write(make([]byte, 256<<10))
+			return
+		}
+		io.WriteString(w, "small")
+	}))
+	client, tr := newClient(t, ts.L.Endpoint(), WithLimits(Limits{MaxBodyBytes: 1024, MaxHeaderBytes: 1024, MaxHeaderFields: 16}))
+	if _, err := client.Get("http://svc/big"); !errors.Is(err, ErrBodyTooLarge) {
+		t.Fatalf("got %v, want ErrBodyTooLarge", err)
+	}
+	resp, err := client.Get("http://svc/small")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if st := tr.Stats(); st.ConnectionsLost != 0 {
+		t.Fatalf("connection lost: %+v", st)
 	}
 }

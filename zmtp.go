@@ -3,7 +3,6 @@ package zmqhttp
 import (
 	"bufio"
 	"encoding/binary"
-	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -72,13 +71,78 @@ func handshake(nc net.Conn, typ zmq4.SocketType, server bool, timeout time.Durat
 	return br, zmq4.SocketType(zc.Peer.Meta["Socket-Type"]), nil
 }
 
-// errFrameTooLarge is wrapped by readMessage when a peer announces a frame
-// over the limit; the connection is then unusable and is closed.
-var errFrameTooLarge = errors.New("frame too large")
+// OversizeError reports a message over the receiver's size limit. The
+// receiver reads and discards it without holding it in memory, so the
+// connection and every other request on it survive; Head holds the first
+// bytes of the oversized frame, enough to find the envelope's id.
+type oversizeError struct {
+	head  []byte
+	size  uint64
+	limit int64
+}
+
+func (e *oversizeError) Error() string {
+	return fmt.Sprintf("zmqhttp: message frame of %d bytes exceeds the limit of %d", e.size, e.limit)
+}
+
+// oversizeHead is how much of an oversized frame is kept: room for the
+// envelope's array header, version, kind and id.
+const oversizeHead = 32
+
+// discardOversized reads and drops the rest of a message whose frame of
+// size bytes (flags already read) is over limit, keeping its first bytes.
+func discardOversized(br *bufio.Reader, flags byte, size uint64, limit int64) error {
+	head := make([]byte, min(size, oversizeHead))
+	if _, err := io.ReadFull(br, head); err != nil {
+		return unexpectedEOF(err)
+	}
+	if err := discardN(br, size-uint64(len(head))); err != nil {
+		return err
+	}
+	for flags&flagMore != 0 {
+		var err error
+		flags, err = br.ReadByte()
+		if err != nil {
+			return unexpectedEOF(err)
+		}
+		var n uint64
+		if flags&flagLong != 0 {
+			var hdr [8]byte
+			if _, err := io.ReadFull(br, hdr[:]); err != nil {
+				return unexpectedEOF(err)
+			}
+			n = binary.BigEndian.Uint64(hdr[:])
+		} else {
+			b, err := br.ReadByte()
+			if err != nil {
+				return unexpectedEOF(err)
+			}
+			n = uint64(b)
+		}
+		if err := discardN(br, n); err != nil {
+			return err
+		}
+	}
+	return &oversizeError{head: head, size: size, limit: limit}
+}
+
+func discardN(br *bufio.Reader, n uint64) error {
+	for n > 0 {
+		chunk := int(min(n, 1<<30))
+		m, err := br.Discard(chunk)
+		n -= uint64(m)
+		if err != nil {
+			return unexpectedEOF(err)
+		}
+	}
+	return nil
+}
 
 // readMessage reads one ZeroMQ message (all frames up to the last without
 // MORE) from br into frames, reusing its backing array. Each frame is at
-// most maxFrame bytes; the message at most maxFramesPerMessage frames.
+// most maxFrame bytes; the message at most maxFramesPerMessage frames. A
+// message over the size limit is discarded and reported as an
+// *oversizeError; the stream stays usable.
 // Command frames (PING and others) are returned as a single-frame message
 // with isCmd set.
 func readMessage(br *bufio.Reader, maxFrame int64, frames [][]byte) (_ [][]byte, isCmd bool, err error) {
@@ -107,11 +171,14 @@ func readMessage(br *bufio.Reader, maxFrame int64, frames [][]byte) (_ [][]byte,
 			return frames, false, protoErr(reasonFraming, "reserved frame flag bits 0x%02x", flags)
 		}
 		total += size
-		if size > uint64(maxFrame) || total > uint64(maxFrame)+routingAllowance {
-			return frames, false, protoErr(reasonTooLarge, "%v: peer announced %d bytes, limit %d", errFrameTooLarge, size, maxFrame)
-		}
 		if len(frames) == maxFramesPerMessage {
 			return frames, false, protoErr(reasonFraming, "more than %d frames in one message", maxFramesPerMessage)
+		}
+		if size > uint64(maxFrame) || total > uint64(maxFrame)+routingAllowance {
+			if flags&flagCommand != 0 {
+				return frames, false, protoErr(reasonFraming, "command frame of %d bytes", size)
+			}
+			return frames, false, discardOversized(br, flags, size, maxFrame)
 		}
 		buf := make([]byte, size)
 		if _, err := io.ReadFull(br, buf); err != nil {
