@@ -34,7 +34,7 @@ var (
 // with an error instead of an HTTP response: it could not decode it, or the
 // handler ended without a complete response (a panic, a closed connection).
 type RemoteError struct {
-	Code    int    // 400 bad request, 413 over a limit, 500 no response, 501 unsupported
+	Code    int    // 500: no complete response (handler panicked, connection closed); 501: unsupported version or kind
 	Message string // the server's explanation
 }
 
