@@ -800,9 +800,6 @@ func diffCases() []diffCase {
 				c.Note("probe error", fmt.Sprint(err != nil))
 				return c.Client.Get(c.Base + "/cancel-result?id=1")
 			},
-			knownDiff: "over TCP the server cancels r.Context() when the client gives up (http.Transport closes the connection); " +
-				"the zmqhttp Transport only drops the call locally (RoundTrip, ctx.Done branch) and sends nothing, and the " +
-				"Listener ignores the envelope's Timeout field, so the handler's context stays alive until it returns",
 		},
 		{
 			name: "request header over 1 MiB",

@@ -49,13 +49,14 @@ func (k Kind) String() string {
 
 // supported reports whether this version of the package implements k.
 func (k Kind) supported() bool {
-	return k == KindRequest || k == KindResponse || k == KindError
+	return k >= KindRequest && k <= KindHello && k != KindChunk && k != KindCredit
 }
 
 // Error codes carried by a KindError envelope in its Status field.
 const (
-	errCodeUnsupported = 501 // unknown kind or version
-	errCodeInternal    = 500 // the server failed to produce a response
+	errCodeUnsupported  = 501 // unknown kind or version
+	errCodeNotProcessed = 503 // the server did not run the request (draining): the client may send it again
+	errCodeInternal     = 500 // the server failed to produce a response
 )
 
 // envelope is the single message layout of the protocol: a msgpack array

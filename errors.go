@@ -21,6 +21,11 @@ var (
 	// run it.
 	ErrConnectionLost = errors.New("zmqhttp: connection lost before the reply; the request may or may not have been processed")
 
+	// ErrNotProcessed fails a request that servers kept returning
+	// unprocessed (they were draining) more than WithMaxReplays times. The
+	// request did not run; it is safe to send again.
+	ErrNotProcessed = errors.New("zmqhttp: the server returned the request unprocessed (draining)")
+
 	// ErrTooManyPending is returned at once by RoundTrip when the
 	// Transport already holds WithMaxPending requests.
 	ErrTooManyPending = errors.New("zmqhttp: too many pending requests")

@@ -5,12 +5,11 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"net/http"
 	"os"
-	"runtime"
 	"strconv"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/go-zeromq/zmq4"
 )
@@ -59,6 +58,9 @@ type listenerCounters struct {
 	slowPeers     atomic.Uint64
 	noResponse    atomic.Uint64
 	drained       atomic.Uint64
+	silentPeers   atomic.Uint64
+	canceled      atomic.Uint64
+	expired       atomic.Uint64
 }
 
 // ListenerStats is a snapshot of a Listener's counters.
@@ -70,7 +72,10 @@ type ListenerStats struct {
 	HandshakeFailed  uint64 // connections dropped during the ZMTP handshake
 	SlowPeers        uint64 // connections dropped because they did not read their replies
 	NoResponse       uint64 // requests the server closed without a complete response
-	ClosedUnanswered uint64 // requests answered 503 because the Listener was closed
+	ClosedUnanswered uint64 // requests returned unprocessed (or 503) because the Listener was closed
+	SilentPeers      uint64 // connections closed because the peer sent nothing within the heartbeat timeout
+	Canceled         uint64 // requests the client cancelled
+	Expired          uint64 // queued requests dropped unrun because the caller's deadline had passed
 	Peers            int    // connected peers now
 	InFlight         int    // requests received and not yet answered
 }
@@ -89,6 +94,9 @@ func (l *Listener) Stats() ListenerStats {
 		SlowPeers:        l.stats.slowPeers.Load(),
 		NoResponse:       l.stats.noResponse.Load(),
 		ClosedUnanswered: l.stats.drained.Load(),
+		SilentPeers:      l.stats.silentPeers.Load(),
+		Canceled:         l.stats.canceled.Load(),
+		Expired:          l.stats.expired.Load(),
 		Peers:            peers,
 		InFlight:         inflight,
 	}
@@ -144,25 +152,58 @@ func (l *Listener) Endpoint() string {
 }
 
 // Accept waits for a free worker and a received request, and returns a
-// connection carrying that request. After Close it returns an error
-// wrapping net.ErrClosed.
+// connection carrying that request. Requests cancelled by their client, or
+// whose caller's deadline passed while they waited, are dropped here
+// without running. After Close it returns an error wrapping net.ErrClosed.
 func (l *Listener) Accept() (net.Conn, error) {
 	select {
 	case l.slots <- struct{}{}:
 	case <-l.done:
 		return nil, ErrListenerClosed
 	}
-	select {
-	case j := <-l.jobs:
-		return newVConn(l, j), nil
-	case <-l.done:
-		<-l.slots
-		return nil, ErrListenerClosed
+	for {
+		select {
+		case j := <-l.jobs:
+			if c := l.start(j); c != nil {
+				return c, nil
+			}
+		case <-l.done:
+			<-l.slots
+			return nil, ErrListenerClosed
+		}
 	}
 }
 
-// Close stops accepting connections and requests. Requests still waiting
-// in the queue are answered 503 with Retry-After; requests already handed
+// start turns j into a connection for the server, or drops it (returning
+// nil) if its caller has gone.
+func (l *Listener) start(j *job) *vconn {
+	p := j.peer
+	p.mu.Lock()
+	expired := !j.deadline.IsZero() && !time.Now().Before(j.deadline)
+	gone := j.canceled || expired
+	var c *vconn
+	if !gone {
+		c = newVConn(l, j)
+		j.conn = c
+	}
+	p.mu.Unlock()
+	if gone {
+		if expired && !j.canceled {
+			l.stats.expired.Add(1)
+		}
+		p.forget(j)
+		l.finished()
+		return nil
+	}
+	c.armDeadline(j.deadline)
+	return c
+}
+
+// Close stops accepting connections and requests, and tells connected
+// clients that speak the draining protocol to send no more. Requests still
+// waiting in the queue, and any arriving later, are returned to such
+// clients as not processed (they send them again after reconnecting) and
+// answered 503 with Retry-After to other clients; requests already handed
 // to the server are answered when the server finishes them (this is what
 // http.Server.Shutdown waits for). Peer connections are closed once no
 // request on them is left unanswered. Close is idempotent.
@@ -176,13 +217,21 @@ func (l *Listener) Close() error {
 		}
 		l.mu.Lock()
 		l.closed = true
+		peers := make([]*peer, 0, len(l.peers))
+		for p := range l.peers {
+			peers = append(peers, p)
+		}
 		l.mu.Unlock()
+		for _, p := range peers {
+			if p.has(capDrain) {
+				p.send(&envelope{Version: ProtocolVersion, Kind: KindDraining})
+			}
+		}
 		for {
 			select {
 			case j := <-l.jobs:
-				l.stats.drained.Add(1)
-				j.peer.reply(simpleResponse(j.env.ID, 503, "zmqhttp: server shutting down",
-					"Retry-After", strconv.Itoa(l.cfg.retryAfterSeconds())))
+				j.peer.forget(j)
+				j.peer.notProcessed(j.env.ID, "zmqhttp: server shutting down")
 				l.finished()
 				continue
 			default:
@@ -192,6 +241,17 @@ func (l *Listener) Close() error {
 		l.maybeClosePeers()
 	})
 	return err
+}
+
+func (l *Listener) isClosed() bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.closed
+}
+
+func (l *Listener) heartbeatInterval() time.Duration {
+	interval, _ := l.cfg.heartbeat()
+	return interval
 }
 
 // finished records that a received request has been answered.
@@ -299,240 +359,3 @@ type peerAddr struct{ network, addr string }
 func (a peerAddr) Network() string { return a.network }
 func (a peerAddr) String() string  { return a.addr }
 
-// peer is one connected client. br is used by readLoop only, bw by
-// writeLoop only.
-type peer struct {
-	l    *Listener
-	nc   net.Conn
-	br   *bufio.Reader
-	bw   *bufio.Writer
-	addr net.Addr
-	out  chan outMsg   // messages for writeLoop
-	dead chan struct{} // closed by close
-	once sync.Once
-	fin  sync.Once
-}
-
-func (p *peer) close() {
-	p.once.Do(func() {
-		close(p.dead)
-		p.nc.Close()
-		p.l.mu.Lock()
-		delete(p.l.peers, p)
-		p.l.mu.Unlock()
-	})
-}
-
-// closeAfterFlush asks the writer to send what is queued, then close.
-func (p *peer) closeAfterFlush() {
-	p.fin.Do(func() {
-		select {
-		case p.out <- outMsg{op: opFin}:
-		default:
-			p.close()
-		}
-	})
-}
-
-// reply encodes e and queues it for p's writer. If p's queue is full the
-// peer is not reading its replies; it is disconnected rather than allowed
-// to hold memory or workers.
-func (p *peer) reply(e *envelope) {
-	b, err := appendEnvelope(nil, e)
-	if err != nil {
-		b, _ = appendEnvelope(nil, errorEnvelope(e.ID, errCodeInternal, err.Error()))
-	}
-	select {
-	case <-p.dead:
-	case p.out <- outMsg{op: opEnvelope, b: b}:
-	default:
-		p.l.stats.slowPeers.Add(1)
-		p.close()
-	}
-}
-
-// outMsg is one item of a peer's send queue.
-type outMsg struct {
-	op byte   // opEnvelope, opPong or opFin
-	b  []byte // the encoded envelope, or the PONG's context
-}
-
-const (
-	opEnvelope = iota
-	opPong
-	opFin // flush what is queued, then close the connection
-)
-
-func errorEnvelope(id uint64, code int, msg string) *envelope {
-	return &envelope{Version: ProtocolVersion, Kind: KindError, ID: id, Status: code, Message: msg}
-}
-
-func (p *peer) writeLoop() {
-	defer p.l.wg.Done()
-	for {
-		var m outMsg
-		select {
-		case m = <-p.out:
-		case <-p.dead:
-			return
-		}
-		yielded := false
-		for more := true; more; {
-			var err error
-			switch m.op {
-			case opFin:
-				p.bw.Flush()
-				p.close()
-				return
-			case opPong:
-				err = writeCommand(p.bw, "PONG", m.b)
-			default:
-				err = writeEnvelopeMsg(p.bw, m.b)
-			}
-			if err != nil {
-				p.close()
-				return
-			}
-			select {
-			case m = <-p.out:
-				continue
-			default:
-			}
-			if yielded {
-				break
-			}
-			// Before the syscall, let handlers that are about to reply
-			// run once, so that their replies share this write.
-			yielded = true
-			runtime.Gosched()
-			select {
-			case m = <-p.out:
-			default:
-				more = false
-			}
-		}
-		if err := p.bw.Flush(); err != nil {
-			p.close()
-			return
-		}
-	}
-}
-
-// readLoop reads requests from the peer and queues them for workers.
-func (p *peer) readLoop() {
-	defer p.close()
-	l := p.l
-	maxFrame := l.cfg.limits.maxFrameBytes()
-	var frames [][]byte
-	for {
-		var isCmd bool
-		var err error
-		frames, isCmd, err = readMessage(p.br, maxFrame, frames)
-		var oe *oversizeError
-		if errors.As(err, &oe) {
-			p.rejectOversized(oe)
-			continue
-		}
-		if err != nil {
-			var pe *ProtocolError
-			if errors.As(err, &pe) {
-				l.stats.badMessages.Add(1)
-			}
-			return
-		}
-		if isCmd {
-			if commandName(frames[0]) == "PING" {
-				// Answer a libzmq heartbeat; the writer owns bw, so the
-				// PONG goes through it as a raw command.
-				p.sendPong(pongBody(frames[0]))
-			}
-			continue
-		}
-		if len(frames) != 2 || len(frames[0]) != 0 {
-			l.stats.badMessages.Add(1)
-			continue
-		}
-		var env envelope
-		if err := decodeEnvelope(frames[1], l.cfg.limits, &env); err != nil {
-			p.reject(err)
-			continue
-		}
-		if env.Kind != KindRequest {
-			l.stats.badMessages.Add(1)
-			continue
-		}
-		l.stats.requests.Add(1)
-		l.mu.Lock()
-		closed := l.closed
-		if !closed {
-			l.inflight++
-		}
-		l.mu.Unlock()
-		if closed {
-			l.stats.drained.Add(1)
-			p.reply(simpleResponse(env.ID, 503, "zmqhttp: server shutting down",
-				"Retry-After", strconv.Itoa(l.cfg.retryAfterSeconds())))
-			continue
-		}
-		select {
-		case l.jobs <- &job{peer: p, env: env}:
-		default:
-			l.stats.overloaded.Add(1)
-			p.reply(simpleResponse(env.ID, 503, "zmqhttp: server overloaded",
-				"Retry-After", strconv.Itoa(l.cfg.retryAfterSeconds())))
-			l.finished()
-		}
-	}
-}
-
-// sendPong queues the answer to a ZMTP PING (sent by libzmq peers with
-// heartbeats enabled). It is dropped if the queue is full: the peer will
-// time out and reconnect, which is what its heartbeat is for.
-func (p *peer) sendPong(ctx []byte) {
-	select {
-	case p.out <- outMsg{op: opPong, b: ctx}:
-	default:
-	}
-}
-
-// reject answers a message that failed to decode, when its id could be
-// read: a request the server cannot take gets the HTTP answer an HTTP
-// server would give (400, 413 or 431) without running the handler; an
-// unknown version or kind gets an error envelope, since it may not be a
-// request at all. Anything else is dropped and counted.
-func (p *peer) reject(err error) {
-	var ie *idError
-	if !errors.As(err, &ie) || (ie.kind != KindRequest && ie.kind.supported()) {
-		p.l.stats.badMessages.Add(1)
-		return
-	}
-	p.l.stats.rejected.Add(1)
-	var pe *ProtocolError
-	errors.As(err, &pe)
-	if ie.kind != KindRequest || pe != nil && (pe.Reason == reasonVersion || pe.Reason == reasonKind) {
-		p.reply(errorEnvelope(ie.id, errCodeUnsupported, err.Error()))
-		return
-	}
-	status := http.StatusBadRequest
-	if pe != nil {
-		switch pe.Reason {
-		case reasonHeaderLarge:
-			status = http.StatusRequestHeaderFieldsTooLarge
-		case reasonBodyLarge:
-			status = http.StatusRequestEntityTooLarge
-		}
-	}
-	p.reply(simpleResponse(ie.id, status, http.StatusText(status)+": "+err.Error()))
-}
-
-// rejectOversized answers a request whose message was over the frame
-// limit (and was discarded unread) with 413, if its id can be read.
-func (p *peer) rejectOversized(oe *oversizeError) {
-	ver, kind, id, ok := peekHead(oe.head)
-	if !ok || ver != ProtocolVersion || Kind(kind) != KindRequest {
-		p.l.stats.badMessages.Add(1)
-		return
-	}
-	p.l.stats.rejected.Add(1)
-	p.reply(simpleResponse(id, http.StatusRequestEntityTooLarge, "Request Entity Too Large: "+oe.Error()))
-}

@@ -21,6 +21,9 @@ type config struct {
 	retryAfter        time.Duration
 	peerSendQueue     int
 	writeBatchMaxMsgs int
+	hbInterval        time.Duration
+	hbTimeout         time.Duration
+	maxReplays        int
 }
 
 func newConfig(opts []Option) config {
@@ -154,4 +157,41 @@ func (c *config) writeBatchOrDefault() int {
 		return c.writeBatchMaxMsgs
 	}
 	return 128
+}
+
+// WithHeartbeat sets how often each side sends a heartbeat (PING) on a
+// connection whose peer speaks the heartbeat protocol, and how long a
+// connection may stay silent before it is declared dead and closed. Both
+// sides. Default 1s and 3s. Calls in flight on a dead connection are
+// replayed (if replayable) or failed with ErrConnectionLost at once.
+func WithHeartbeat(interval, timeout time.Duration) Option {
+	return func(c *config) { c.hbInterval, c.hbTimeout = interval, timeout }
+}
+
+func (c *config) heartbeat() (interval, timeout time.Duration) {
+	interval, timeout = c.hbInterval, c.hbTimeout
+	if interval <= 0 {
+		interval = time.Second
+	}
+	if timeout <= interval {
+		timeout = 3 * interval
+	}
+	return interval, timeout
+}
+
+// WithMaxReplays bounds how many times a Transport sends one request
+// again: a replayable request (GET, HEAD, OPTIONS, TRACE, or one with an
+// Idempotency-Key header) in flight on a connection that broke, or any
+// request a draining server returned unprocessed. Past it the call fails.
+// Transport only. Default 3; a negative n disables replay.
+func WithMaxReplays(n int) Option { return func(c *config) { c.maxReplays = n } }
+
+func (c *config) maxReplaysOrDefault() int {
+	switch {
+	case c.maxReplays < 0:
+		return 0
+	case c.maxReplays == 0:
+		return 3
+	}
+	return c.maxReplays
 }

@@ -1,6 +1,7 @@
 package zmqhttp
 
 import (
+	"context"
 	"io"
 	"net"
 	"os"
@@ -13,10 +14,16 @@ import (
 // and returns it as a vconn, the net.Conn the http.Server reads the request
 // from and writes the response to.
 
-// job is a received request waiting for a worker.
+// job is a received request, from its arrival until it is answered.
 type job struct {
-	peer *peer
-	env  envelope
+	// Set before the job is queued, read-only after.
+	peer     *peer
+	env      envelope
+	deadline time.Time // the caller's deadline; zero if none
+
+	// Guarded by peer.mu.
+	canceled bool   // the client sent CANCEL
+	conn     *vconn // set when a worker took the job
 }
 
 // vconn is the connection the http.Server sees for one request. The server
@@ -29,6 +36,7 @@ type job struct {
 type vconn struct {
 	l     *Listener
 	peer  *peer
+	job   *job
 	id    uint64
 	local net.Addr
 
@@ -47,12 +55,17 @@ type vconn struct {
 	resp          respParser
 	sent          bool // the reply (response or error) was queued to the peer
 	closed        bool
+	aborted       bool               // cancelled or past the caller's deadline: pending reads end
+	deadline      time.Time          // the caller's deadline, zero if none
+	timer         *time.Timer        // aborts at deadline
+	ctxCancel     context.CancelFunc // set by ConnContext; called by Close
 }
 
 func newVConn(l *Listener, j *job) *vconn {
 	c := &vconn{
 		l:     l,
 		peer:  j.peer,
+		job:   j,
 		id:    j.env.ID,
 		local: l.ln.Addr(),
 		parts: requestBytes(&j.env),
@@ -116,6 +129,12 @@ func (c *vconn) Read(p []byte) (int, error) {
 			c.mu.Unlock()
 			return 0, net.ErrClosed
 		}
+		if c.aborted {
+			// The caller gave up: like a client closing its TCP
+			// connection, which makes the server cancel r.Context().
+			c.mu.Unlock()
+			return 0, io.EOF
+		}
 		dl := c.readDeadline
 		c.mu.Unlock()
 		var timer <-chan time.Time
@@ -173,11 +192,67 @@ func (c *vconn) Write(p []byte) (int, error) {
 	return len(p), nil
 }
 
-// reply queues e to the peer and marks the request answered.
+// reply queues e to the peer and marks the request answered. A request
+// whose caller gave up (cancelled, or its deadline passed) is answered with
+// nothing, as over TCP where the response goes to a closed connection: a
+// reply racing the caller's own timer must not turn its timeout into a
+// half-finished response.
 func (c *vconn) reply(e *envelope) {
-	c.peer.reply(e)
+	c.mu.Lock()
+	gone := c.aborted
+	c.mu.Unlock()
+	c.peer.forget(c.job)
+	if !gone {
+		c.peer.reply(e)
+	}
 	c.l.finished()
 	c.signal()
+}
+
+// abort ends the pending and future reads of the connection (after the
+// request bytes), so that the http.Server cancels the handler's context.
+func (c *vconn) abort() {
+	c.mu.Lock()
+	c.aborted = true
+	c.mu.Unlock()
+	c.signal()
+}
+
+// armDeadline makes the connection abort at the caller's deadline.
+func (c *vconn) armDeadline(dl time.Time) {
+	if dl.IsZero() {
+		return
+	}
+	c.mu.Lock()
+	c.deadline = dl
+	if !c.closed {
+		c.timer = time.AfterFunc(time.Until(dl), c.abort)
+	}
+	c.mu.Unlock()
+}
+
+// ConnContext, set as http.Server.ConnContext, gives each request's
+// context the deadline of its caller, so r.Context().Deadline() reports
+// it:
+//
+//	srv := &http.Server{Handler: h, ConnContext: zmqhttp.ConnContext}
+//
+// Without it the handler's context is still cancelled at the caller's
+// deadline (and when the caller cancels), but Deadline() reports none,
+// since a net.Listener cannot set it. Connections that do not come from a
+// zmqhttp Listener, or requests without a deadline, are left unchanged.
+func ConnContext(ctx context.Context, nc net.Conn) context.Context {
+	c, ok := nc.(*vconn)
+	if !ok {
+		return ctx
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.deadline.IsZero() || c.closed {
+		return ctx
+	}
+	ctx, c.ctxCancel = context.WithDeadline(ctx, c.deadline)
+	return ctx
 }
 
 // Close sends the response if it is complete (a response that runs until
@@ -190,6 +265,12 @@ func (c *vconn) Close() error {
 		return nil
 	}
 	c.closed = true
+	if c.timer != nil {
+		c.timer.Stop()
+	}
+	if c.ctxCancel != nil {
+		c.ctxCancel()
+	}
 	var e *envelope
 	if !c.sent {
 		c.sent = true

@@ -1,7 +1,6 @@
 package zmqhttp
 
 import (
-	"bufio"
 	"bytes"
 	"compress/gzip"
 	"context"
@@ -11,15 +10,12 @@ import (
 	"net"
 	"net/http"
 	"net/textproto"
-	"runtime"
 	"sort"
 	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
-
-	"github.com/go-zeromq/zmq4"
 )
 
 // Transport is an http.RoundTripper that carries requests to one ZeroMQ
@@ -63,40 +59,6 @@ type Transport struct {
 	closed  bool
 }
 
-// call is one RoundTrip in flight.
-type call struct {
-	id  uint64
-	msg []byte          // the encoded request envelope; read-only once queued
-	res chan callResult // buffered 1; receives exactly once, from whoever removed the call from pending
-
-	link *clientLink // guarded by Transport.mu: the connection it was written on, nil while queued
-}
-
-type callResult struct {
-	env envelope
-	err error
-}
-
-// clientLink is one established connection. nc, br are used by the reader
-// goroutine only; bw by the writer (the connection loop) only.
-type clientLink struct {
-	nc   net.Conn
-	br   *bufio.Reader
-	bw   *bufio.Writer
-	ctrl chan []byte   // ZMTP command frames (PONG) for the writer; buffered
-	dead chan struct{} // closed by close
-	once sync.Once
-	err  error // set once before dead is closed
-}
-
-func (l *clientLink) close(err error) {
-	l.once.Do(func() {
-		l.err = err
-		close(l.dead)
-		l.nc.Close()
-	})
-}
-
 // transportCounters are updated atomically.
 type transportCounters struct {
 	dialFailures    atomic.Uint64
@@ -104,6 +66,7 @@ type transportCounters struct {
 	lateReplies     atomic.Uint64
 	badReplies      atomic.Uint64
 	connectionsLost atomic.Uint64
+	replays         atomic.Uint64
 }
 
 // TransportStats is a snapshot of a Transport's counters.
@@ -113,6 +76,7 @@ type TransportStats struct {
 	ConnectionsLost uint64 // established connections that broke
 	LateReplies     uint64 // replies dropped because their caller had gone (cancelled, timed out)
 	BadReplies      uint64 // messages dropped because they could not be decoded or matched
+	Replays         uint64 // requests sent again: replayable ones after a lost connection, and ones a draining server returned unprocessed
 	Pending         int    // calls queued or awaiting a reply now
 }
 
@@ -127,6 +91,7 @@ func (t *Transport) Stats() TransportStats {
 		ConnectionsLost: t.stats.connectionsLost.Load(),
 		LateReplies:     t.stats.lateReplies.Load(),
 		BadReplies:      t.stats.badReplies.Load(),
+		Replays:         t.stats.replays.Load(),
 		Pending:         n,
 	}
 }
@@ -188,242 +153,6 @@ func (t *Transport) Close() error {
 // sense, so it does nothing; use Close to release the Transport.
 func (t *Transport) CloseIdleConnections() {}
 
-// connectLoop connects, serves the connection until it breaks, and
-// reconnects with backoff, until Close.
-func (t *Transport) connectLoop() {
-	defer t.wg.Done()
-	lo, hi := t.cfg.backoff()
-	wait := lo
-	for t.ctx.Err() == nil {
-		l, err := t.connect()
-		if err != nil {
-			t.stats.dialFailures.Add(1)
-			t.mu.Lock()
-			t.lastErr = err
-			t.mu.Unlock()
-			select {
-			case <-time.After(wait):
-			case <-t.ctx.Done():
-				return
-			}
-			wait = min(wait*2, hi)
-			continue
-		}
-		wait = lo
-		t.stats.connects.Add(1)
-		t.serve(l)
-	}
-}
-
-// connect dials and handshakes once.
-func (t *Transport) connect() (*clientLink, error) {
-	nc, err := t.dialer.DialContext(t.ctx, t.ep.network, t.ep.addr)
-	if err != nil {
-		return nil, fmt.Errorf("zmqhttp: dial %s: %w", t.endpoint, err)
-	}
-	br, peer, err := handshake(nc, zmq4.Dealer, false, t.cfg.handshakeTimeoutOrDefault())
-	if err != nil {
-		nc.Close()
-		return nil, fmt.Errorf("zmqhttp: connect %s: %w", t.endpoint, err)
-	}
-	if peer != zmq4.Router && peer != zmq4.Rep {
-		nc.Close()
-		return nil, fmt.Errorf("zmqhttp: connect %s: peer is a %s socket, want ROUTER or REP", t.endpoint, peer)
-	}
-	return &clientLink{
-		nc:   nc,
-		br:   br,
-		bw:   bufio.NewWriterSize(nc, 64<<10),
-		ctrl: make(chan []byte, 4),
-		dead: make(chan struct{}),
-	}, nil
-}
-
-// serve runs one connection: its reader in a goroutine, its writer here.
-// When either fails, every call written on it is resolved.
-func (t *Transport) serve(l *clientLink) {
-	t.mu.Lock()
-	if t.closed {
-		t.mu.Unlock()
-		l.close(ErrTransportClosed)
-		return
-	}
-	t.cur = l
-	t.mu.Unlock()
-
-	t.wg.Add(1)
-	go t.readLoop(l)
-	t.writeLoop(l)
-	<-l.dead
-
-	t.mu.Lock()
-	t.cur = nil
-	if !t.closed {
-		t.stats.connectionsLost.Add(1)
-		t.lastErr = fmt.Errorf("zmqhttp: connection to %s lost: %w", t.endpoint, l.err)
-	}
-	for id, c := range t.pending {
-		if c.link == l {
-			delete(t.pending, id)
-			c.res <- callResult{err: fmt.Errorf("%w (%v)", ErrConnectionLost, l.err)}
-		}
-	}
-	t.mu.Unlock()
-}
-
-// writeLoop writes queued calls to l until l dies. Calls waiting together
-// are written with one flush, so under load many requests share a syscall.
-func (t *Transport) writeLoop(l *clientLink) {
-	maxBatch := t.cfg.writeBatchOrDefault()
-	var batch []*call
-	yielded := 0
-	for {
-		// Drain the queue first: calls may have been queued while no
-		// connection was up, and their wake token used by a writer of a
-		// connection that has since died.
-		for {
-			batch = batch[:0]
-			t.mu.Lock()
-			n := 0
-			for n < len(t.queue) && len(batch) < maxBatch {
-				c := t.queue[n]
-				n++
-				if t.pending[c.id] == c { // skip calls abandoned by their caller
-					c.link = l
-					batch = append(batch, c)
-				}
-			}
-			clear(t.queue[:n])
-			t.queue = t.queue[n:]
-			if len(t.queue) == 0 {
-				t.queue = nil
-			}
-			t.mu.Unlock()
-			if n == 0 {
-				if l.bw.Buffered() > 0 {
-					if err := l.bw.Flush(); err != nil {
-						l.close(err)
-						return
-					}
-				}
-				break
-			}
-			for _, c := range batch {
-				if err := writeEnvelopeMsg(l.bw, c.msg); err != nil {
-					l.close(err)
-					return
-				}
-			}
-			if yielded < 1 {
-				yielded++
-				runtime.Gosched()
-				continue
-			}
-			yielded = 0
-			if err := l.bw.Flush(); err != nil {
-				l.close(err)
-				return
-			}
-		}
-		select {
-		case <-t.wake:
-		case cmd := <-l.ctrl:
-			if err := t.writeCtrl(l, cmd); err != nil {
-				l.close(err)
-				return
-			}
-		case <-l.dead:
-			return
-		}
-	}
-}
-
-func (t *Transport) writeCtrl(l *clientLink, cmd []byte) error {
-	if err := writeCommand(l.bw, "PONG", cmd); err != nil {
-		return err
-	}
-	return l.bw.Flush()
-}
-
-// writeEnvelopeMsg writes one REQ/REP-style message: an empty delimiter
-// frame, then the envelope frame.
-func writeEnvelopeMsg(w *bufio.Writer, env []byte) error {
-	if err := writeFrame(w, nil, true); err != nil {
-		return err
-	}
-	return writeFrame(w, env, false)
-}
-
-// readLoop reads replies from l and hands each to its waiting caller.
-func (t *Transport) readLoop(l *clientLink) {
-	defer t.wg.Done()
-	maxFrame := t.cfg.limits.maxFrameBytes()
-	var frames [][]byte
-	for {
-		var isCmd bool
-		var err error
-		frames, isCmd, err = readMessage(l.br, maxFrame, frames)
-		var oe *oversizeError
-		if errors.As(err, &oe) {
-			t.stats.badReplies.Add(1)
-			if _, kind, id, ok := peekHead(oe.head); ok && Kind(kind) != KindRequest {
-				t.resolve(id, callResult{err: fmt.Errorf("%w: %v", ErrBodyTooLarge, oe)})
-			}
-			continue
-		}
-		if err != nil {
-			l.close(err)
-			return
-		}
-		if isCmd {
-			if commandName(frames[0]) == "PING" {
-				select {
-				case l.ctrl <- pongBody(frames[0]):
-				default:
-				}
-			}
-			continue
-		}
-		if len(frames) != 2 || len(frames[0]) != 0 {
-			t.stats.badReplies.Add(1)
-			continue
-		}
-		var env envelope
-		err = decodeEnvelope(frames[1], t.cfg.limits, &env)
-		if err != nil {
-			var ie *idError
-			if errors.As(err, &ie) && ie.kind != KindRequest {
-				t.resolve(ie.id, callResult{err: fmt.Errorf("zmqhttp: bad reply from %s: %w", t.endpoint, err)})
-			}
-			t.stats.badReplies.Add(1)
-			continue
-		}
-		switch env.Kind {
-		case KindResponse:
-			t.resolve(env.ID, callResult{env: env})
-		case KindError:
-			t.resolve(env.ID, callResult{err: &RemoteError{Code: env.Status, Message: env.Message}})
-		default:
-			t.stats.badReplies.Add(1)
-		}
-	}
-}
-
-// resolve delivers r to the caller waiting for id, if it is still waiting.
-func (t *Transport) resolve(id uint64, r callResult) {
-	t.mu.Lock()
-	c, ok := t.pending[id]
-	if ok {
-		delete(t.pending, id)
-	}
-	t.mu.Unlock()
-	if !ok {
-		t.stats.lateReplies.Add(1)
-		return
-	}
-	c.res <- r
-}
-
 // RoundTrip implements http.RoundTripper. It sends req as one envelope and
 // waits for the reply, for req's context, or for Close. It returns an error
 // only when no response was obtained; it never modifies req and always
@@ -442,7 +171,7 @@ func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 		}
 		env.Timeout = max(int64(left/time.Microsecond), 1)
 	}
-	c := &call{id: env.ID, res: make(chan callResult, 1)}
+	c := &call{id: env.ID, res: make(chan callResult, 1), replayable: replayable(req)}
 	c.msg, err = appendEnvelope(nil, env)
 	if err != nil {
 		return nil, err
@@ -459,10 +188,20 @@ func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 	case <-ctx.Done():
 		t.mu.Lock()
 		_, mine := t.pending[c.id]
+		var sentOn, drained *clientLink
 		if mine {
 			delete(t.pending, c.id)
+			sentOn = c.link
+			drained = t.unlink(c)
 		}
 		t.mu.Unlock()
+		if sentOn != nil && sentOn.has(capCancel) {
+			// Tell the server, so the handler's r.Context() ends too.
+			sentOn.sendCtrl(&envelope{Version: ProtocolVersion, Kind: KindCancel, ID: c.id})
+		}
+		if drained != nil {
+			drained.close(errDrained)
+		}
 		if !mine { // resolved meanwhile: the result is ours after all
 			r := <-c.res
 			if r.err == nil {
@@ -623,6 +362,20 @@ func (t *Transport) buildRequest(req *http.Request) (*envelope, bool, error) {
 }
 
 const defaultUserAgent = "Go-http-client/1.1"
+
+// replayable reports whether req may be sent again after a connection was
+// lost with it in flight, by net/http's rule: an idempotent method, or an
+// Idempotency-Key (or X-Idempotency-Key) header. The body is held in
+// memory, so a request with a body qualifies without GetBody.
+func replayable(req *http.Request) bool {
+	switch req.Method {
+	case "", http.MethodGet, http.MethodHead, http.MethodOptions, http.MethodTrace:
+		return true
+	}
+	_, key := req.Header["Idempotency-Key"]
+	_, xkey := req.Header["X-Idempotency-Key"]
+	return key || xkey
+}
 
 // bodylessMethod reports whether http.Transport treats a body of unknown
 // length that turns out empty as no body for method (it probes those).

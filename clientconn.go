@@ -1,0 +1,508 @@
+package zmqhttp
+
+import (
+	"bufio"
+	"errors"
+	"fmt"
+	"net"
+	"runtime"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/go-zeromq/zmq4"
+)
+
+// This file is the Transport's connection layer: connecting and
+// reconnecting, the writer that sends queued calls, the reader that hands
+// replies to callers, heartbeats, replay after a lost connection, and
+// draining.
+
+// call is one RoundTrip in flight.
+type call struct {
+	id         uint64
+	msg        []byte          // the encoded request envelope; read-only once queued
+	res        chan callResult // buffered 1; receives exactly once, from whoever removed the call from pending
+	replayable bool            // may be sent again after a lost connection (idempotent method or Idempotency-Key)
+
+	// Guarded by Transport.mu.
+	link     *clientLink // the connection it was written on; nil while queued
+	attempts int         // times it was sent again
+}
+
+type callResult struct {
+	env envelope
+	err error
+}
+
+// Capabilities a peer announces in its HELLO (Flags field).
+const (
+	capHeartbeat = 1 << 0 // answers PING with PONG, sends PINGs
+	capCancel    = 1 << 1 // acts on CANCEL
+	capDrain     = 1 << 2 // sends DRAINING and returns unprocessed requests as not-processed errors
+	ourCaps      = capHeartbeat | capCancel | capDrain
+)
+
+// Errors that end a connection (kept in clientLink.err, wrapped in what
+// callers see).
+var (
+	errHeartbeatTimeout = errors.New("no message from the peer within the heartbeat timeout")
+	errDrained          = errors.New("the server is draining and every call on the connection is answered")
+)
+
+// clientLink is one established connection of a Transport.
+type clientLink struct {
+	// Set before the goroutines start, read-only after.
+	nc       net.Conn
+	peerType zmq4.SocketType
+	dead     chan struct{} // closed by close
+	ctrl     chan ctrlMsg  // control messages for the writer; sends never block (dropped when full)
+
+	br *bufio.Reader // the reader goroutine's
+	bw *bufio.Writer // the writer's (connectLoop goroutine)
+
+	caps     atomic.Uint64 // the peer's capabilities, from its HELLO; 0 until then
+	lastRecv atomic.Int64  // UnixNano of the last message read
+	draining atomic.Bool   // the peer said it is draining: send nothing new
+
+	once sync.Once
+	err  error // why the link died; set once, before dead is closed
+
+	inflight int // guarded by Transport.mu: calls written on this link, unresolved
+}
+
+// ctrlMsg is a control message for a link's writer: an encoded envelope,
+// or a ZMTP PONG command.
+type ctrlMsg struct {
+	pong bool
+	b    []byte
+}
+
+func (l *clientLink) close(err error) {
+	l.once.Do(func() {
+		l.err = err
+		close(l.dead)
+		l.nc.Close()
+	})
+}
+
+// sendCtrl queues a control envelope; it is dropped if the queue is full
+// (each kind of control message tolerates loss: a heartbeat or a cancel
+// missed is covered by the next one or by the deadline).
+func (l *clientLink) sendCtrl(e *envelope) {
+	b, err := appendEnvelope(nil, e)
+	if err != nil {
+		return
+	}
+	select {
+	case l.ctrl <- ctrlMsg{b: b}:
+	default:
+	}
+}
+
+func (l *clientLink) has(capability uint64) bool { return l.caps.Load()&capability != 0 }
+
+// connectLoop connects, serves the connection until it breaks, and
+// reconnects with backoff, until Close.
+func (t *Transport) connectLoop() {
+	defer t.wg.Done()
+	lo, hi := t.cfg.backoff()
+	wait := lo
+	for t.ctx.Err() == nil {
+		l, err := t.connect()
+		if err != nil {
+			t.stats.dialFailures.Add(1)
+			t.mu.Lock()
+			t.lastErr = err
+			t.mu.Unlock()
+			select {
+			case <-time.After(wait):
+			case <-t.ctx.Done():
+				return
+			}
+			wait = min(wait*2, hi)
+			continue
+		}
+		wait = lo
+		t.stats.connects.Add(1)
+		t.serve(l)
+	}
+}
+
+// connect dials and handshakes once.
+func (t *Transport) connect() (*clientLink, error) {
+	nc, err := t.dialer.DialContext(t.ctx, t.ep.network, t.ep.addr)
+	if err != nil {
+		return nil, fmt.Errorf("zmqhttp: dial %s: %w", t.endpoint, err)
+	}
+	br, peer, err := handshake(nc, zmq4.Dealer, false, t.cfg.handshakeTimeoutOrDefault())
+	if err != nil {
+		nc.Close()
+		return nil, fmt.Errorf("zmqhttp: connect %s: %w", t.endpoint, err)
+	}
+	if peer != zmq4.Router && peer != zmq4.Rep {
+		nc.Close()
+		return nil, fmt.Errorf("zmqhttp: connect %s: peer is a %s socket, want ROUTER or REP", t.endpoint, peer)
+	}
+	l := &clientLink{
+		nc:       nc,
+		peerType: peer,
+		br:       br,
+		bw:       bufio.NewWriterSize(nc, 64<<10),
+		ctrl:     make(chan ctrlMsg, 1024),
+		dead:     make(chan struct{}),
+	}
+	l.lastRecv.Store(time.Now().UnixNano())
+	return l, nil
+}
+
+// serve runs one connection: its reader in a goroutine, its writer here.
+// When either fails, every call written on it is resolved: sent again if
+// it may be, failed with ErrConnectionLost if not.
+func (t *Transport) serve(l *clientLink) {
+	t.mu.Lock()
+	if t.closed {
+		t.mu.Unlock()
+		l.close(ErrTransportClosed)
+		return
+	}
+	t.cur = l
+	t.mu.Unlock()
+
+	t.wg.Add(1)
+	go t.readLoop(l)
+	t.writeLoop(l)
+	<-l.dead
+
+	t.mu.Lock()
+	t.cur = nil
+	if !t.closed && l.err != errDrained {
+		t.stats.connectionsLost.Add(1)
+		t.lastErr = fmt.Errorf("zmqhttp: connection to %s lost: %w", t.endpoint, l.err)
+	}
+	var again []*call
+	maxReplays := t.cfg.maxReplaysOrDefault()
+	for id, c := range t.pending {
+		if c.link != l {
+			continue
+		}
+		c.link = nil
+		if c.replayable && c.attempts < maxReplays {
+			c.attempts++
+			again = append(again, c)
+			continue
+		}
+		delete(t.pending, id)
+		c.res <- callResult{err: fmt.Errorf("%w (%v)", ErrConnectionLost, l.err)}
+	}
+	if len(again) > 0 {
+		// Sent again first, in the order they were first sent.
+		slices.SortFunc(again, func(a, b *call) int { return cmpUint64(a.id, b.id) })
+		t.queue = append(again, t.queue...)
+		t.stats.replays.Add(uint64(len(again)))
+	}
+	t.mu.Unlock()
+}
+
+func cmpUint64(a, b uint64) int {
+	switch {
+	case a < b:
+		return -1
+	case a > b:
+		return 1
+	}
+	return 0
+}
+
+// writeLoop writes queued calls and control messages to l until l dies.
+// Calls waiting together are written with one flush, so under load many
+// requests share a syscall.
+func (t *Transport) writeLoop(l *clientLink) {
+	interval, timeout := t.cfg.heartbeat()
+	ticker := time.NewTicker(interval)
+	defer ticker.Stop()
+	if l.peerType == zmq4.Router {
+		// Offer our capabilities. A basic peer answers with an error
+		// envelope for id 0 and the link stays basic: no heartbeats,
+		// cancels or draining.
+		hello := envelope{Version: ProtocolVersion, Kind: KindHello, Flags: ourCaps, Timeout: int64(interval / time.Microsecond)}
+		if err := t.writeEnvelope(l, &hello); err != nil {
+			l.close(err)
+			return
+		}
+	}
+	var batch []*call
+	var pingSeq uint64
+	for {
+		if err := t.writeQueued(l, &batch); err != nil {
+			l.close(err)
+			return
+		}
+		select {
+		case <-t.wake:
+		case m := <-l.ctrl:
+			if err := t.writeCtrl(l, m); err != nil {
+				l.close(err)
+				return
+			}
+		case now := <-ticker.C:
+			if !l.has(capHeartbeat) {
+				continue
+			}
+			if now.Sub(time.Unix(0, l.lastRecv.Load())) > timeout {
+				l.close(errHeartbeatTimeout)
+				return
+			}
+			pingSeq++
+			if err := t.writeEnvelope(l, &envelope{Version: ProtocolVersion, Kind: KindPing, ID: pingSeq}); err != nil {
+				l.close(err)
+				return
+			}
+		case <-l.dead:
+			return
+		}
+	}
+}
+
+// writeQueued writes every queued call to l, in batches, and flushes.
+func (t *Transport) writeQueued(l *clientLink, batch *[]*call) error {
+	maxBatch := t.cfg.writeBatchOrDefault()
+	yielded := false
+	for {
+		b := (*batch)[:0]
+		t.mu.Lock()
+		n := 0
+		if !l.draining.Load() {
+			for n < len(t.queue) && len(b) < maxBatch {
+				c := t.queue[n]
+				n++
+				if t.pending[c.id] == c { // skip calls abandoned by their caller
+					c.link = l
+					l.inflight++
+					b = append(b, c)
+				}
+			}
+			clear(t.queue[:n])
+			t.queue = t.queue[n:]
+			if len(t.queue) == 0 {
+				t.queue = nil
+			}
+		}
+		t.mu.Unlock()
+		*batch = b
+		if n == 0 {
+			if l.bw.Buffered() > 0 {
+				return l.bw.Flush()
+			}
+			return nil
+		}
+		for _, c := range b {
+			if err := writeEnvelopeMsg(l.bw, c.msg); err != nil {
+				return err
+			}
+		}
+		if !yielded {
+			// Let callers that are about to queue run once, so their
+			// requests share this write.
+			yielded = true
+			runtime.Gosched()
+			continue
+		}
+		yielded = false
+		if err := l.bw.Flush(); err != nil {
+			return err
+		}
+	}
+}
+
+// writeCtrl writes m and any other queued control messages, then flushes.
+func (t *Transport) writeCtrl(l *clientLink, m ctrlMsg) error {
+	for {
+		var err error
+		if m.pong {
+			err = writeCommand(l.bw, "PONG", m.b)
+		} else {
+			err = writeEnvelopeMsg(l.bw, m.b)
+		}
+		if err != nil {
+			return err
+		}
+		select {
+		case m = <-l.ctrl:
+			continue
+		default:
+		}
+		return l.bw.Flush()
+	}
+}
+
+func (t *Transport) writeEnvelope(l *clientLink, e *envelope) error {
+	b, err := appendEnvelope(nil, e)
+	if err != nil {
+		return err
+	}
+	if err := writeEnvelopeMsg(l.bw, b); err != nil {
+		return err
+	}
+	return l.bw.Flush()
+}
+
+// writeEnvelopeMsg writes one REQ/REP-style message: an empty delimiter
+// frame, then the envelope frame.
+func writeEnvelopeMsg(w *bufio.Writer, env []byte) error {
+	if err := writeFrame(w, nil, true); err != nil {
+		return err
+	}
+	return writeFrame(w, env, false)
+}
+
+// readLoop reads messages from l: replies go to their callers, control
+// messages are acted on.
+func (t *Transport) readLoop(l *clientLink) {
+	defer t.wg.Done()
+	maxFrame := t.cfg.limits.maxFrameBytes()
+	var frames [][]byte
+	for {
+		var isCmd bool
+		var err error
+		frames, isCmd, err = readMessage(l.br, maxFrame, frames)
+		var oe *oversizeError
+		if errors.As(err, &oe) {
+			l.lastRecv.Store(time.Now().UnixNano())
+			t.stats.badReplies.Add(1)
+			if _, kind, id, ok := peekHead(oe.head); ok && Kind(kind) != KindRequest {
+				t.resolve(id, callResult{err: fmt.Errorf("%w: %v", ErrBodyTooLarge, oe)})
+			}
+			continue
+		}
+		if err != nil {
+			l.close(err)
+			return
+		}
+		l.lastRecv.Store(time.Now().UnixNano())
+		if isCmd {
+			if commandName(frames[0]) == "PING" {
+				select {
+				case l.ctrl <- ctrlMsg{pong: true, b: pongBody(frames[0])}:
+				default:
+				}
+			}
+			continue
+		}
+		if len(frames) != 2 || len(frames[0]) != 0 {
+			t.stats.badReplies.Add(1)
+			continue
+		}
+		var env envelope
+		err = decodeEnvelope(frames[1], t.cfg.limits, &env)
+		if err != nil {
+			var ie *idError
+			if errors.As(err, &ie) && ie.id != 0 && (ie.kind == KindResponse || ie.kind == KindError) {
+				t.resolve(ie.id, callResult{err: fmt.Errorf("zmqhttp: bad reply from %s: %w", t.endpoint, err)})
+			}
+			t.stats.badReplies.Add(1)
+			continue
+		}
+		t.handle(l, &env)
+	}
+}
+
+// handle acts on one decoded message from the server.
+func (t *Transport) handle(l *clientLink, env *envelope) {
+	switch env.Kind {
+	case KindResponse:
+		t.resolve(env.ID, callResult{env: *env})
+	case KindError:
+		switch {
+		case env.ID == 0:
+			// Our HELLO was refused by a basic peer: stay basic.
+		case env.Status == errCodeNotProcessed:
+			t.sendAgain(env.ID)
+		default:
+			t.resolve(env.ID, callResult{err: &RemoteError{Code: env.Status, Message: env.Message}})
+		}
+	case KindHello:
+		l.caps.Store(env.Flags & ourCaps)
+	case KindPing:
+		l.sendCtrl(&envelope{Version: ProtocolVersion, Kind: KindPong, ID: env.ID})
+	case KindPong:
+		// Its arrival already counted as a sign of life.
+	case KindDraining:
+		l.draining.Store(true)
+		t.mu.Lock()
+		idle := l.inflight == 0
+		t.mu.Unlock()
+		if idle {
+			l.close(errDrained)
+		}
+	default:
+		t.stats.badReplies.Add(1)
+	}
+}
+
+// resolve delivers r to the caller waiting for id, if it is still waiting.
+func (t *Transport) resolve(id uint64, r callResult) {
+	t.mu.Lock()
+	c, ok := t.pending[id]
+	var drained *clientLink
+	if ok {
+		delete(t.pending, id)
+		drained = t.unlink(c)
+	}
+	t.mu.Unlock()
+	if drained != nil {
+		drained.close(errDrained)
+	}
+	if !ok {
+		t.stats.lateReplies.Add(1)
+		return
+	}
+	c.res <- r
+}
+
+// unlink detaches c from the link it was sent on. It returns that link if
+// the link is draining and c was its last call: the caller closes it
+// (outside t.mu), and the Transport reconnects. t.mu must be held.
+func (t *Transport) unlink(c *call) *clientLink {
+	l := c.link
+	if l == nil {
+		return nil
+	}
+	c.link = nil
+	l.inflight--
+	if l.inflight == 0 && l.draining.Load() {
+		return l
+	}
+	return nil
+}
+
+// sendAgain queues call id again: the server returned it unprocessed
+// (it was draining), so it is safe to send whatever its method.
+func (t *Transport) sendAgain(id uint64) {
+	t.mu.Lock()
+	c, ok := t.pending[id]
+	if !ok {
+		t.mu.Unlock()
+		t.stats.lateReplies.Add(1)
+		return
+	}
+	drained := t.unlink(c)
+	if c.attempts >= t.cfg.maxReplaysOrDefault() {
+		delete(t.pending, id)
+		t.mu.Unlock()
+		c.res <- callResult{err: ErrNotProcessed}
+	} else {
+		c.attempts++
+		t.stats.replays.Add(1)
+		t.queue = append([]*call{c}, t.queue...)
+		t.mu.Unlock()
+		select {
+		case t.wake <- struct{}{}:
+		default:
+		}
+	}
+	if drained != nil {
+		drained.close(errDrained)
+	}
+}

@@ -1,0 +1,368 @@
+package zmqhttp
+
+import (
+	"bufio"
+	"errors"
+	"net"
+	"net/http"
+	"runtime"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// This file is the Listener's side of one connected client (a peer): the
+// reader that decodes requests and control messages, the writer that sends
+// replies, heartbeats and draining notices.
+
+// peer is one connected client.
+type peer struct {
+	// Set by startPeer before the goroutines start, read-only after.
+	l    *Listener
+	nc   net.Conn
+	addr net.Addr
+	out  chan outMsg   // messages for writeLoop; sends never block
+	dead chan struct{} // closed by close
+
+	br *bufio.Reader // readLoop's
+	bw *bufio.Writer // writeLoop's
+
+	caps     atomic.Uint64 // the client's capabilities, from its HELLO
+	lastRecv atomic.Int64  // UnixNano of the last message read
+
+	once sync.Once
+	fin  sync.Once
+
+	// mu guards jobs: the requests of this peer received and not yet
+	// answered, by id, so that a CANCEL can find them.
+	mu   sync.Mutex
+	jobs map[uint64]*job
+}
+
+func (p *peer) has(capability uint64) bool { return p.caps.Load()&capability != 0 }
+
+func (p *peer) close() {
+	p.once.Do(func() {
+		close(p.dead)
+		p.nc.Close()
+		p.l.mu.Lock()
+		delete(p.l.peers, p)
+		p.l.mu.Unlock()
+	})
+}
+
+// closeAfterFlush asks the writer to send what is queued, then close.
+func (p *peer) closeAfterFlush() {
+	p.fin.Do(func() {
+		select {
+		case p.out <- outMsg{op: opFin}:
+		default:
+			p.close()
+		}
+	})
+}
+
+// reply encodes e and queues it for p's writer. If p's queue is full the
+// peer is not reading its replies; it is disconnected rather than allowed
+// to hold memory or workers.
+func (p *peer) reply(e *envelope) {
+	b, err := appendEnvelope(nil, e)
+	if err != nil {
+		b, _ = appendEnvelope(nil, errorEnvelope(e.ID, errCodeInternal, err.Error()))
+	}
+	select {
+	case <-p.dead:
+	case p.out <- outMsg{op: opEnvelope, b: b}:
+	default:
+		p.l.stats.slowPeers.Add(1)
+		p.close()
+	}
+}
+
+// outMsg is one item of a peer's send queue.
+type outMsg struct {
+	op byte   // opEnvelope, opPong or opFin
+	b  []byte // the encoded envelope, or the PONG's context
+}
+
+const (
+	opEnvelope = iota
+	opPong
+	opFin // flush what is queued, then close the connection
+)
+
+func errorEnvelope(id uint64, code int, msg string) *envelope {
+	return &envelope{Version: ProtocolVersion, Kind: KindError, ID: id, Status: code, Message: msg}
+}
+
+func (p *peer) writeLoop() {
+	defer p.l.wg.Done()
+	interval, timeout := p.l.cfg.heartbeat()
+	ticker := time.NewTicker(interval)
+	defer ticker.Stop()
+	var pingSeq uint64
+	for {
+		var m outMsg
+		select {
+		case m = <-p.out:
+		case now := <-ticker.C:
+			if !p.has(capHeartbeat) {
+				continue
+			}
+			if now.Sub(time.Unix(0, p.lastRecv.Load())) > timeout {
+				p.l.stats.silentPeers.Add(1)
+				p.close()
+				return
+			}
+			pingSeq++
+			b, _ := appendEnvelope(nil, &envelope{Version: ProtocolVersion, Kind: KindPing, ID: pingSeq})
+			m = outMsg{op: opEnvelope, b: b}
+		case <-p.dead:
+			return
+		}
+		yielded := false
+		for more := true; more; {
+			var err error
+			switch m.op {
+			case opFin:
+				p.bw.Flush()
+				p.close()
+				return
+			case opPong:
+				err = writeCommand(p.bw, "PONG", m.b)
+			default:
+				err = writeEnvelopeMsg(p.bw, m.b)
+			}
+			if err != nil {
+				p.close()
+				return
+			}
+			select {
+			case m = <-p.out:
+				continue
+			default:
+			}
+			if yielded {
+				break
+			}
+			// Before the syscall, let handlers that are about to reply
+			// run once, so that their replies share this write.
+			yielded = true
+			runtime.Gosched()
+			select {
+			case m = <-p.out:
+			default:
+				more = false
+			}
+		}
+		if err := p.bw.Flush(); err != nil {
+			p.close()
+			return
+		}
+	}
+}
+
+// readLoop reads requests and control messages from the peer. Requests
+// are queued for workers.
+func (p *peer) readLoop() {
+	defer p.close()
+	l := p.l
+	maxFrame := l.cfg.limits.maxFrameBytes()
+	var frames [][]byte
+	for {
+		var isCmd bool
+		var err error
+		frames, isCmd, err = readMessage(p.br, maxFrame, frames)
+		var oe *oversizeError
+		if errors.As(err, &oe) {
+			p.lastRecv.Store(time.Now().UnixNano())
+			p.rejectOversized(oe)
+			continue
+		}
+		if err != nil {
+			var pe *ProtocolError
+			if errors.As(err, &pe) {
+				l.stats.badMessages.Add(1)
+			}
+			return
+		}
+		arrived := time.Now()
+		p.lastRecv.Store(arrived.UnixNano())
+		if isCmd {
+			if commandName(frames[0]) == "PING" {
+				p.sendPong(pongBody(frames[0]))
+			}
+			continue
+		}
+		if len(frames) != 2 || len(frames[0]) != 0 {
+			l.stats.badMessages.Add(1)
+			continue
+		}
+		var env envelope
+		if err := decodeEnvelope(frames[1], l.cfg.limits, &env); err != nil {
+			p.reject(err)
+			continue
+		}
+		switch env.Kind {
+		case KindRequest:
+			p.receive(&env, arrived)
+		case KindHello:
+			p.caps.Store(env.Flags & ourCaps)
+			p.send(&envelope{Version: ProtocolVersion, Kind: KindHello, ID: env.ID, Flags: ourCaps,
+				Timeout: int64(p.l.heartbeatInterval() / time.Microsecond)})
+			if l.isClosed() && p.has(capDrain) {
+				p.send(&envelope{Version: ProtocolVersion, Kind: KindDraining})
+			}
+		case KindPing:
+			p.send(&envelope{Version: ProtocolVersion, Kind: KindPong, ID: env.ID})
+		case KindPong:
+			// Its arrival already counted as a sign of life.
+		case KindCancel:
+			p.cancel(env.ID)
+		default:
+			l.stats.badMessages.Add(1)
+		}
+	}
+}
+
+// receive queues a request for a worker, or answers it at once when the
+// Listener is closed or overloaded.
+func (p *peer) receive(env *envelope, arrived time.Time) {
+	l := p.l
+	l.stats.requests.Add(1)
+	l.mu.Lock()
+	closed := l.closed
+	if !closed {
+		l.inflight++
+	}
+	l.mu.Unlock()
+	if closed {
+		p.notProcessed(env.ID, "zmqhttp: server shutting down")
+		return
+	}
+	j := &job{peer: p, env: *env}
+	if env.Timeout > 0 {
+		// The caller's remaining time, counted from arrival, less an
+		// allowance for the message's transit, so that the server gives
+		// up no later than the caller.
+		j.deadline = arrived.Add(time.Duration(env.Timeout)*time.Microsecond - transitAllowance)
+	}
+	p.mu.Lock()
+	if p.jobs == nil {
+		p.jobs = make(map[uint64]*job)
+	}
+	p.jobs[env.ID] = j
+	p.mu.Unlock()
+	select {
+	case l.jobs <- j:
+	default:
+		p.forget(j)
+		l.stats.overloaded.Add(1)
+		p.reply(simpleResponse(env.ID, 503, "zmqhttp: server overloaded",
+			"Retry-After", strconv.Itoa(l.cfg.retryAfterSeconds())))
+		l.finished()
+	}
+}
+
+// transitAllowance is subtracted from a caller's remaining time to allow
+// for the request's time on the wire.
+const transitAllowance = time.Millisecond
+
+// notProcessed answers a request the Listener will not run because it is
+// closed: a client that understands draining gets it back as not
+// processed, to send again elsewhere or after reconnecting; a basic peer
+// gets 503 with Retry-After.
+func (p *peer) notProcessed(id uint64, why string) {
+	p.l.stats.drained.Add(1)
+	if p.has(capDrain) {
+		p.reply(errorEnvelope(id, errCodeNotProcessed, why))
+		return
+	}
+	p.reply(simpleResponse(id, 503, why, "Retry-After", strconv.Itoa(p.l.cfg.retryAfterSeconds())))
+}
+
+// cancel ends request id: a queued request is dropped before it runs; a
+// running one has its connection's pending read end, so the http.Server
+// cancels the handler's r.Context().
+func (p *peer) cancel(id uint64) {
+	p.mu.Lock()
+	j := p.jobs[id]
+	var vc *vconn
+	if j != nil {
+		j.canceled = true
+		vc = j.conn
+	}
+	p.mu.Unlock()
+	if j == nil {
+		return // answered already, or unknown
+	}
+	p.l.stats.canceled.Add(1)
+	if vc != nil {
+		vc.abort()
+	}
+}
+
+// forget removes j from the peer's table of unanswered requests.
+func (p *peer) forget(j *job) {
+	p.mu.Lock()
+	if p.jobs[j.env.ID] == j {
+		delete(p.jobs, j.env.ID)
+	}
+	p.mu.Unlock()
+}
+
+// send encodes and queues a control envelope.
+func (p *peer) send(e *envelope) { p.reply(e) }
+
+// sendPong queues the answer to a ZMTP PING (sent by libzmq peers with
+// heartbeats enabled). It is dropped if the queue is full: the peer will
+// time out and reconnect, which is what its heartbeat is for.
+func (p *peer) sendPong(ctx []byte) {
+	select {
+	case p.out <- outMsg{op: opPong, b: ctx}:
+	default:
+	}
+}
+
+// reject answers a message that failed to decode, when its id could be
+// read: a request the server cannot take gets the HTTP answer an HTTP
+// server would give (400, 413 or 431) without running the handler; an
+// unknown version or kind gets an error envelope, since it may not be a
+// request at all. Anything else is dropped and counted.
+func (p *peer) reject(err error) {
+	var ie *idError
+	if !errors.As(err, &ie) || (ie.kind != KindRequest && ie.kind.supported()) {
+		p.l.stats.badMessages.Add(1)
+		return
+	}
+	p.l.stats.rejected.Add(1)
+	var pe *ProtocolError
+	errors.As(err, &pe)
+	if ie.kind != KindRequest || pe != nil && (pe.Reason == reasonVersion || pe.Reason == reasonKind) {
+		p.reply(errorEnvelope(ie.id, errCodeUnsupported, err.Error()))
+		return
+	}
+	status := http.StatusBadRequest
+	if pe != nil {
+		switch pe.Reason {
+		case reasonHeaderLarge:
+			status = http.StatusRequestHeaderFieldsTooLarge
+		case reasonBodyLarge:
+			status = http.StatusRequestEntityTooLarge
+		}
+	}
+	p.reply(simpleResponse(ie.id, status, http.StatusText(status)+": "+err.Error()))
+}
+
+// rejectOversized answers a request whose message was over the frame
+// limit (and was discarded unread) with 413, if its id can be read.
+func (p *peer) rejectOversized(oe *oversizeError) {
+	ver, kind, id, ok := peekHead(oe.head)
+	if !ok || ver != ProtocolVersion || Kind(kind) != KindRequest {
+		p.l.stats.badMessages.Add(1)
+		return
+	}
+	p.l.stats.rejected.Add(1)
+	p.reply(simpleResponse(id, http.StatusRequestEntityTooLarge, "Request Entity Too Large: "+oe.Error()))
+}
