@@ -298,3 +298,40 @@ func TestDrainReturnsUnprocessed(t *testing.T) {
 		t.Errorf("Replays = %d, want %d", st.Replays, n-1)
 	}
 }
+
+// TestStuckPeers: a client that sends requests and never reads the replies,
+// and a handler that never returns, hold up nobody else.
+func TestStuckPeers(t *testing.T) {
+	release := make(chan struct{})
+	defer close(release)
+	mux := http.NewServeMux()
+	mux.HandleFunc("/big", func(w http.ResponseWriter, r *http.Request) { w.Write(make([]byte, 256<<10)) })
+	mux.HandleFunc("/forever", func(w http.ResponseWriter, r *http.Request) { <-release })
+	mux.HandleFunc("/ok", func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok") })
+	ts := startServer(t, "tcp", mux, WithWorkers(4))
+
+	// A raw client asks for 64 × 256 KiB and reads none of it: far more
+	// than the socket buffers hold, so the server's writer to it blocks.
+	p := dialRaw(t, ts.L)
+	for i := 0; i < 64; i++ {
+		e := envelope{Version: 1, Kind: KindRequest, ID: uint64(i + 1), Method: "GET", URI: "/big", Host: "h"}
+		b, _ := appendEnvelope(nil, &e)
+		p.send(t, nil, b)
+	}
+	client, _ := newClient(t, ts.L.Endpoint())
+	go client.Get("http://svc/forever") // holds one worker until the test ends
+	waitFor(t, 5*time.Second, "the stuck client's requests to be answered", func() bool {
+		st := ts.L.Stats()
+		return st.Requests >= 65 && st.InFlight <= 1
+	})
+	for i := 0; i < 20; i++ {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		req, _ := http.NewRequestWithContext(ctx, "GET", "http://svc/ok", nil)
+		resp, err := client.Do(req)
+		cancel()
+		if err != nil {
+			t.Fatalf("request %d while another client is stuck: %v", i, err)
+		}
+		resp.Body.Close()
+	}
+}

@@ -443,16 +443,13 @@ func (t *Transport) readBody(req *http.Request) ([]byte, error) {
 // buildResponse makes the *http.Response for req from a response envelope,
 // with the fields http.Transport would set for the same HTTP/1.1 reply.
 func (t *Transport) buildResponse(req *http.Request, env *envelope, gzipAsked bool) (*http.Response, error) {
-	h := make(http.Header, len(env.Header)/2)
-	for i := 0; i < len(env.Header); i += 2 {
-		h[env.Header[i]] = append(h[env.Header[i]], env.Header[i+1])
-	}
-	reason := env.Message
-	if reason == "" {
-		reason = http.StatusText(env.Status)
+	h := headerFromPairs(env.Header)
+	status := statusLine(env.Status)
+	if env.Message != "" {
+		status = strconv.Itoa(env.Status) + " " + env.Message
 	}
 	resp := &http.Response{
-		Status:     strconv.Itoa(env.Status) + " " + reason,
+		Status:     status,
 		StatusCode: env.Status,
 		Proto:      "HTTP/1.1",
 		ProtoMajor: 1,
@@ -461,10 +458,7 @@ func (t *Transport) buildResponse(req *http.Request, env *envelope, gzipAsked bo
 		Request:    req,
 	}
 	if len(env.Trailer) > 0 {
-		resp.Trailer = make(http.Header, len(env.Trailer)/2)
-		for i := 0; i < len(env.Trailer); i += 2 {
-			resp.Trailer[env.Trailer[i]] = append(resp.Trailer[env.Trailer[i]], env.Trailer[i+1])
-		}
+		resp.Trailer = headerFromPairs(env.Trailer)
 	}
 	// Declared trailers are keys of resp.Trailer even when never sent, and
 	// the Trailer field itself is not part of resp.Header (as fixTrailer
@@ -506,7 +500,9 @@ func (t *Transport) buildResponse(req *http.Request, env *envelope, gzipAsked bo
 	if len(env.Body) == 0 {
 		resp.Body = http.NoBody
 	} else {
-		resp.Body = io.NopCloser(bytes.NewReader(env.Body))
+		br := new(bodyReader)
+		br.Reset(env.Body)
+		resp.Body = br
 	}
 	if gzipAsked && len(env.Body) > 0 && strings.EqualFold(h.Get("Content-Encoding"), "gzip") {
 		resp.Body = &gzipBody{src: env.Body}
@@ -517,6 +513,51 @@ func (t *Transport) buildResponse(req *http.Request, env *envelope, gzipAsked bo
 	}
 	return resp, nil
 }
+
+// headerFromPairs builds an http.Header from a flattened name/value list,
+// with one backing array for all values: a name's values are a subslice
+// when they are adjacent, as every sender of this package writes them.
+func headerFromPairs(kv []string) http.Header {
+	h := make(http.Header, len(kv)/2)
+	vals := make([]string, len(kv)/2)
+	for i := 0; i < len(kv); {
+		name, start := kv[i], i/2
+		for ; i < len(kv) && kv[i] == name; i += 2 {
+			vals[i/2] = kv[i+1]
+		}
+		run := vals[start : i/2 : i/2]
+		if prev, dup := h[name]; dup { // not adjacent: rare
+			run = append(prev[:len(prev):len(prev)], run...)
+		}
+		h[name] = run
+	}
+	return h
+}
+
+// statusLines caches "200 OK" and the like for every standard code.
+var statusLines = func() map[int]string {
+	m := make(map[int]string)
+	for code := 100; code < 600; code++ {
+		if text := http.StatusText(code); text != "" {
+			m[code] = strconv.Itoa(code) + " " + text
+		}
+	}
+	return m
+}()
+
+// statusLine returns the Status net/http would report for a response with
+// code and the standard reason phrase.
+func statusLine(code int) string {
+	if s, ok := statusLines[code]; ok {
+		return s
+	}
+	return strconv.Itoa(code) + " " + http.StatusText(code)
+}
+
+// bodyReader is a response body held in memory.
+type bodyReader struct{ bytes.Reader }
+
+func (*bodyReader) Close() error { return nil }
 
 // gzipBody decompresses src lazily, on first Read, like http.Transport.
 type gzipBody struct {
