@@ -358,4 +358,3 @@ type peerAddr struct{ network, addr string }
 
 func (a peerAddr) Network() string { return a.network }
 func (a peerAddr) String() string  { return a.addr }
-
