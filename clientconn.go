@@ -26,9 +26,37 @@ type call struct {
 	res        chan callResult // buffered 1; receives exactly once, from whoever removed the call from pending
 	replayable bool            // may be sent again after a lost connection (idempotent method or Idempotency-Key)
 
+	// For a call with a deadline: its envelope and when msg was encoded,
+	// so that a call that waited for a connection, or is sent again, is
+	// re-encoded with the time it has left. Used by the writer only.
+	env       *envelope
+	deadline  time.Time
+	encodedAt time.Time
+
 	// Guarded by Transport.mu.
 	link     *clientLink // the connection it was written on; nil while queued
 	attempts int         // times it was sent again
+}
+
+// staleAfter is how long an encoded request may wait before its Timeout
+// field is brought up to date when it is written.
+const staleAfter = time.Millisecond
+
+// refreshTimeout re-encodes c if it has a deadline and has waited (for a
+// connection, or to be sent again) long enough for its Timeout field to
+// overstate the time left.
+func (c *call) refreshTimeout() {
+	if c.env == nil {
+		return
+	}
+	now := time.Now()
+	if now.Sub(c.encodedAt) < staleAfter {
+		return
+	}
+	c.env.Timeout = timeoutMicros(c.deadline, now)
+	if msg, err := appendEnvelope(c.msg[:0], c.env); err == nil {
+		c.msg, c.encodedAt = msg, now
+	}
 }
 
 type callResult struct {
@@ -298,6 +326,7 @@ func (t *Transport) writeQueued(l *clientLink, batch *[]*call) error {
 			return nil
 		}
 		for _, c := range b {
+			c.refreshTimeout()
 			if err := writeEnvelopeMsg(l.bw, c.msg); err != nil {
 				return err
 			}

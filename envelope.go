@@ -153,14 +153,21 @@ var mh = func() *codec.MsgpackHandle {
 	h.WriteExt = true // new spec: str and bin are distinct types
 	h.RawToString = true
 	h.MaxInitLen = 4096
+	// Decoded strings and bytes point into the frame, which is allocated
+	// per message and never modified: no second copy of each body.
+	h.ZeroCopy = true
 	return h
 }()
 
 // encoderPool reuses codec encoders; each is reset onto the destination.
 var encoderPool = sync.Pool{New: func() any { return codec.NewEncoderBytes(nil, mh) }}
 
-// appendEnvelope appends the msgpack encoding of e to dst.
+// appendEnvelope appends the msgpack encoding of e to dst, growing dst
+// once to the size the encoding needs.
 func appendEnvelope(dst []byte, e *envelope) ([]byte, error) {
+	if need := encodedSizeHint(e); cap(dst)-len(dst) < need {
+		dst = append(make([]byte, 0, len(dst)+need), dst...)
+	}
 	enc := encoderPool.Get().(*codec.Encoder)
 	out := dst
 	enc.ResetBytes(&out)
@@ -171,6 +178,18 @@ func appendEnvelope(dst []byte, e *envelope) ([]byte, error) {
 		return dst, fmt.Errorf("zmqhttp: encode %s envelope: %w", e.Kind, err)
 	}
 	return out, nil
+}
+
+// encodedSizeHint is an upper bound, give or take, of e's encoded size.
+func encodedSizeHint(e *envelope) int {
+	n := 64 + len(e.Method) + len(e.URI) + len(e.Host) + len(e.Message) + len(e.Body)
+	for _, s := range e.Header {
+		n += len(s) + 5
+	}
+	for _, s := range e.Trailer {
+		n += len(s) + 5
+	}
+	return n
 }
 
 var decoderPool = sync.Pool{New: func() any { return codec.NewDecoderBytes(nil, mh) }}

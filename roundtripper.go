@@ -164,15 +164,16 @@ func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 		return nil, err
 	}
 	ctx := req.Context()
+	c := &call{id: env.ID, res: make(chan callResult, 1), replayable: replayable(req)}
 	if dl, ok := ctx.Deadline(); ok {
-		left := time.Until(dl)
-		if left <= 0 {
+		if time.Until(dl) <= 0 {
 			return nil, t.ctxError(req, ctx.Err(), context.DeadlineExceeded)
 		}
-		env.Timeout = max(int64(left/time.Microsecond), 1)
+		c.env, c.deadline = env, dl
+		env.Timeout = timeoutMicros(dl, time.Now())
 	}
-	c := &call{id: env.ID, res: make(chan callResult, 1), replayable: replayable(req)}
 	c.msg, err = appendEnvelope(nil, env)
+	c.encodedAt = time.Now()
 	if err != nil {
 		return nil, err
 	}
@@ -224,6 +225,12 @@ func (t *Transport) ctxError(req *http.Request, err, fallback error) error {
 		msg = fmt.Sprintf("zmqhttp: %s %s: not connected (%v): %v", req.Method, req.URL.Redacted(), last, err)
 	}
 	return &contextError{msg: msg, err: err}
+}
+
+// timeoutMicros is the Timeout field for a caller's deadline dl: the
+// remaining time in microseconds, at least 1.
+func timeoutMicros(dl, now time.Time) int64 {
+	return max(int64(dl.Sub(now)/time.Microsecond), 1)
 }
 
 // contextError ends a call whose context ended first. It wraps the
@@ -426,10 +433,24 @@ func (t *Transport) readBody(req *http.Request) ([]byte, error) {
 	}
 	defer req.Body.Close()
 	limit := t.cfg.limits.maxBodyBytes()
-	var buf bytes.Buffer
 	if req.ContentLength > 0 && req.ContentLength <= limit {
-		buf.Grow(int(req.ContentLength))
+		// Known length: read exactly that much into one allocation, then
+		// make sure nothing follows.
+		body := make([]byte, req.ContentLength)
+		n, err := io.ReadFull(req.Body, body)
+		if err == io.ErrUnexpectedEOF || err == io.EOF {
+			return body[:n], nil // shorter than declared: buildRequest reports it
+		}
+		if err != nil {
+			return nil, fmt.Errorf("zmqhttp: reading request body: %w", err)
+		}
+		var one [1]byte
+		if m, _ := io.ReadFull(req.Body, one[:]); m > 0 {
+			return nil, fmt.Errorf("zmqhttp: ContentLength=%d with a longer Body", req.ContentLength)
+		}
+		return body, nil
 	}
+	var buf bytes.Buffer
 	n, err := buf.ReadFrom(io.LimitReader(req.Body, limit+1))
 	if err != nil {
 		return nil, fmt.Errorf("zmqhttp: reading request body: %w", err)
