@@ -184,7 +184,6 @@ func (l *Listener) start(j *job) *vconn {
 	var c *vconn
 	if !gone {
 		c = newVConn(l, j)
-		j.conn = c
 	}
 	p.mu.Unlock()
 	if gone {
@@ -195,8 +194,24 @@ func (l *Listener) start(j *job) *vconn {
 		l.finished()
 		return nil
 	}
-	c.armDeadline(j.deadline)
 	return c
+}
+
+// reclaimIdle asks one idle connection, of any peer, to close, so that its
+// worker slot serves the queue.
+func (l *Listener) reclaimIdle() {
+	l.mu.Lock()
+	peers := make([]*peer, 0, len(l.peers))
+	for p := range l.peers {
+		peers = append(peers, p)
+	}
+	l.mu.Unlock()
+	for _, p := range peers {
+		if c := p.popIdle(); c != nil {
+			c.reclaim()
+			return
+		}
+	}
 }
 
 // Close stops accepting connections and requests, and tells connected
@@ -225,6 +240,9 @@ func (l *Listener) Close() error {
 		for _, p := range peers {
 			if p.has(capDrain) {
 				p.send(&envelope{Version: ProtocolVersion, Kind: KindDraining})
+			}
+			for c := p.popIdle(); c != nil; c = p.popIdle() {
+				c.reclaim()
 			}
 		}
 		for {

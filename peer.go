@@ -34,10 +34,10 @@ type peer struct {
 	once sync.Once
 	fin  sync.Once
 
-	// mu guards jobs: the requests of this peer received and not yet
-	// answered, by id, so that a CANCEL can find them.
+	// mu guards the following fields.
 	mu   sync.Mutex
-	jobs map[uint64]*job
+	jobs map[uint64]*job // requests received and not yet answered, by id, so that a CANCEL can find them
+	idle []*vconn        // this peer's connections waiting for its next request
 }
 
 func (p *peer) has(capability uint64) bool { return p.caps.Load()&capability != 0 }
@@ -49,7 +49,57 @@ func (p *peer) close() {
 		p.l.mu.Lock()
 		delete(p.l.peers, p)
 		p.l.mu.Unlock()
+		for c := p.popIdle(); c != nil; c = p.popIdle() {
+			c.reclaim()
+		}
 	})
+}
+
+// addIdle lists c as waiting for this peer's next request. It refuses
+// (and c should close) when the peer is gone, the Listener is closed, or
+// requests wait in the queue for a worker slot, which c then frees.
+func (p *peer) addIdle(c *vconn) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	select {
+	case <-p.dead:
+		return false
+	default:
+	}
+	if len(p.l.jobs) > 0 || p.l.isClosed() {
+		return false
+	}
+	p.idle = append(p.idle, c)
+	c.mu.Lock()
+	c.idle = true
+	c.mu.Unlock()
+	return true
+}
+
+// removeIdle takes c off the idle list; it reports whether c was there.
+func (p *peer) removeIdle(c *vconn) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for i, ic := range p.idle {
+		if ic == c {
+			p.idle = append(p.idle[:i], p.idle[i+1:]...)
+			return true
+		}
+	}
+	return false
+}
+
+// popIdle takes the most recently idle connection off the list.
+func (p *peer) popIdle() *vconn {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if n := len(p.idle); n > 0 {
+		c := p.idle[n-1]
+		p.idle[n-1] = nil
+		p.idle = p.idle[:n-1]
+		return c
+	}
+	return nil
 }
 
 // closeAfterFlush asks the writer to send what is queued, then close.
@@ -253,9 +303,24 @@ func (p *peer) receive(env *envelope, arrived time.Time) {
 		p.jobs = make(map[uint64]*job)
 	}
 	p.jobs[env.ID] = j
+	// An idle connection of this peer takes it at once.
+	for n := len(p.idle); n > 0; n = len(p.idle) {
+		c := p.idle[n-1]
+		p.idle[n-1] = nil
+		p.idle = p.idle[:n-1]
+		if c.assign(j) {
+			p.mu.Unlock()
+			return
+		}
+	}
 	p.mu.Unlock()
 	select {
 	case l.jobs <- j:
+		if len(l.slots) == cap(l.slots) {
+			// Every worker slot is taken; if some are idle connections
+			// of other peers, free one for this request.
+			l.reclaimIdle()
+		}
 	default:
 		p.forget(j)
 		l.stats.overloaded.Add(1)
@@ -299,7 +364,7 @@ func (p *peer) cancel(id uint64) {
 	}
 	p.l.stats.canceled.Add(1)
 	if vc != nil {
-		vc.abort()
+		vc.abort(j)
 	}
 }
 

@@ -2,6 +2,7 @@ package zmqhttp
 
 import (
 	"context"
+	"net/http"
 	"io"
 	"net"
 	"os"
@@ -9,10 +10,13 @@ import (
 	"time"
 )
 
-// This file is the worker side of the Listener: a received request (job)
-// waits in the bounded queue until Accept pairs it with a free worker slot
-// and returns it as a vconn, the net.Conn the http.Server reads the request
-// from and writes the response to.
+// This file is the worker side of the Listener. A received request (job)
+// goes to an idle connection of its peer if one is waiting, else to the
+// bounded queue, until Accept pairs it with a free worker slot and returns
+// a new vconn: the net.Conn the http.Server reads requests from and writes
+// responses to. A vconn belongs to one peer (its RemoteAddr) and, like a
+// keep-alive TCP connection, carries that peer's requests one after
+// another; each open vconn holds one worker slot.
 
 // job is a received request, from its arrival until it is answered.
 type job struct {
@@ -23,58 +27,78 @@ type job struct {
 
 	// Guarded by peer.mu.
 	canceled bool   // the client sent CANCEL
-	conn     *vconn // set when a worker took the job
+	conn     *vconn // the connection carrying it, once assigned
+
+	// Guarded by conn.mu once assigned (owned by the assigner before).
+	parts   [][]byte    // request bytes not yet read by the server
+	resp    respParser  // the response as the server writes it
+	sent    bool        // answered: the reply (or nothing, if aborted) is decided
+	aborted bool        // cancelled or past the caller's deadline
+	timer   *time.Timer // aborts the job at its deadline
 }
 
-// vconn is the connection the http.Server sees for one request. The server
-// reads the request as HTTP/1.1 bytes, then (as over TCP) keeps a read
+// vconn is a connection the http.Server sees. For each request the server
+// reads it as HTTP/1.1 bytes, then (as over TCP) keeps a one-byte read
 // pending while the handler runs; that read ends when the server aborts it
-// with a deadline, or when the connection is closed. The response bytes
-// the server writes are parsed as they arrive; once complete they are sent
-// to the peer as a response envelope, and the next read returns io.EOF, so
-// the server closes the connection and the worker slot is freed.
+// with a deadline, when the request is cancelled (EOF, so the server
+// cancels r.Context()), or when the connection is closed. The response
+// bytes the server writes are parsed as they arrive; once complete they are
+// sent to the peer. The server's next read waits for the peer's next
+// request, as an idle keep-alive connection does.
 type vconn struct {
+	// Set by newVConn, read-only after.
 	l     *Listener
 	peer  *peer
-	job   *job
-	id    uint64
 	local net.Addr
 
-	// parts is the request bytes still to be read. Read only, by the
-	// server's reading goroutine (http.Server never reads concurrently).
-	parts [][]byte
-
 	// wake has room for one token; it is sent whenever a blocked Read
-	// should look again (deadline changed, response done, Close).
+	// should look again (deadline changed, job assigned or aborted, Close).
 	wake chan struct{}
 
-	// mu guards the following fields.
+	// mu guards the following fields (lock order: peer.mu before mu).
 	mu            sync.Mutex
+	cur           *job // the request being served; nil while idle
 	readDeadline  time.Time
 	writeDeadline time.Time
-	resp          respParser
-	sent          bool // the reply (response or error) was queued to the peer
+	idle          bool // listed in peer.idle, waiting for a job
+	reclaimed     bool // asked to close so that its worker slot serves another peer
+	ended         bool // a read returned EOF for an aborted request: the server's context for this connection is cancelled, so it must not carry another
 	closed        bool
-	aborted       bool               // cancelled or past the caller's deadline: pending reads end
-	deadline      time.Time          // the caller's deadline, zero if none
-	timer         *time.Timer        // aborts at deadline
-	ctxCancel     context.CancelFunc // set by ConnContext; called by Close
 }
 
 func newVConn(l *Listener, j *job) *vconn {
-	c := &vconn{
-		l:     l,
-		peer:  j.peer,
-		job:   j,
-		id:    j.env.ID,
-		local: l.ln.Addr(),
-		parts: requestBytes(&j.env),
-		wake:  make(chan struct{}, 1),
-	}
-	c.resp.headReq = j.env.Method == "HEAD"
-	c.resp.maxBody = l.cfg.limits.maxBodyBytes()
-	c.resp.maxHeader = l.cfg.limits.maxHeaderBytes()
+	c := &vconn{l: l, peer: j.peer, wake: make(chan struct{}, 1)}
+	c.local = &connAddr{Addr: l.ln.Addr(), c: c}
+	c.assign(j)
 	return c
+}
+
+// assign makes j the connection's current request, unless the connection
+// is closed or reclaimed (then it returns false). The caller holds
+// j.peer.mu, or owns c exclusively.
+func (c *vconn) assign(j *job) bool {
+	c.mu.Lock()
+	if c.closed || c.reclaimed {
+		c.mu.Unlock()
+		return false
+	}
+	c.mu.Unlock()
+	j.conn = c
+	j.parts = requestBytes(&j.env)
+	j.resp = respParser{
+		headReq:   j.env.Method == "HEAD",
+		maxBody:   c.l.cfg.limits.maxBodyBytes(),
+		maxHeader: c.l.cfg.limits.maxHeaderBytes(),
+	}
+	c.mu.Lock()
+	c.cur = j
+	c.idle = false
+	if !j.deadline.IsZero() {
+		j.timer = time.AfterFunc(time.Until(j.deadline), func() { c.abort(j) })
+	}
+	c.mu.Unlock()
+	c.signal()
+	return true
 }
 
 func (c *vconn) signal() {
@@ -84,76 +108,138 @@ func (c *vconn) signal() {
 	}
 }
 
-// Read returns the request bytes, then blocks as an idle TCP read would.
+// Read returns the current request's bytes; then blocks as a read on a
+// TCP connection would while the handler runs; and, once the response is
+// sent, waits for the peer's next request.
 func (c *vconn) Read(p []byte) (int, error) {
 	c.mu.Lock()
+	j := c.cur
+	if j != nil && j.sent && len(j.parts) == 0 {
+		// The server is looking for the next request.
+		c.finishLocked(j)
+		j = nil
+	}
+	if j == nil {
+		return c.readIdle(p) // unlocks
+	}
+	defer c.mu.Unlock()
+	for {
+		if c.closed {
+			return 0, net.ErrClosed
+		}
+		if !c.readDeadline.IsZero() && !time.Now().Before(c.readDeadline) {
+			return 0, os.ErrDeadlineExceeded
+		}
+		if len(j.parts) > 0 {
+			n := 0
+			for n < len(p) && len(j.parts) > 0 {
+				m := copy(p[n:], j.parts[0])
+				n += m
+				if m == len(j.parts[0]) {
+					j.parts[0] = nil
+					j.parts = j.parts[1:]
+				} else {
+					j.parts[0] = j.parts[0][m:]
+				}
+			}
+			return n, nil
+		}
+		if j.aborted {
+			// The caller gave up: like a client closing its TCP
+			// connection, which makes the server cancel r.Context() —
+			// and the context of every later request on this
+			// connection, so it carries no more.
+			c.ended = true
+			return 0, io.EOF
+		}
+		// Once the request is read, the only read http.Server makes
+		// while the handler runs is its one-byte background read, which
+		// must block. A larger read means the server wants request bytes
+		// that do not exist (the request was incomplete): EOF, as from a
+		// client that closed, rather than a worker held forever.
+		if len(p) > 1 && !j.sent {
+			c.ended = true
+			return 0, io.EOF
+		}
+		c.waitLocked()
+	}
+}
+
+// waitLocked waits, with c.mu released, until signalled or the read
+// deadline passes.
+func (c *vconn) waitLocked() {
+	dl := c.readDeadline
+	c.mu.Unlock()
+	if dl.IsZero() {
+		<-c.wake
+	} else if d := time.Until(dl); d > 0 {
+		t := time.NewTimer(d)
+		select {
+		case <-c.wake:
+		case <-t.C:
+		}
+		t.Stop()
+	}
+	c.mu.Lock()
+}
+
+// readIdle waits for the peer's next request, as the server's read on an
+// idle keep-alive connection. It is entered with c.mu held and returns
+// with it released. It ends the connection (EOF) instead of idling when
+// requests of other peers wait for a worker, when the Listener is closed
+// or when the peer is gone.
+func (c *vconn) readIdle(p []byte) (int, error) {
 	if c.closed {
 		c.mu.Unlock()
 		return 0, net.ErrClosed
 	}
-	if !c.readDeadline.IsZero() && !time.Now().Before(c.readDeadline) {
-		c.mu.Unlock()
-		return 0, os.ErrDeadlineExceeded
-	}
-	// A read that starts after the response was sent is the server
-	// looking for a next request: there is none on this connection.
-	//
-	// Before that, once the request bytes are all read, the only read
-	// http.Server makes is its one-byte background read, which must
-	// block while the handler runs, as on an idle TCP connection. A
-	// larger read means the server wants request bytes that do not
-	// exist (the request was incomplete): EOF, as from a client that
-	// closed, rather than a worker held forever.
-	if len(c.parts) == 0 && (c.sent || len(p) > 1) {
+	if c.ended {
 		c.mu.Unlock()
 		return 0, io.EOF
 	}
 	c.mu.Unlock()
-	if len(c.parts) > 0 {
-		n := 0
-		for n < len(p) && len(c.parts) > 0 {
-			m := copy(p[n:], c.parts[0])
-			n += m
-			if m == len(c.parts[0]) {
-				c.parts[0] = nil
-				c.parts = c.parts[1:]
-			} else {
-				c.parts[0] = c.parts[0][m:]
-			}
-		}
-		return n, nil
+	if !c.peer.addIdle(c) {
+		return 0, io.EOF
 	}
-	for {
-		c.mu.Lock()
-		if c.closed {
+	c.mu.Lock()
+	for c.cur == nil {
+		switch {
+		case c.closed:
 			c.mu.Unlock()
+			c.peer.removeIdle(c)
 			return 0, net.ErrClosed
-		}
-		if c.aborted {
-			// The caller gave up: like a client closing its TCP
-			// connection, which makes the server cancel r.Context().
+		case c.reclaimed:
 			c.mu.Unlock()
+			c.peer.removeIdle(c)
 			return 0, io.EOF
-		}
-		dl := c.readDeadline
-		c.mu.Unlock()
-		var timer <-chan time.Time
-		if !dl.IsZero() {
-			d := time.Until(dl)
-			if d <= 0 {
-				return 0, os.ErrDeadlineExceeded
+		case !c.readDeadline.IsZero() && !time.Now().Before(c.readDeadline):
+			c.mu.Unlock()
+			if c.peer.removeIdle(c) {
+				return 0, os.ErrDeadlineExceeded // e.g. the server's IdleTimeout
 			}
-			t := time.NewTimer(d)
-			timer = t.C
-			select {
-			case <-c.wake:
-				t.Stop()
-				continue
-			case <-timer:
-				continue
+			// A request was being assigned to us as the deadline
+			// passed: serve it rather than lose it.
+			c.mu.Lock()
+			for c.cur == nil && !c.closed {
+				c.mu.Unlock()
+				<-c.wake
+				c.mu.Lock()
 			}
+			continue
 		}
-		<-c.wake
+		c.waitLocked()
+	}
+	c.mu.Unlock()
+	return c.Read(p)
+}
+
+// finishLocked ends j as the current request. c.mu is held.
+func (c *vconn) finishLocked(j *job) {
+	if j.timer != nil {
+		j.timer.Stop()
+	}
+	if c.cur == j {
+		c.cur = nil
 	}
 }
 
@@ -169,39 +255,39 @@ func (c *vconn) Write(p []byte) (int, error) {
 		c.mu.Unlock()
 		return 0, os.ErrDeadlineExceeded
 	}
-	if c.sent {
+	j := c.cur
+	if j == nil || j.sent {
 		c.mu.Unlock()
 		return len(p), nil // bytes after a complete response: discarded
 	}
-	if err := c.resp.write(p); err != nil {
-		c.sent = true
+	if err := j.resp.write(p); err != nil {
+		j.sent = true
+		gone := j.aborted
 		c.mu.Unlock()
 		c.l.stats.noResponse.Add(1)
-		c.reply(errorEnvelope(c.id, errCodeInternal, "handler response: "+err.Error()))
+		c.reply(j, gone, errorEnvelope(j.env.ID, errCodeInternal, "handler response: "+err.Error()))
 		return 0, err
 	}
 	var e *envelope
-	if c.resp.done() {
-		c.sent = true
-		e = c.resp.envelope(c.id)
+	gone := false
+	if j.resp.done() {
+		j.sent = true
+		gone = j.aborted
+		e = j.resp.envelope(j.env.ID)
 	}
 	c.mu.Unlock()
 	if e != nil {
-		c.reply(e)
+		c.reply(j, gone, e)
 	}
 	return len(p), nil
 }
 
-// reply queues e to the peer and marks the request answered. A request
-// whose caller gave up (cancelled, or its deadline passed) is answered with
-// nothing, as over TCP where the response goes to a closed connection: a
-// reply racing the caller's own timer must not turn its timeout into a
-// half-finished response.
-func (c *vconn) reply(e *envelope) {
-	c.mu.Lock()
-	gone := c.aborted
-	c.mu.Unlock()
-	c.peer.forget(c.job)
+// reply queues e to the peer and marks j answered. A request whose caller
+// gave up (cancelled, or its deadline passed) is answered with nothing, as
+// over TCP where the response goes to a closed connection: a reply racing
+// the caller's own timer must not turn its timeout into a response.
+func (c *vconn) reply(j *job, gone bool, e *envelope) {
+	c.peer.forget(j)
 	if !gone {
 		c.peer.reply(e)
 	}
@@ -209,53 +295,66 @@ func (c *vconn) reply(e *envelope) {
 	c.signal()
 }
 
-// abort ends the pending and future reads of the connection (after the
-// request bytes), so that the http.Server cancels the handler's context.
-func (c *vconn) abort() {
+// abort ends j's pending and future reads, so that the http.Server cancels
+// the handler's context, if j is still the connection's request.
+func (c *vconn) abort(j *job) {
 	c.mu.Lock()
-	c.aborted = true
+	if c.cur == j {
+		j.aborted = true
+	}
 	c.mu.Unlock()
 	c.signal()
 }
 
-// armDeadline makes the connection abort at the caller's deadline.
-func (c *vconn) armDeadline(dl time.Time) {
-	if dl.IsZero() {
-		return
-	}
+// reclaim asks an idle connection to end, so that its worker slot can
+// serve a request of another peer.
+func (c *vconn) reclaim() {
 	c.mu.Lock()
-	c.deadline = dl
-	if !c.closed {
-		c.timer = time.AfterFunc(time.Until(dl), c.abort)
-	}
+	c.reclaimed = true
 	c.mu.Unlock()
+	c.signal()
 }
 
-// ConnContext, set as http.Server.ConnContext, gives each request's
-// context the deadline of its caller, so r.Context().Deadline() reports
-// it:
+// connAddr is a vconn's LocalAddr: the Listener's address, which also
+// lets CallerDeadline find the connection from a request's context.
+type connAddr struct {
+	net.Addr
+	c *vconn
+}
+
+// CallerDeadline wraps h so that each request's context carries the
+// deadline its caller set, and r.Context().Deadline() reports it:
 //
-//	srv := &http.Server{Handler: h, ConnContext: zmqhttp.ConnContext}
+//	srv := &http.Server{Handler: zmqhttp.CallerDeadline(router)}
 //
 // Without it the handler's context is still cancelled at the caller's
 // deadline (and when the caller cancels), but Deadline() reports none,
-// since a net.Listener cannot set it. Connections that do not come from a
-// zmqhttp Listener, or requests without a deadline, are left unchanged.
-func ConnContext(ctx context.Context, nc net.Conn) context.Context {
-	c, ok := nc.(*vconn)
-	if !ok {
-		return ctx
-	}
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.deadline.IsZero() || c.closed {
-		return ctx
-	}
-	ctx, c.ctxCancel = context.WithDeadline(ctx, c.deadline)
-	return ctx
+// since a net.Listener cannot set it. Requests that did not come through a
+// zmqhttp Listener, or have no deadline, pass through unchanged.
+func CallerDeadline(h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		a, ok := r.Context().Value(http.LocalAddrContextKey).(*connAddr)
+		if !ok {
+			h.ServeHTTP(w, r)
+			return
+		}
+		a.c.mu.Lock()
+		var dl time.Time
+		if a.c.cur != nil {
+			dl = a.c.cur.deadline
+		}
+		a.c.mu.Unlock()
+		if dl.IsZero() {
+			h.ServeHTTP(w, r)
+			return
+		}
+		ctx, cancel := context.WithDeadline(r.Context(), dl)
+		defer cancel()
+		h.ServeHTTP(w, r.WithContext(ctx))
+	})
 }
 
-// Close sends the response if it is complete (a response that runs until
+// Close sends the current response if it is complete (one that runs until
 // the connection closes), or an error envelope if it is not, and frees the
 // worker slot.
 func (c *vconn) Close() error {
@@ -265,26 +364,27 @@ func (c *vconn) Close() error {
 		return nil
 	}
 	c.closed = true
-	if c.timer != nil {
-		c.timer.Stop()
-	}
-	if c.ctxCancel != nil {
-		c.ctxCancel()
-	}
+	j := c.cur
 	var e *envelope
-	if !c.sent {
-		c.sent = true
-		if c.resp.finish() {
-			e = c.resp.envelope(c.id)
-		} else {
-			c.l.stats.noResponse.Add(1)
-			e = errorEnvelope(c.id, errCodeInternal, "the server closed the connection without a complete response")
+	gone := false
+	if j != nil {
+		c.finishLocked(j)
+		if !j.sent {
+			j.sent = true
+			gone = j.aborted
+			if j.resp.finish() {
+				e = j.resp.envelope(j.env.ID)
+			} else {
+				c.l.stats.noResponse.Add(1)
+				e = errorEnvelope(j.env.ID, errCodeInternal, "the server closed the connection without a complete response")
+			}
 		}
 	}
 	c.mu.Unlock()
 	if e != nil {
-		c.reply(e)
+		c.reply(j, gone, e)
 	}
+	c.peer.removeIdle(c)
 	c.signal()
 	<-c.l.slots
 	return nil
@@ -293,7 +393,7 @@ func (c *vconn) Close() error {
 // LocalAddr returns the Listener's address.
 func (c *vconn) LocalAddr() net.Addr { return c.local }
 
-// RemoteAddr names the ZeroMQ peer that sent the request.
+// RemoteAddr names the ZeroMQ peer whose requests the connection carries.
 func (c *vconn) RemoteAddr() net.Addr { return c.peer.addr }
 
 // SetDeadline sets both deadlines.

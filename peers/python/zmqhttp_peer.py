@@ -1,6 +1,9 @@
 #!/usr/bin/python3
 """A zmqhttp peer in Python, written from PROTOCOL.md (version 1).
 
+A basic peer (PROTOCOL.md section 4.1): it implements kinds 1-3 only, never
+sends HELLO, and gets no heartbeats, cancels or draining notices.
+
 Needs pyzmq and msgpack (Debian: apt-get install python3-zmq python3-msgpack).
 
 Client: send one request and print the response as JSON:
@@ -35,11 +38,13 @@ PROTOCOL_VERSION = 1
 KIND_REQUEST = 1
 KIND_RESPONSE = 2
 KIND_ERROR = 3
-# 4 cancel, 5 ping, 6 pong, 7 draining, 8 chunk, 9 credit, 10 hello: reserved.
+# 4 cancel, 5 ping, 6 pong, 7 draining, 10 hello: connection control, not
+# implemented by this basic peer (answered 501); 8 chunk, 9 credit: reserved.
 IMPLEMENTED_KINDS = (KIND_REQUEST, KIND_RESPONSE, KIND_ERROR)
 
 ERR_BAD_REQUEST = 400
-ERR_TOO_LARGE = 413
+ERR_TOO_LARGE = 413           # body over its limit: HTTP 413 for a request
+ERR_HEADER_TOO_LARGE = 431    # header bytes or fields over their limit: HTTP 431 for a request
 ERR_INTERNAL = 500
 ERR_UNSUPPORTED = 501
 
@@ -49,8 +54,8 @@ FIELDS = ("version", "kind", "id", "method", "uri", "host", "status", "header",
 
 # Limits (PROTOCOL.md section 7), the defaults of the Go implementation.
 MAX_BODY_BYTES = 32 << 20
-MAX_HEADER_BYTES = 1 << 20
-MAX_HEADER_FIELDS = 1024
+MAX_HEADER_BYTES = 2 << 20
+MAX_HEADER_FIELDS = 8192
 
 # Request fields the envelope carries elsewhere or that belong to one hop.
 REQUEST_SKIP = {"Host", "Content-Length", "Transfer-Encoding", "Connection",
@@ -64,6 +69,7 @@ REASONS = {
     401: "Unauthorized", 403: "Forbidden", 404: "Not Found",
     405: "Method Not Allowed", 409: "Conflict", 413: "Request Entity Too Large",
     418: "I'm a teapot", 429: "Too Many Requests",
+    431: "Request Header Fields Too Large",
     500: "Internal Server Error", 501: "Not Implemented", 502: "Bad Gateway",
     503: "Service Unavailable", 504: "Gateway Timeout",
 }
@@ -146,7 +152,8 @@ def decode(frame):
         arr = msgpack.unpackb(frame, raw=False, unicode_errors="surrogateescape",
                               strict_map_key=False, max_array_len=2 * MAX_HEADER_FIELDS + 16)
     except ValueError as e:  # includes ExtraData and limit errors
-        raise ProtocolError(ERR_BAD_REQUEST, "malformed envelope: %s" % e)
+        code = ERR_HEADER_TOO_LARGE if "max_array_len" in str(e) else ERR_BAD_REQUEST
+        raise ProtocolError(code, "malformed envelope: %s" % e)
     except Exception as e:
         raise ProtocolError(ERR_BAD_REQUEST, "malformed envelope: %s" % e)
     if not isinstance(arr, list) or len(arr) < 16:
@@ -185,6 +192,11 @@ def decode(frame):
             raise ProtocolError(ERR_BAD_REQUEST, "field %s is not an integer" % name)
         env[name] = v
     _validate(env)
+    # Receivers treat names case-insensitively: canonicalize them.
+    for name in ("header", "trailer"):
+        kv = env[name]
+        for i in range(0, len(kv), 2):
+            kv[i] = canonical_name(kv[i])
     return env
 
 
@@ -193,11 +205,11 @@ def _validate(env):
         raise ProtocolError(ERR_TOO_LARGE, "body of %d bytes" % len(env["body"]))
     fields = (len(env["header"]) + len(env["trailer"])) // 2
     if fields > MAX_HEADER_FIELDS:
-        raise ProtocolError(ERR_TOO_LARGE, "%d header fields" % fields)
+        raise ProtocolError(ERR_HEADER_TOO_LARGE, "%d header fields" % fields)
     size = sum(len(s.encode("utf-8", "surrogateescape"))
                for s in [env["method"], env["uri"], env["host"]] + env["header"] + env["trailer"])
     if size > MAX_HEADER_BYTES:
-        raise ProtocolError(ERR_TOO_LARGE, "%d header bytes" % size)
+        raise ProtocolError(ERR_HEADER_TOO_LARGE, "%d header bytes" % size)
     cl = env["content_length"]
     if cl < -1 or (cl >= 0 and cl != len(env["body"])):
         raise ProtocolError(ERR_BAD_REQUEST, "content_length %d with a body of %d bytes" % (cl, len(env["body"])))
@@ -326,6 +338,15 @@ def echo_handler(req):
     return status, header, body
 
 
+def reject_response(ident, status, text):
+    """The HTTP answer to a v1 request that fails validation (PROTOCOL.md section 5)."""
+    body = ("%s: %s\n" % (REASONS.get(status, ""), text)).encode("utf-8", "surrogateescape")
+    header = ["Content-Length", str(len(body)), "Content-Type", "text/plain; charset=utf-8",
+              "X-Content-Type-Options", "nosniff"]
+    return new_envelope(KIND_RESPONSE, ident, status=status, header=header,
+                        body=body, content_length=len(body))
+
+
 def handle(frame, handler=echo_handler):
     """Answer one received envelope frame: the reply envelope to send."""
     try:
@@ -335,7 +356,10 @@ def handle(frame, handler=echo_handler):
     except ProtocolError as e:
         head = peek_head(frame)
         ident = head[2] if head else 0  # REP must answer; id 0 if unreadable
-        return new_envelope(KIND_ERROR, ident, status=e.code, message=str(e))
+        if e.code != ERR_UNSUPPORTED and head and head[0] == PROTOCOL_VERSION and head[1] == KIND_REQUEST:
+            return reject_response(ident, e.code, str(e))  # an HTTP 400, 413 or 431
+        code = ERR_UNSUPPORTED if e.code == ERR_UNSUPPORTED else ERR_BAD_REQUEST
+        return new_envelope(KIND_ERROR, ident, status=code, message=str(e))
     try:
         status, header, body = handler(req)
     except Exception as e:  # the handler failed: no HTTP response
