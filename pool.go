@@ -2,9 +2,9 @@ package zmqhttp
 
 import (
 	"context"
-	"net/http"
 	"io"
 	"net"
+	"net/http"
 	"os"
 	"sync"
 	"time"
