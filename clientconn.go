@@ -155,6 +155,14 @@ func (t *Transport) connectLoop() {
 		wait = lo
 		t.stats.connects.Add(1)
 		t.serve(l)
+		if l.err == errDrained {
+			// The server asked us to go; don't knock again at once.
+			select {
+			case <-time.After(lo):
+			case <-t.ctx.Done():
+				return
+			}
+		}
 	}
 }
 

@@ -24,13 +24,13 @@ const (
 	KindRequest  Kind = 1  // client → server: one HTTP request
 	KindResponse Kind = 2  // server → client: one HTTP response
 	KindError    Kind = 3  // server → client: the request with this id failed without an HTTP response
-	KindCancel   Kind = 4  // client → server: the caller gave up on request id (reserved)
-	KindPing     Kind = 5  // either way: heartbeat (reserved)
-	KindPong     Kind = 6  // either way: heartbeat answer (reserved)
-	KindDraining Kind = 7  // server → client: send no new requests (reserved)
+	KindCancel   Kind = 4  // client → server: the caller gave up on request id
+	KindPing     Kind = 5  // either way: heartbeat
+	KindPong     Kind = 6  // either way: heartbeat answer
+	KindDraining Kind = 7  // server → client: send no new requests
 	KindChunk    Kind = 8  // either way: streamed body chunk with seq and last flag (reserved)
 	KindCredit   Kind = 9  // either way: flow-control credit for streamed bodies (reserved)
-	KindHello    Kind = 10 // either way: capabilities, e.g. batching (reserved)
+	KindHello    Kind = 10 // client → server, and the answer: capabilities
 	maxKnownKind      = KindHello
 )
 

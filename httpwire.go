@@ -30,8 +30,10 @@ func requestBytes(e *envelope) [][]byte {
 	declared := false // a Trailer field announces the trailers
 	for i := 0; i+1 < len(e.Header); i += 2 {
 		switch e.Header[i] {
-		case "Host", "Content-Length", "Transfer-Encoding", "Connection":
+		case "Host", "Content-Length", "Transfer-Encoding":
 			continue // carried by the envelope's own fields
+		case "Connection", "Keep-Alive", "Proxy-Connection", "Upgrade", "Te":
+			continue // about one HTTP/1.1 hop, which the envelope is not
 		case "Trailer":
 			if !chunked {
 				continue // trailers exist only in a chunked body

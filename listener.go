@@ -24,8 +24,11 @@ import (
 // a queue of WithQueueSize; when both are full the Listener answers 503
 // Service Unavailable with Retry-After itself, without running the handler.
 //
-// Each connection carries exactly one request. Its RemoteAddr names the
-// ZeroMQ peer ("127.0.0.1:50122" for tcp, "ipc:PATH#N" for ipc).
+// Like a keep-alive TCP connection, each connection carries the requests of
+// one peer, one after another; its RemoteAddr names that ZeroMQ peer
+// ("127.0.0.1:50122" for tcp, "ipc:PATH#N" for ipc). An idle connection
+// holds its worker slot until that peer's next request, until the server's
+// IdleTimeout, or until a request of another peer needs the slot.
 type Listener struct {
 	// Set once by Listen, read-only after.
 	cfg      config
@@ -67,7 +70,7 @@ type listenerCounters struct {
 type ListenerStats struct {
 	Requests         uint64 // request envelopes received and decoded
 	Overloaded       uint64 // answered 503 because workers and queue were full
-	Rejected         uint64 // answered with an error envelope: undecodable, over a limit, unknown kind or version
+	Rejected         uint64 // not run: answered 400/413/431 (invalid or over a limit) or with an error envelope (unknown version or kind)
 	BadMessages      uint64 // dropped: not even an id could be read, or bad framing
 	HandshakeFailed  uint64 // connections dropped during the ZMTP handshake
 	SlowPeers        uint64 // connections dropped because they did not read their replies

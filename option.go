@@ -38,7 +38,7 @@ func newConfig(opts []Option) config {
 
 // WithLimits sets the limits this side enforces on what it receives and
 // sends (body size, header bytes, header count). Both sides. Default: the
-// zero Limits, i.e. 32 MiB bodies, 1 MiB of headers, 1024 header fields.
+// zero Limits, i.e. 32 MiB bodies, 2 MiB of headers, 8192 header fields.
 func WithLimits(l Limits) Option { return func(c *config) { c.limits = l } }
 
 // WithHandshakeTimeout bounds the ZMTP greeting and handshake of a new

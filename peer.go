@@ -52,6 +52,21 @@ func (p *peer) close() {
 		for c := p.popIdle(); c != nil; c = p.popIdle() {
 			c.reclaim()
 		}
+		// Nobody is left to read the replies: as when a TCP client
+		// disconnects, running handlers see r.Context() cancelled and
+		// queued requests do not run.
+		p.mu.Lock()
+		var running []*job
+		for _, j := range p.jobs {
+			j.canceled = true
+			if j.conn != nil {
+				running = append(running, j)
+			}
+		}
+		p.mu.Unlock()
+		for _, j := range running {
+			j.conn.abort(j)
+		}
 	})
 }
 
@@ -296,7 +311,8 @@ func (p *peer) receive(env *envelope, arrived time.Time) {
 		// The caller's remaining time, counted from arrival, less an
 		// allowance for the message's transit, so that the server gives
 		// up no later than the caller.
-		j.deadline = arrived.Add(time.Duration(env.Timeout)*time.Microsecond - transitAllowance)
+		left := time.Duration(env.Timeout) * time.Microsecond
+		j.deadline = arrived.Add(left - min(transitAllowance, left/4))
 	}
 	p.mu.Lock()
 	if p.jobs == nil {
@@ -330,8 +346,8 @@ func (p *peer) receive(env *envelope, arrived time.Time) {
 	}
 }
 
-// transitAllowance is subtracted from a caller's remaining time to allow
-// for the request's time on the wire.
+// transitAllowance is subtracted from a caller's remaining time (at most a
+// quarter of it) to allow for the request's time on the wire.
 const transitAllowance = time.Millisecond
 
 // notProcessed answers a request the Listener will not run because it is
@@ -397,14 +413,18 @@ func (p *peer) sendPong(ctx []byte) {
 // request at all. Anything else is dropped and counted.
 func (p *peer) reject(err error) {
 	var ie *idError
-	if !errors.As(err, &ie) || (ie.kind != KindRequest && ie.kind.supported()) {
+	var pe *ProtocolError
+	errors.As(err, &pe)
+	unsupported := pe != nil && (pe.Reason == reasonVersion || pe.Reason == reasonKind)
+	// Answer what a client sends; never answer a response or an error
+	// (a peer that did the same could loop with us forever).
+	if !errors.As(err, &ie) || ie.kind == KindResponse || ie.kind == KindError ||
+		(ie.kind != KindRequest && !unsupported) {
 		p.l.stats.badMessages.Add(1)
 		return
 	}
 	p.l.stats.rejected.Add(1)
-	var pe *ProtocolError
-	errors.As(err, &pe)
-	if ie.kind != KindRequest || pe != nil && (pe.Reason == reasonVersion || pe.Reason == reasonKind) {
+	if unsupported {
 		p.reply(errorEnvelope(ie.id, errCodeUnsupported, err.Error()))
 		return
 	}
