@@ -103,6 +103,7 @@ type respParser struct {
 	headReq   bool // the request was HEAD: no body follows the header
 	maxBody   int64
 	maxHeader int
+	written   int64 // bytes the server wrote, in all
 
 	state      int
 	pend       []byte // bytes not yet consumed by the state machine
@@ -136,6 +137,7 @@ var (
 // write consumes p. It returns an error once the response is invalid or
 // over a limit; after that the parser takes nothing more.
 func (p *respParser) write(b []byte) error {
+	p.written += int64(len(b))
 	if p.err != nil {
 		return p.err
 	}

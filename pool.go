@@ -34,6 +34,7 @@ type job struct {
 	resp    respParser  // the response as the server writes it
 	sent    bool        // answered: the reply (or nothing, if aborted) is decided
 	aborted bool        // cancelled or past the caller's deadline
+	started bool        // the server made its background read: the handler ran
 	timer   *time.Timer // aborts the job at its deadline
 }
 
@@ -161,6 +162,9 @@ func (c *vconn) Read(p []byte) (int, error) {
 			c.ended = true
 			return 0, io.EOF
 		}
+		// This is the background read: the server has started the
+		// handler (or is running it and it read the whole body).
+		j.started = true
 		c.waitLocked()
 	}
 }
@@ -286,9 +290,15 @@ func (c *vconn) Write(p []byte) (int, error) {
 // gave up (cancelled, or its deadline passed) is answered with nothing, as
 // over TCP where the response goes to a closed connection: a reply racing
 // the caller's own timer must not turn its timeout into a response.
+//
+// A response completed at or after the job's deadline is dropped too: that
+// deadline is the caller's less a transit allowance, so the caller is about
+// to give up, and a handler that stopped because its context ended must not
+// beat the caller's own timer with a half-done answer.
 func (c *vconn) reply(j *job, gone bool, e *envelope) {
 	c.peer.forget(j)
-	if !gone {
+	late := !j.deadline.IsZero() && !time.Now().Before(j.deadline)
+	if !gone && !late {
 		c.peer.reply(e)
 	}
 	c.l.finished()
@@ -366,22 +376,34 @@ func (c *vconn) Close() error {
 	c.closed = true
 	j := c.cur
 	var e *envelope
-	gone := false
+	gone, notRun := false, false
 	if j != nil {
 		c.finishLocked(j)
 		if !j.sent {
 			j.sent = true
 			gone = j.aborted
-			if j.resp.finish() {
+			switch {
+			case j.resp.finish():
 				e = j.resp.envelope(j.env.ID)
-			} else {
+			case !j.started && j.resp.written == 0 && c.l.isClosed():
+				// A shutting-down http.Server closes a connection
+				// right after reading a request, without running the
+				// handler: the request was not processed.
+				notRun = true
+			default:
 				c.l.stats.noResponse.Add(1)
 				e = errorEnvelope(j.env.ID, errCodeInternal, "the server closed the connection without a complete response")
 			}
 		}
 	}
 	c.mu.Unlock()
-	if e != nil {
+	if notRun {
+		c.peer.forget(j)
+		if !gone {
+			c.peer.notProcessed(j.env.ID, "zmqhttp: server shutting down")
+		}
+		c.l.finished()
+	} else if e != nil {
 		c.reply(j, gone, e)
 	}
 	c.peer.removeIdle(c)
