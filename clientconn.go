@@ -88,7 +88,13 @@ type clientLink struct {
 	ctrl     chan ctrlMsg  // control messages for the writer; sends never block (dropped when full)
 
 	br *bufio.Reader // the reader goroutine's
-	bw *bufio.Writer // the writer's (connectLoop goroutine)
+
+	// wmu guards bw and batch. The writer goroutine holds it to write;
+	// so does a caller that finds it free (see Transport.enqueue), which
+	// saves a goroutine hand-off when the connection is not busy.
+	wmu   sync.Mutex
+	bw    *bufio.Writer
+	batch []*call
 
 	caps     atomic.Uint64 // the peer's capabilities, from its HELLO; 0 until then
 	lastRecv atomic.Int64  // UnixNano of the last message read
@@ -126,6 +132,15 @@ func (l *clientLink) sendCtrl(e *envelope) {
 	select {
 	case l.ctrl <- ctrlMsg{b: b}:
 	default:
+	}
+}
+
+func (l *clientLink) isDead() bool {
+	select {
+	case <-l.dead:
+		return true
+	default:
+		return false
 	}
 }
 
@@ -263,22 +278,30 @@ func (t *Transport) writeLoop(l *clientLink) {
 		// envelope for id 0 and the link stays basic: no heartbeats,
 		// cancels or draining.
 		hello := envelope{Version: ProtocolVersion, Kind: KindHello, Flags: ourCaps, Timeout: int64(interval / time.Microsecond)}
-		if err := t.writeEnvelope(l, &hello); err != nil {
+		l.wmu.Lock()
+		err := t.writeEnvelope(l, &hello)
+		l.wmu.Unlock()
+		if err != nil {
 			l.close(err)
 			return
 		}
 	}
-	var batch []*call
 	var pingSeq uint64
 	for {
-		if err := t.writeQueued(l, &batch); err != nil {
+		l.wmu.Lock()
+		err := t.writeQueued(l, true)
+		l.wmu.Unlock()
+		if err != nil {
 			l.close(err)
 			return
 		}
 		select {
 		case <-t.wake:
 		case m := <-l.ctrl:
-			if err := t.writeCtrl(l, m); err != nil {
+			l.wmu.Lock()
+			err := t.writeCtrl(l, m)
+			l.wmu.Unlock()
+			if err != nil {
 				l.close(err)
 				return
 			}
@@ -291,7 +314,10 @@ func (t *Transport) writeLoop(l *clientLink) {
 				return
 			}
 			pingSeq++
-			if err := t.writeEnvelope(l, &envelope{Version: ProtocolVersion, Kind: KindPing, ID: pingSeq}); err != nil {
+			l.wmu.Lock()
+			err := t.writeEnvelope(l, &envelope{Version: ProtocolVersion, Kind: KindPing, ID: pingSeq})
+			l.wmu.Unlock()
+			if err != nil {
 				l.close(err)
 				return
 			}
@@ -302,14 +328,19 @@ func (t *Transport) writeLoop(l *clientLink) {
 }
 
 // writeQueued writes every queued call to l, in batches, and flushes.
-func (t *Transport) writeQueued(l *clientLink, batch *[]*call) error {
+// l.wmu is held. With yield set (the writer goroutine, which runs when
+// the connection is busy), it lets callers that are about to queue run
+// once before each flush, so that their requests share the write.
+func (t *Transport) writeQueued(l *clientLink, yield bool) error {
 	maxBatch := t.cfg.writeBatchOrDefault()
-	yielded := false
+	yielded := !yield
 	for {
-		b := (*batch)[:0]
+		b := l.batch[:0]
 		t.mu.Lock()
 		n := 0
-		if !l.draining.Load() {
+		// A dead link takes nothing: its calls may already have been
+		// resolved by serve, which would not see a call assigned now.
+		if !l.draining.Load() && !l.isDead() {
 			for n < len(t.queue) && len(b) < maxBatch {
 				c := t.queue[n]
 				n++
@@ -326,10 +357,10 @@ func (t *Transport) writeQueued(l *clientLink, batch *[]*call) error {
 			}
 		}
 		t.mu.Unlock()
-		*batch = b
+		l.batch = b
 		if n == 0 {
 			if l.bw.Buffered() > 0 {
-				return l.bw.Flush()
+				return t.flush(l)
 			}
 			return nil
 		}
@@ -339,18 +370,28 @@ func (t *Transport) writeQueued(l *clientLink, batch *[]*call) error {
 				return err
 			}
 		}
+		clear(b) // the calls are not ours to keep alive
 		if !yielded {
-			// Let callers that are about to queue run once, so their
-			// requests share this write.
 			yielded = true
 			runtime.Gosched()
 			continue
 		}
-		yielded = false
-		if err := l.bw.Flush(); err != nil {
+		yielded = !yield
+		if err := t.flush(l); err != nil {
 			return err
 		}
 	}
+}
+
+// flush writes out l.bw. To a peer that answers heartbeats, a write that
+// cannot proceed for the heartbeat timeout (the peer stopped reading)
+// fails, and the connection is declared dead. l.wmu is held.
+func (t *Transport) flush(l *clientLink) error {
+	if l.has(capHeartbeat) {
+		_, timeout := t.cfg.heartbeat()
+		l.nc.SetWriteDeadline(time.Now().Add(timeout))
+	}
+	return l.bw.Flush()
 }
 
 // writeCtrl writes m and any other queued control messages, then flushes.
@@ -370,7 +411,7 @@ func (t *Transport) writeCtrl(l *clientLink, m ctrlMsg) error {
 			continue
 		default:
 		}
-		return l.bw.Flush()
+		return t.flush(l)
 	}
 }
 
@@ -382,7 +423,7 @@ func (t *Transport) writeEnvelope(l *clientLink, e *envelope) error {
 	if err := writeEnvelopeMsg(l.bw, b); err != nil {
 		return err
 	}
-	return l.bw.Flush()
+	return t.flush(l)
 }
 
 // writeEnvelopeMsg writes one REQ/REP-style message: an empty delimiter
@@ -399,11 +440,25 @@ func writeEnvelopeMsg(w *bufio.Writer, env []byte) error {
 func (t *Transport) readLoop(l *clientLink) {
 	defer t.wg.Done()
 	maxFrame := t.cfg.limits.maxFrameBytes()
+	interval, timeout := t.cfg.heartbeat()
 	var frames [][]byte
+	var deadlineSet time.Time
 	for {
+		// A peer that answers heartbeats sends something at least every
+		// interval: a read that waits past the timeout means it is dead
+		// (or stuck), even when our writes are blocked too.
+		if l.has(capHeartbeat) {
+			if now := time.Now(); now.Sub(deadlineSet) > interval/4 {
+				l.nc.SetReadDeadline(now.Add(timeout))
+				deadlineSet = now
+			}
+		}
 		var isCmd bool
 		var err error
 		frames, isCmd, err = readMessage(l.br, maxFrame, frames)
+		if ne, ok := err.(net.Error); ok && ne.Timeout() {
+			err = errHeartbeatTimeout
+		}
 		var oe *oversizeError
 		if errors.As(err, &oe) {
 			l.lastRecv.Store(time.Now().UnixNano())

@@ -260,7 +260,19 @@ func (t *Transport) enqueue(c *call) error {
 	}
 	t.pending[c.id] = c
 	t.queue = append(t.queue, c)
+	l := t.cur
 	t.mu.Unlock()
+	// When the connection is not busy, write the request ourselves: one
+	// goroutine hand-off fewer. Otherwise the writer goroutine (or the
+	// caller writing now) takes it with the others.
+	if l != nil && l.wmu.TryLock() {
+		err := t.writeQueued(l, false)
+		l.wmu.Unlock()
+		if err != nil {
+			l.close(err)
+		}
+		return nil
+	}
 	select {
 	case t.wake <- struct{}{}:
 	default:
