@@ -350,7 +350,7 @@ func (l *Listener) startPeer(nc net.Conn) {
 		nc:   nc,
 		br:   br,
 		bw:   bufio.NewWriterSize(nc, 64<<10),
-		out:  make(chan outMsg, l.cfg.peerSendQueueOrDefault()),
+		wake: make(chan struct{}, 1),
 		dead: make(chan struct{}),
 		addr: l.peerAddr(nc),
 	}

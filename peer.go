@@ -22,11 +22,20 @@ type peer struct {
 	l    *Listener
 	nc   net.Conn
 	addr net.Addr
-	out  chan outMsg   // messages for writeLoop; sends never block
 	dead chan struct{} // closed by close
+	wake chan struct{} // room for one token: the writer should look at the queue
 
 	br *bufio.Reader // readLoop's
-	bw *bufio.Writer // writeLoop's
+
+	// qmu guards queue and qclosed: messages waiting to be written.
+	qmu     sync.Mutex
+	queue   []outMsg
+	qclosed bool
+
+	// wmu guards bw. The writer goroutine holds it to write; so does a
+	// goroutine replying to a heartbeat peer when it finds it free.
+	wmu sync.Mutex
+	bw  *bufio.Writer
 
 	caps     atomic.Uint64 // the client's capabilities, from its HELLO
 	lastRecv atomic.Int64  // UnixNano of the last message read
@@ -46,6 +55,9 @@ func (p *peer) close() {
 	p.once.Do(func() {
 		close(p.dead)
 		p.nc.Close()
+		p.qmu.Lock()
+		p.qclosed, p.queue = true, nil
+		p.qmu.Unlock()
 		p.l.mu.Lock()
 		delete(p.l.peers, p)
 		p.l.mu.Unlock()
@@ -119,13 +131,7 @@ func (p *peer) popIdle() *vconn {
 
 // closeAfterFlush asks the writer to send what is queued, then close.
 func (p *peer) closeAfterFlush() {
-	p.fin.Do(func() {
-		select {
-		case p.out <- outMsg{op: opFin}:
-		default:
-			p.close()
-		}
-	})
+	p.fin.Do(func() { p.enqueue(outMsg{op: opFin}) })
 }
 
 // reply encodes e and queues it for p's writer. If p's queue is full the
@@ -136,12 +142,38 @@ func (p *peer) reply(e *envelope) {
 	if err != nil {
 		b, _ = appendEnvelope(nil, errorEnvelope(e.ID, errCodeInternal, err.Error()))
 	}
-	select {
-	case <-p.dead:
-	case p.out <- outMsg{op: opEnvelope, b: b}:
-	default:
+	p.enqueue(outMsg{op: opEnvelope, b: b})
+}
+
+// enqueue adds m to the send queue. When the connection is not busy and
+// the peer answers heartbeats (so writes to it have a deadline), the
+// calling goroutine writes the queue itself, saving a hand-off to the
+// writer goroutine; otherwise the writer is woken.
+func (p *peer) enqueue(m outMsg) {
+	p.qmu.Lock()
+	if p.qclosed {
+		p.qmu.Unlock()
+		return
+	}
+	if len(p.queue) >= p.l.cfg.peerSendQueueOrDefault() && m.op != opFin {
+		p.qmu.Unlock()
 		p.l.stats.slowPeers.Add(1)
 		p.close()
+		return
+	}
+	p.queue = append(p.queue, m)
+	p.qmu.Unlock()
+	if p.has(capHeartbeat) && p.wmu.TryLock() {
+		err := p.writeQueued(false)
+		p.wmu.Unlock()
+		if err != nil {
+			p.close()
+		}
+		return
+	}
+	select {
+	case p.wake <- struct{}{}:
+	default:
 	}
 }
 
@@ -161,6 +193,59 @@ func errorEnvelope(id uint64, code int, msg string) *envelope {
 	return &envelope{Version: ProtocolVersion, Kind: KindError, ID: id, Status: code, Message: msg}
 }
 
+// errPeerFinished ends writeQueued after an opFin.
+var errPeerFinished = errors.New("peer finished")
+
+// writeQueued writes the send queue to the connection and flushes. p.wmu
+// is held. With yield set (the writer goroutine) it lets handlers that are
+// about to reply run once before the flush, so their replies share it.
+func (p *peer) writeQueued(yield bool) error {
+	yielded := !yield
+	var batch []outMsg
+	for {
+		p.qmu.Lock()
+		batch, p.queue = p.queue, batch[:0]
+		p.qmu.Unlock()
+		if len(batch) == 0 {
+			if p.bw.Buffered() == 0 {
+				return nil
+			}
+			if !yielded {
+				yielded = true
+				runtime.Gosched()
+				continue
+			}
+			return p.flush()
+		}
+		for i, m := range batch {
+			var err error
+			switch m.op {
+			case opFin:
+				p.flush()
+				return errPeerFinished
+			case opPong:
+				err = writeCommand(p.bw, "PONG", m.b)
+			default:
+				err = writeEnvelopeMsg(p.bw, m.b)
+			}
+			batch[i] = outMsg{}
+			if err != nil {
+				return err
+			}
+		}
+	}
+}
+
+// flush writes out p.bw; to a peer that answers heartbeats, a write that
+// cannot proceed within the heartbeat timeout fails. p.wmu is held.
+func (p *peer) flush() error {
+	if p.has(capHeartbeat) {
+		_, timeout := p.l.cfg.heartbeat()
+		p.nc.SetWriteDeadline(time.Now().Add(timeout))
+	}
+	return p.bw.Flush()
+}
+
 func (p *peer) writeLoop() {
 	defer p.l.wg.Done()
 	interval, timeout := p.l.cfg.heartbeat()
@@ -168,9 +253,8 @@ func (p *peer) writeLoop() {
 	defer ticker.Stop()
 	var pingSeq uint64
 	for {
-		var m outMsg
 		select {
-		case m = <-p.out:
+		case <-p.wake:
 		case now := <-ticker.C:
 			if !p.has(capHeartbeat) {
 				continue
@@ -182,46 +266,16 @@ func (p *peer) writeLoop() {
 			}
 			pingSeq++
 			b, _ := appendEnvelope(nil, &envelope{Version: ProtocolVersion, Kind: KindPing, ID: pingSeq})
-			m = outMsg{op: opEnvelope, b: b}
+			p.qmu.Lock()
+			p.queue = append(p.queue, outMsg{op: opEnvelope, b: b})
+			p.qmu.Unlock()
 		case <-p.dead:
 			return
 		}
-		yielded := false
-		for more := true; more; {
-			var err error
-			switch m.op {
-			case opFin:
-				p.bw.Flush()
-				p.close()
-				return
-			case opPong:
-				err = writeCommand(p.bw, "PONG", m.b)
-			default:
-				err = writeEnvelopeMsg(p.bw, m.b)
-			}
-			if err != nil {
-				p.close()
-				return
-			}
-			select {
-			case m = <-p.out:
-				continue
-			default:
-			}
-			if yielded {
-				break
-			}
-			// Before the syscall, let handlers that are about to reply
-			// run once, so that their replies share this write.
-			yielded = true
-			runtime.Gosched()
-			select {
-			case m = <-p.out:
-			default:
-				more = false
-			}
-		}
-		if err := p.bw.Flush(); err != nil {
+		p.wmu.Lock()
+		err := p.writeQueued(true)
+		p.wmu.Unlock()
+		if err != nil {
 			p.close()
 			return
 		}
@@ -397,13 +451,9 @@ func (p *peer) forget(j *job) {
 func (p *peer) send(e *envelope) { p.reply(e) }
 
 // sendPong queues the answer to a ZMTP PING (sent by libzmq peers with
-// heartbeats enabled). It is dropped if the queue is full: the peer will
-// time out and reconnect, which is what its heartbeat is for.
+// heartbeats enabled).
 func (p *peer) sendPong(ctx []byte) {
-	select {
-	case p.out <- outMsg{op: opPong, b: ctx}:
-	default:
-	}
+	p.enqueue(outMsg{op: opPong, b: ctx})
 }
 
 // reject answers a message that failed to decode, when its id could be

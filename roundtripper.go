@@ -265,7 +265,9 @@ func (t *Transport) enqueue(c *call) error {
 	// When the connection is not busy, write the request ourselves: one
 	// goroutine hand-off fewer. Otherwise the writer goroutine (or the
 	// caller writing now) takes it with the others.
-	if l != nil && l.wmu.TryLock() {
+	// Only to a peer that answers heartbeats: its writes have a deadline,
+	// so a stuck peer cannot hold this caller past its context.
+	if l != nil && l.has(capHeartbeat) && l.wmu.TryLock() {
 		err := t.writeQueued(l, false)
 		l.wmu.Unlock()
 		if err != nil {
