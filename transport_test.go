@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"os"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -748,5 +749,54 @@ func TestReplyOverClientLimit(t *testing.T) {
 	resp.Body.Close()
 	if st := tr.Stats(); st.ConnectionsLost != 0 {
 		t.Fatalf("connection lost: %+v", st)
+	}
+}
+
+// TestHandshakeHugeFrame: a peer whose READY command announces 2^46 bytes
+// is refused before zmq4 allocates anything; the server lives on.
+func TestHandshakeHugeFrame(t *testing.T) {
+	ts := startServer(t, "tcp", echoHandler())
+	nc, err := net.Dial("tcp", ts.L.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	greeting := make([]byte, 64)
+	greeting[0], greeting[9], greeting[10] = 0xff, 0x7f, 3
+	copy(greeting[12:], "NULL")
+	nc.Write(greeting)
+	nc.Write([]byte{flagCommand | flagLong, 0, 0, 0x40, 0, 0, 0, 0, 0})
+	nc.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := io.Copy(io.Discard, nc); err != nil {
+		t.Fatalf("the server did not close the connection: %v", err)
+	}
+	waitFor(t, 5*time.Second, "the handshake failure to be counted", func() bool { return ts.L.Stats().HandshakeFailed == 1 })
+	client, _ := newClient(t, ts.L.Endpoint())
+	resp, err := client.Get("http://svc/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+}
+
+// TestAnnouncedFramesCostLittle: peers that announce large frames and send
+// a byte do not make the server allocate what they announced.
+func TestAnnouncedFramesCostLittle(t *testing.T) {
+	ts := startServer(t, "tcp", echoHandler())
+	var before runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&before)
+	const peers = 16
+	for i := 0; i < peers; i++ {
+		p := dialRaw(t, ts.L)
+		p.send(t, nil) // an empty delimiter frame with MORE set below
+		hdr := []byte{flagLong, 0, 0, 0, 0, 0x01, 0xf0, 0, 0} // ~31 MiB, under the default limit
+		p.nc.Write(append(hdr, 'x'))
+	}
+	time.Sleep(200 * time.Millisecond) // let the readers block in the frames
+	var after runtime.MemStats
+	runtime.ReadMemStats(&after)
+	if grown := int64(after.HeapAlloc) - int64(before.HeapAlloc); grown > 64<<20 {
+		t.Fatalf("heap grew by %d MiB for %d peers that sent one byte each", grown>>20, peers)
 	}
 }

@@ -37,14 +37,53 @@ const routingAllowance = 4096
 // handshakeReadLimit bounds what a peer may send during the handshake.
 const handshakeReadLimit = 16 << 10
 
-// hsConn is the net.Conn zmq4 sees during the handshake: reads come through
-// a bounded reader so that a peer cannot make the handshake allocate much.
+// hsConn is the net.Conn zmq4 sees during the handshake. Its reads follow
+// the ZMTP stream — the 64-byte greeting, then frames — and refuse a frame
+// that announces more than handshakeReadLimit bytes before zmq4 sees its
+// header (zmq4 allocates whatever size a frame announces), and more than
+// handshakeReadLimit bytes in all.
 type hsConn struct {
 	net.Conn
-	r io.Reader
+	br       *bufio.Reader
+	greeting int    // greeting bytes still to pass
+	left     uint64 // bytes of the current frame (header and body) still to pass
+	total    int    // bytes passed so far
 }
 
-func (c *hsConn) Read(p []byte) (int, error) { return c.r.Read(p) }
+func (c *hsConn) Read(p []byte) (int, error) {
+	if c.total >= handshakeReadLimit {
+		return 0, fmt.Errorf("zmqhttp: ZMTP handshake longer than %d bytes", handshakeReadLimit)
+	}
+	var n int
+	var err error
+	switch {
+	case c.greeting > 0:
+		n, err = c.br.Read(p[:min(len(p), c.greeting)])
+		c.greeting -= n
+	default:
+		if c.left == 0 {
+			hdr, err := c.br.Peek(2)
+			if err != nil {
+				return 0, err
+			}
+			size, hlen := uint64(hdr[1]), uint64(2)
+			if hdr[0]&flagLong != 0 {
+				if hdr, err = c.br.Peek(9); err != nil {
+					return 0, err
+				}
+				size, hlen = binary.BigEndian.Uint64(hdr[1:]), 9
+			}
+			if size > handshakeReadLimit {
+				return 0, fmt.Errorf("zmqhttp: ZMTP handshake frame of %d bytes", size)
+			}
+			c.left = hlen + size
+		}
+		n, err = c.br.Read(p[:min(uint64(len(p)), c.left)])
+		c.left -= uint64(n)
+	}
+	c.total += n
+	return n, err
+}
 
 // handshake runs the ZMTP greeting and READY exchange on nc as a socket of
 // type typ, within timeout. It returns the buffered reader to continue with
@@ -55,13 +94,12 @@ func handshake(nc net.Conn, typ zmq4.SocketType, server bool, timeout time.Durat
 		return nil, "", err
 	}
 	br = bufio.NewReaderSize(nc, 32<<10)
-	lim := &io.LimitedReader{R: br, N: handshakeReadLimit}
 	defer func() {
 		if r := recover(); r != nil {
 			err = fmt.Errorf("zmqhttp: ZMTP handshake: malformed peer input (%v)", r)
 		}
 	}()
-	zc, err := zmq4.Open(&hsConn{Conn: nc, r: lim}, null.Security(), typ, zmq4.SocketIdentity(""), server, nil)
+	zc, err := zmq4.Open(&hsConn{Conn: nc, br: br, greeting: 64}, null.Security(), typ, zmq4.SocketIdentity(""), server, nil)
 	if err != nil {
 		return nil, "", fmt.Errorf("zmqhttp: ZMTP handshake: %w", err)
 	}
@@ -71,9 +109,9 @@ func handshake(nc net.Conn, typ zmq4.SocketType, server bool, timeout time.Durat
 	return br, zmq4.SocketType(zc.Peer.Meta["Socket-Type"]), nil
 }
 
-// OversizeError reports a message over the receiver's size limit. The
+// oversizeError reports a message over the receiver's size limit. The
 // receiver reads and discards it without holding it in memory, so the
-// connection and every other request on it survive; Head holds the first
+// connection and every other request on it survive; head holds the first
 // bytes of the oversized frame, enough to find the envelope's id.
 type oversizeError struct {
 	head  []byte
@@ -180,9 +218,9 @@ func readMessage(br *bufio.Reader, maxFrame int64, frames [][]byte) (_ [][]byte,
 			}
 			return frames, false, discardOversized(br, flags, size, maxFrame)
 		}
-		buf := make([]byte, size)
-		if _, err := io.ReadFull(br, buf); err != nil {
-			return frames, false, unexpectedEOF(err)
+		buf, err := readFrameBody(br, size)
+		if err != nil {
+			return frames, false, err
 		}
 		if flags&flagCommand != 0 {
 			if len(frames) > 0 || flags&flagMore != 0 {
@@ -195,6 +233,34 @@ func readMessage(br *bufio.Reader, maxFrame int64, frames [][]byte) (_ [][]byte,
 			return frames, false, nil
 		}
 	}
+}
+
+// readFrameBody reads a frame body of size bytes. A large one is read in
+// pieces into a buffer that grows as the bytes arrive, so that a peer that
+// announces a large frame and sends little costs little memory.
+func readFrameBody(br *bufio.Reader, size uint64) ([]byte, error) {
+	const step = 64 << 10
+	if size <= step {
+		buf := make([]byte, size)
+		if _, err := io.ReadFull(br, buf); err != nil {
+			return nil, unexpectedEOF(err)
+		}
+		return buf, nil
+	}
+	buf := make([]byte, 0, step)
+	for uint64(len(buf)) < size {
+		if len(buf) == cap(buf) {
+			grown := make([]byte, len(buf), min(size, uint64(2*cap(buf))))
+			copy(grown, buf)
+			buf = grown
+		}
+		n, err := br.Read(buf[len(buf):min(uint64(cap(buf)), size)])
+		buf = buf[:len(buf)+n]
+		if err != nil {
+			return nil, unexpectedEOF(err)
+		}
+	}
+	return buf, nil
 }
 
 func unexpectedEOF(err error) error {
