@@ -2,6 +2,7 @@ package zmqhttp
 
 import (
 	"bufio"
+	"context"
 	"errors"
 	"fmt"
 	"net"
@@ -82,7 +83,7 @@ var (
 // clientLink is one established connection of a Transport.
 type clientLink struct {
 	// Set before the goroutines start, read-only after.
-	nc       net.Conn
+	nc       *liveConn
 	peerType zmq4.SocketType
 	dead     chan struct{} // closed by close
 	ctrl     chan ctrlMsg  // control messages for the writer; sends never block (dropped when full)
@@ -97,7 +98,6 @@ type clientLink struct {
 	batch []*call
 
 	caps     atomic.Uint64 // the peer's capabilities, from its HELLO; 0 until then
-	lastRecv atomic.Int64  // UnixNano of the last message read
 	draining atomic.Bool   // the peer said it is draining: send nothing new
 
 	once sync.Once
@@ -183,11 +183,16 @@ func (t *Transport) connectLoop() {
 
 // connect dials and handshakes once.
 func (t *Transport) connect() (*clientLink, error) {
-	nc, err := t.dialer.DialContext(t.ctx, t.ep.network, t.ep.addr)
+	raw, err := t.dialer.DialContext(t.ctx, t.ep.network, t.ep.addr)
 	if err != nil {
 		return nil, fmt.Errorf("zmqhttp: dial %s: %w", t.endpoint, err)
 	}
+	nc := newLiveConn(raw)
+	stop := context.AfterFunc(t.ctx, func() { nc.Close() }) // Close need not wait for the handshake
 	br, peer, err := handshake(nc, zmq4.Dealer, false, t.cfg.handshakeTimeoutOrDefault())
+	if !stop() && err == nil {
+		err = ErrTransportClosed
+	}
 	if err != nil {
 		nc.Close()
 		return nil, fmt.Errorf("zmqhttp: connect %s: %w", t.endpoint, err)
@@ -204,7 +209,6 @@ func (t *Transport) connect() (*clientLink, error) {
 		ctrl:     make(chan ctrlMsg, 1024),
 		dead:     make(chan struct{}),
 	}
-	l.lastRecv.Store(time.Now().UnixNano())
 	return l, nil
 }
 
@@ -309,7 +313,7 @@ func (t *Transport) writeLoop(l *clientLink) {
 			if !l.has(capHeartbeat) {
 				continue
 			}
-			if now.Sub(time.Unix(0, l.lastRecv.Load())) > timeout {
+			if l.nc.silentFor(now) > timeout {
 				l.close(errHeartbeatTimeout)
 				return
 			}
@@ -332,45 +336,18 @@ func (t *Transport) writeLoop(l *clientLink) {
 // the connection is busy), it lets callers that are about to queue run
 // once before each flush, so that their requests share the write.
 func (t *Transport) writeQueued(l *clientLink, yield bool) error {
-	maxBatch := t.cfg.writeBatchOrDefault()
 	yielded := !yield
 	for {
-		b := l.batch[:0]
-		t.mu.Lock()
-		n := 0
-		// A dead link takes nothing: its calls may already have been
-		// resolved by serve, which would not see a call assigned now.
-		if !l.draining.Load() && !l.isDead() {
-			for n < len(t.queue) && len(b) < maxBatch {
-				c := t.queue[n]
-				n++
-				if t.pending[c.id] == c { // skip calls abandoned by their caller
-					c.link = l
-					l.inflight++
-					b = append(b, c)
-				}
-			}
-			clear(t.queue[:n])
-			t.queue = t.queue[n:]
-			if len(t.queue) == 0 {
-				t.queue = nil
-			}
-		}
-		t.mu.Unlock()
-		l.batch = b
-		if n == 0 {
+		b := t.takeBatch(l)
+		if len(b) == 0 {
 			if l.bw.Buffered() > 0 {
 				return t.flush(l)
 			}
 			return nil
 		}
-		for _, c := range b {
-			c.refreshTimeout()
-			if err := writeEnvelopeMsg(l.bw, c.msg); err != nil {
-				return err
-			}
+		if err := t.writeCalls(l, b); err != nil {
+			return err
 		}
-		clear(b) // the calls are not ours to keep alive
 		if !yielded {
 			yielded = true
 			runtime.Gosched()
@@ -383,16 +360,87 @@ func (t *Transport) writeQueued(l *clientLink, yield bool) error {
 	}
 }
 
-// flush writes out l.bw. To a peer that answers heartbeats, a write that
-// cannot proceed for the heartbeat timeout (the peer stopped reading)
-// fails, and the connection is declared dead. l.wmu is held.
-func (t *Transport) flush(l *clientLink) error {
-	if l.has(capHeartbeat) {
-		_, timeout := t.cfg.heartbeat()
-		l.nc.SetWriteDeadline(time.Now().Add(timeout))
+// writeBatch writes one batch of queued calls to l and flushes; it
+// reports whether more calls are queued. l.wmu is held.
+func (t *Transport) writeBatch(l *clientLink) (more bool, err error) {
+	if b := t.takeBatch(l); len(b) > 0 {
+		if err := t.writeCalls(l, b); err != nil {
+			return false, err
+		}
 	}
-	return l.bw.Flush()
+	if l.bw.Buffered() > 0 {
+		if err := t.flush(l); err != nil {
+			return false, err
+		}
+	}
+	t.mu.Lock()
+	more = len(t.queue) > 0
+	t.mu.Unlock()
+	return more, nil
 }
+
+// takeBatch takes up to a batch of queued calls for l, marking them as
+// written on it. l.wmu is held.
+func (t *Transport) takeBatch(l *clientLink) []*call {
+	maxBatch := t.cfg.writeBatchOrDefault()
+	b := l.batch[:0]
+	t.mu.Lock()
+	// A dead or draining link takes nothing: a dead one's calls may
+	// already have been resolved by serve, which would not see a call
+	// assigned now.
+	if !l.draining.Load() && !l.isDead() {
+		n := 0
+		for n < len(t.queue) && len(b) < maxBatch {
+			c := t.queue[n]
+			n++
+			if t.pending[c.id] == c { // skip calls abandoned by their caller
+				c.link = l
+				l.inflight++
+				b = append(b, c)
+			}
+		}
+		clear(t.queue[:n])
+		t.queue = t.queue[n:]
+		if len(t.queue) == 0 {
+			t.queue = nil
+		}
+	}
+	t.mu.Unlock()
+	l.batch = b
+	return b
+}
+
+// writeCalls writes b to l's buffer. If a write fails, the calls after
+// the failing one were never written: they go back to the head of the
+// queue for the next connection, instead of being failed as maybe sent.
+// l.wmu is held.
+func (t *Transport) writeCalls(l *clientLink, b []*call) error {
+	for i, c := range b {
+		c.refreshTimeout()
+		if err := writeEnvelopeMsg(l.bw, c.msg); err != nil {
+			t.mu.Lock()
+			var back []*call
+			for _, u := range b[i+1:] {
+				if t.pending[u.id] == u && u.link == l {
+					u.link = nil
+					l.inflight--
+					back = append(back, u)
+				}
+			}
+			t.queue = append(back, t.queue...)
+			t.mu.Unlock()
+			clear(b)
+			return err
+		}
+	}
+	clear(b) // the calls are not ours to keep alive
+	return nil
+}
+
+// flush writes out l.bw. To a peer that answers heartbeats, a write that
+// makes no progress for the heartbeat timeout (the peer stopped reading)
+// fails, and the connection is declared dead (see liveConn). l.wmu is held.
+func (t *Transport) flush(l *clientLink) error { return l.bw.Flush() }
 
 // writeCtrl writes m and any other queued control messages, then flushes.
 func (t *Transport) writeCtrl(l *clientLink, m ctrlMsg) error {
@@ -440,19 +488,8 @@ func writeEnvelopeMsg(w *bufio.Writer, env []byte) error {
 func (t *Transport) readLoop(l *clientLink) {
 	defer t.wg.Done()
 	maxFrame := t.cfg.limits.maxFrameBytes()
-	interval, timeout := t.cfg.heartbeat()
 	var frames [][]byte
-	var deadlineSet time.Time
 	for {
-		// A peer that answers heartbeats sends something at least every
-		// interval: a read that waits past the timeout means it is dead
-		// (or stuck), even when our writes are blocked too.
-		if l.has(capHeartbeat) {
-			if now := time.Now(); now.Sub(deadlineSet) > interval/4 {
-				l.nc.SetReadDeadline(now.Add(timeout))
-				deadlineSet = now
-			}
-		}
 		var isCmd bool
 		var err error
 		frames, isCmd, err = readMessage(l.br, maxFrame, frames)
@@ -461,7 +498,6 @@ func (t *Transport) readLoop(l *clientLink) {
 		}
 		var oe *oversizeError
 		if errors.As(err, &oe) {
-			l.lastRecv.Store(time.Now().UnixNano())
 			t.stats.badReplies.Add(1)
 			if _, kind, id, ok := peekHead(oe.head); ok && Kind(kind) != KindRequest {
 				t.resolve(id, callResult{err: fmt.Errorf("%w: %v", ErrBodyTooLarge, oe)})
@@ -472,7 +508,6 @@ func (t *Transport) readLoop(l *clientLink) {
 			l.close(err)
 			return
 		}
-		l.lastRecv.Store(time.Now().UnixNano())
 		if isCmd {
 			if commandName(frames[0]) == "PING" {
 				select {
@@ -510,12 +545,19 @@ func (t *Transport) handle(l *clientLink, env *envelope) {
 		case env.ID == 0:
 			// Our HELLO was refused by a basic peer: stay basic.
 		case env.Status == errCodeNotProcessed:
-			t.sendAgain(env.ID)
+			t.sendAgain(l, env.ID)
 		default:
 			t.resolve(env.ID, callResult{err: &RemoteError{Code: env.Status, Message: env.Message}})
 		}
 	case KindHello:
 		l.caps.Store(env.Flags & ourCaps)
+		if l.has(capHeartbeat) {
+			// The peer sends something at least every interval: a read
+			// or write that makes no progress for the timeout means it
+			// is dead or stuck, even while our writes are blocked.
+			_, timeout := t.cfg.heartbeat()
+			l.nc.arm(timeout)
+		}
 	case KindPing:
 		l.sendCtrl(&envelope{Version: ProtocolVersion, Kind: KindPong, ID: env.ID})
 	case KindPong:
@@ -571,10 +613,11 @@ func (t *Transport) unlink(c *call) *clientLink {
 
 // sendAgain queues call id again: the server returned it unprocessed
 // (it was draining), so it is safe to send whatever its method.
-func (t *Transport) sendAgain(id uint64) {
+func (t *Transport) sendAgain(l *clientLink, id uint64) {
 	t.mu.Lock()
 	c, ok := t.pending[id]
-	if !ok {
+	if !ok || c.link != l {
+		// Gone, or already queued again because l died meanwhile.
 		t.mu.Unlock()
 		t.stats.lateReplies.Add(1)
 		return

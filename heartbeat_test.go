@@ -335,3 +335,86 @@ func TestStuckPeers(t *testing.T) {
 		resp.Body.Close()
 	}
 }
+
+// throttleProxy forwards loopback TCP connections to target at about
+// rate bytes per second in each direction.
+func throttleProxy(t *testing.T, target string, rate int) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	var conns []net.Conn
+	t.Cleanup(func() {
+		ln.Close()
+		mu.Lock()
+		for _, c := range conns {
+			c.Close()
+		}
+		mu.Unlock()
+		wg.Wait()
+	})
+	pipe := func(dst, src net.Conn) {
+		defer wg.Done()
+		buf := make([]byte, 4096)
+		for {
+			n, err := src.Read(buf)
+			if n > 0 {
+				if _, werr := dst.Write(buf[:n]); werr != nil {
+					return
+				}
+				time.Sleep(time.Duration(n) * time.Second / time.Duration(rate))
+			}
+			if err != nil {
+				dst.Close()
+				return
+			}
+		}
+	}
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			s, err := net.Dial("tcp", target)
+			if err != nil {
+				c.Close()
+				continue
+			}
+			mu.Lock()
+			conns = append(conns, c, s)
+			mu.Unlock()
+			wg.Add(2)
+			go pipe(s, c)
+			go pipe(c, s)
+		}
+	}()
+	return "tcp://" + ln.Addr().String()
+}
+
+// TestSlowLinkIsNotDead: a message that takes several heartbeat timeouts
+// to cross a slow link is progress, not silence: the call succeeds.
+func TestSlowLinkIsNotDead(t *testing.T) {
+	hb := WithHeartbeat(100*time.Millisecond, 300*time.Millisecond)
+	ts := startServer(t, "tcp", echoHandler(), hb)
+	ep := throttleProxy(t, ts.L.Addr().String(), 1<<20) // 1 MiB/s
+	client, tr := newClient(t, ep, hb)
+	body := strings.Repeat("x", 1<<20) // about 1 s each way
+	resp, err := client.Post("http://svc/", "text/plain", strings.NewReader(body))
+	if err != nil {
+		t.Fatalf("1 MiB over a 1 MiB/s link with a 300ms heartbeat timeout: %v (%+v)", err, tr.Stats())
+	}
+	got, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if len(got) != len(body) {
+		t.Fatalf("echoed %d bytes, want %d", len(got), len(body))
+	}
+	if st := ts.L.Stats(); st.SilentPeers != 0 {
+		t.Fatalf("server dropped the client as silent: %+v", st)
+	}
+}

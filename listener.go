@@ -45,10 +45,11 @@ type Listener struct {
 	closeMu  sync.Once
 
 	// mu guards the following fields.
-	mu       sync.Mutex
-	peers    map[*peer]struct{}
-	inflight int  // requests received and not yet answered
-	closed   bool // Close has run
+	mu           sync.Mutex
+	peers        map[*peer]struct{}
+	inflight     int  // requests received and not yet answered
+	closed       bool // Close has run
+	peersClosing bool // maybeClosePeers has closed (or scheduled closing) every peer
 }
 
 // listenerCounters are updated atomically.
@@ -284,20 +285,30 @@ func (l *Listener) finished() {
 }
 
 // maybeClosePeers closes every peer connection once the Listener is closed
-// and no request is left to answer.
+// and no request is left to answer. A peer that was told it is draining
+// closes the connection itself once its last call is answered (requests
+// it wrote before it read DRAINING still arrive meanwhile, and go back to
+// it unprocessed); it gets a heartbeat timeout's grace before the server
+// closes it anyway.
 func (l *Listener) maybeClosePeers() {
 	l.mu.Lock()
-	if !l.closed || l.inflight > 0 {
+	if !l.closed || l.inflight > 0 || l.peersClosing {
 		l.mu.Unlock()
 		return
 	}
+	l.peersClosing = true
 	ps := make([]*peer, 0, len(l.peers))
 	for p := range l.peers {
 		ps = append(ps, p)
 	}
 	l.mu.Unlock()
+	_, grace := l.cfg.heartbeat()
 	for _, p := range ps {
-		p.closeAfterFlush()
+		if p.has(capDrain) {
+			time.AfterFunc(grace, p.closeAfterFlush)
+		} else {
+			p.closeAfterFlush()
+		}
 	}
 }
 
@@ -333,8 +344,9 @@ func (l *Listener) acceptLoop() {
 }
 
 // startPeer runs the handshake of a new connection, then its reader.
-func (l *Listener) startPeer(nc net.Conn) {
+func (l *Listener) startPeer(raw net.Conn) {
 	defer l.wg.Done()
+	nc := newLiveConn(raw)
 	br, typ, err := handshake(nc, zmq4.Router, true, l.cfg.handshakeTimeoutOrDefault())
 	<-l.hsSlots
 	if err == nil && typ != zmq4.Dealer && typ != zmq4.Req {

@@ -20,7 +20,7 @@ import (
 type peer struct {
 	// Set by startPeer before the goroutines start, read-only after.
 	l    *Listener
-	nc   net.Conn
+	nc   *liveConn
 	addr net.Addr
 	dead chan struct{} // closed by close
 	wake chan struct{} // room for one token: the writer should look at the queue
@@ -38,7 +38,6 @@ type peer struct {
 	bw  *bufio.Writer
 
 	caps     atomic.Uint64 // the client's capabilities, from its HELLO
-	lastRecv atomic.Int64  // UnixNano of the last message read
 
 	once sync.Once
 	fin  sync.Once
@@ -237,14 +236,9 @@ func (p *peer) writeQueued(yield bool) error {
 }
 
 // flush writes out p.bw; to a peer that answers heartbeats, a write that
-// cannot proceed within the heartbeat timeout fails. p.wmu is held.
-func (p *peer) flush() error {
-	if p.has(capHeartbeat) {
-		_, timeout := p.l.cfg.heartbeat()
-		p.nc.SetWriteDeadline(time.Now().Add(timeout))
-	}
-	return p.bw.Flush()
-}
+// makes no progress within the heartbeat timeout fails (see liveConn).
+// p.wmu is held.
+func (p *peer) flush() error { return p.bw.Flush() }
 
 func (p *peer) writeLoop() {
 	defer p.l.wg.Done()
@@ -259,7 +253,7 @@ func (p *peer) writeLoop() {
 			if !p.has(capHeartbeat) {
 				continue
 			}
-			if now.Sub(time.Unix(0, p.lastRecv.Load())) > timeout {
+			if p.nc.silentFor(now) > timeout {
 				p.l.stats.silentPeers.Add(1)
 				p.close()
 				return
@@ -295,7 +289,6 @@ func (p *peer) readLoop() {
 		frames, isCmd, err = readMessage(p.br, maxFrame, frames)
 		var oe *oversizeError
 		if errors.As(err, &oe) {
-			p.lastRecv.Store(time.Now().UnixNano())
 			p.rejectOversized(oe)
 			continue
 		}
@@ -307,7 +300,6 @@ func (p *peer) readLoop() {
 			return
 		}
 		arrived := time.Now()
-		p.lastRecv.Store(arrived.UnixNano())
 		if isCmd {
 			if commandName(frames[0]) == "PING" {
 				p.sendPong(pongBody(frames[0]))
@@ -328,6 +320,10 @@ func (p *peer) readLoop() {
 			p.receive(&env, arrived)
 		case KindHello:
 			p.caps.Store(env.Flags & ourCaps)
+			if p.has(capHeartbeat) {
+				_, timeout := l.cfg.heartbeat()
+				p.nc.arm(timeout)
+			}
 			p.send(&envelope{Version: ProtocolVersion, Kind: KindHello, ID: env.ID, Flags: ourCaps,
 				Timeout: int64(p.l.heartbeatInterval() / time.Microsecond)})
 			if l.isClosed() && p.has(capDrain) {
@@ -384,13 +380,29 @@ func (p *peer) receive(env *envelope, arrived time.Time) {
 		}
 	}
 	p.mu.Unlock()
-	select {
-	case l.jobs <- j:
+	// Queue it under l.mu with the closed check, so that Close, which
+	// drains the queue after setting closed, cannot miss it.
+	l.mu.Lock()
+	queued, closed := false, l.closed
+	if !closed {
+		select {
+		case l.jobs <- j:
+			queued = true
+		default:
+		}
+	}
+	l.mu.Unlock()
+	switch {
+	case queued:
 		if len(l.slots) == cap(l.slots) {
 			// Every worker slot is taken; if some are idle connections
 			// of other peers, free one for this request.
 			l.reclaimIdle()
 		}
+	case closed:
+		p.forget(j)
+		p.notProcessed(env.ID, "zmqhttp: server shutting down")
+		l.finished()
 	default:
 		p.forget(j)
 		l.stats.overloaded.Add(1)

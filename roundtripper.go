@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/http"
 	"net/textproto"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -193,6 +194,13 @@ func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 		if mine {
 			delete(t.pending, c.id)
 			sentOn = c.link
+			if sentOn == nil {
+				// Still queued: take it out now, so abandoned calls
+				// do not pile up while no connection is up.
+				if i := slices.Index(t.queue, c); i >= 0 {
+					t.queue = slices.Delete(t.queue, i, i+1)
+				}
+			}
 			drained = t.unlink(c)
 		}
 		t.mu.Unlock()
@@ -268,12 +276,16 @@ func (t *Transport) enqueue(c *call) error {
 	// Only to a peer that answers heartbeats: its writes have a deadline,
 	// so a stuck peer cannot hold this caller past its context.
 	if l != nil && l.has(capHeartbeat) && l.wmu.TryLock() {
-		err := t.writeQueued(l, false)
+		more, err := t.writeBatch(l)
 		l.wmu.Unlock()
 		if err != nil {
 			l.close(err)
 		}
-		return nil
+		if !more {
+			return nil
+		}
+		// Others queued meanwhile: the writer goroutine takes them, and
+		// this caller goes back to waiting on its own context.
 	}
 	select {
 	case t.wake <- struct{}{}:

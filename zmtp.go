@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/go-zeromq/zmq4"
@@ -374,4 +375,67 @@ func parseEndpoint(ep string, listen bool) (endpoint, error) {
 		return endpoint{}, fmt.Errorf("zmqhttp: endpoint %q: inproc is not supported (go-zeromq's inproc corrupts frames over 255 bytes); use ipc:// or tcp://", ep)
 	}
 	return endpoint{}, fmt.Errorf("zmqhttp: endpoint %q: unsupported transport %q (want tcp or ipc)", ep, scheme)
+}
+
+// liveConn wraps a connection to measure progress, for heartbeats: it
+// records when bytes last arrived, and, once armed with a timeout, lets a
+// read or a write fail only when no byte moved for that long — so a large
+// message on a slow link is progress, while a peer that stopped is dead.
+// Writes go out in pieces of at most liveWriteChunk bytes, each with a
+// fresh deadline.
+type liveConn struct {
+	net.Conn
+	lastRecv atomic.Int64 // UnixNano of the last read that returned bytes
+	timeout  atomic.Int64 // nanoseconds without progress before a read or write fails; 0: none
+
+	readDeadlineSet int64 // the reading goroutine's: when it last moved the read deadline
+}
+
+const liveWriteChunk = 64 << 10
+
+func newLiveConn(nc net.Conn) *liveConn {
+	c := &liveConn{Conn: nc}
+	c.lastRecv.Store(time.Now().UnixNano())
+	return c
+}
+
+// arm makes reads and writes fail after timeout without progress.
+func (c *liveConn) arm(timeout time.Duration) { c.timeout.Store(int64(timeout)) }
+
+func (c *liveConn) Read(p []byte) (int, error) {
+	if to := c.timeout.Load(); to > 0 {
+		// Moving the deadline costs a timer update: do it when an
+		// eighth of the timeout has passed since the last move.
+		if now := time.Now().UnixNano(); now-c.readDeadlineSet > to/8 {
+			c.Conn.SetReadDeadline(time.Unix(0, now+to))
+			c.readDeadlineSet = now
+		}
+	}
+	n, err := c.Conn.Read(p)
+	if n > 0 {
+		c.lastRecv.Store(time.Now().UnixNano())
+	}
+	return n, err
+}
+
+func (c *liveConn) Write(p []byte) (int, error) {
+	to := c.timeout.Load()
+	if to == 0 {
+		return c.Conn.Write(p)
+	}
+	written := 0
+	for written < len(p) {
+		c.Conn.SetWriteDeadline(time.Now().Add(time.Duration(to)))
+		n, err := c.Conn.Write(p[written:min(len(p), written+liveWriteChunk)])
+		written += n
+		if err != nil {
+			return written, err
+		}
+	}
+	return written, nil
+}
+
+// silentFor reports how long no byte has arrived.
+func (c *liveConn) silentFor(now time.Time) time.Duration {
+	return now.Sub(time.Unix(0, c.lastRecv.Load()))
 }
