@@ -227,7 +227,7 @@ func protoErr(reason, format string, args ...any) *ProtocolError {
 // envelope's byte slices may alias b.
 //
 // Before the codec sees the bytes, a shape check walks them: the top level
-// must be an array, nesting is at most two deep and no array or map may
+// must be an array, nesting is at most three deep and no array or map may
 // declare more elements than lim admits. So a small frame can never make the
 // decoder allocate much more than its own size.
 func decodeEnvelope(b []byte, lim Limits, e *envelope) error {

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"os"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -31,18 +30,19 @@ import (
 // IdleTimeout, or until a request of another peer needs the slot.
 type Listener struct {
 	// Set once by Listen, read-only after.
-	cfg      config
-	ep       endpoint
-	endpoint string
-	ln       net.Listener
-	jobs     chan *job     // received requests waiting for a worker; cap queueSize
-	slots    chan struct{} // one token per open connection; cap workers
-	done     chan struct{} // closed by Close
-	stats    listenerCounters
-	wg       sync.WaitGroup // accept loop and every peer's goroutines
-	hsSlots  chan struct{}  // bounds handshakes in progress
-	peerSeq  atomic.Uint64
-	closeMu  sync.Once
+	cfg        config
+	ep         endpoint
+	endpoint   string
+	ln         net.Listener
+	jobs       chan *job     // received requests waiting for a worker; cap queueSize
+	slots      chan struct{} // one token per open connection; cap workers
+	done       chan struct{} // closed by Close
+	acceptDone chan struct{} // closed when acceptLoop returns
+	stats      listenerCounters
+	wg         sync.WaitGroup // accept loop and every peer's goroutines
+	hsSlots    chan struct{}  // bounds handshakes in progress
+	peerSeq    atomic.Uint64
+	closeOnce  sync.Once
 
 	// mu guards the following fields.
 	mu           sync.Mutex
@@ -119,15 +119,16 @@ func Listen(endpoint string, opts ...Option) (*Listener, error) {
 	}
 	cfg := newConfig(opts)
 	l := &Listener{
-		cfg:      cfg,
-		ep:       ep,
-		endpoint: endpoint,
-		ln:       ln,
-		jobs:     make(chan *job, cfg.queueSizeOrDefault()),
-		slots:    make(chan struct{}, cfg.workersOrDefault()),
-		done:     make(chan struct{}),
-		hsSlots:  make(chan struct{}, 64),
-		peers:    make(map[*peer]struct{}),
+		cfg:        cfg,
+		ep:         ep,
+		endpoint:   endpoint,
+		ln:         ln,
+		jobs:       make(chan *job, cfg.queueSizeOrDefault()),
+		slots:      make(chan struct{}, cfg.workersOrDefault()),
+		done:       make(chan struct{}),
+		acceptDone: make(chan struct{}),
+		hsSlots:    make(chan struct{}, 64),
+		peers:      make(map[*peer]struct{}),
 	}
 	l.wg.Add(1)
 	go l.acceptLoop()
@@ -147,10 +148,7 @@ func (l *Listener) Endpoint() string {
 	a := l.ln.Addr().(*net.TCPAddr)
 	host := a.IP.String()
 	if a.IP.IsUnspecified() {
-		host = "127.0.0.1"
-		if a.IP.To4() == nil && len(a.IP) == net.IPv6len {
-			host = "::1"
-		}
+		host = "127.0.0.1" // a wildcard listener takes IPv4 loopback too
 	}
 	return "tcp://" + net.JoinHostPort(host, strconv.Itoa(a.Port))
 }
@@ -161,6 +159,11 @@ func (l *Listener) Endpoint() string {
 // without running. After Close it returns an error wrapping net.ErrClosed.
 func (l *Listener) Accept() (net.Conn, error) {
 	select {
+	case <-l.done: // closed wins over a free slot
+		return nil, ErrListenerClosed
+	default:
+	}
+	select {
 	case l.slots <- struct{}{}:
 	case <-l.done:
 		return nil, ErrListenerClosed
@@ -168,6 +171,15 @@ func (l *Listener) Accept() (net.Conn, error) {
 	for {
 		select {
 		case j := <-l.jobs:
+			select {
+			case <-l.done:
+				// Close came first: hand the job back to Close's
+				// drain rather than to a server that is going away.
+				l.requeueClosed(j)
+				<-l.slots
+				return nil, ErrListenerClosed
+			default:
+			}
 			if c := l.start(j); c != nil {
 				return c, nil
 			}
@@ -224,16 +236,16 @@ func (l *Listener) reclaimIdle() {
 // clients as not processed (they send them again after reconnecting) and
 // answered 503 with Retry-After to other clients; requests already handed
 // to the server are answered when the server finishes them (this is what
-// http.Server.Shutdown waits for). Peer connections are closed once no
-// request on them is left unanswered. Close is idempotent.
+// http.Server.Shutdown waits for). Close returns once the accept loop has
+// ended; each peer's goroutines end when its connection closes: a basic
+// peer's once no request is left unanswered, a draining peer's when it
+// leaves (or a heartbeat timeout later). Close is idempotent.
 func (l *Listener) Close() error {
 	var err error
-	l.closeMu.Do(func() {
+	l.closeOnce.Do(func() {
 		close(l.done)
-		err = l.ln.Close()
-		if l.ep.scheme == "ipc" {
-			os.Remove(l.ep.addr)
-		}
+		err = l.ln.Close() // a unix listener also removes its socket file
+		<-l.acceptDone
 		l.mu.Lock()
 		l.closed = true
 		peers := make([]*peer, 0, len(l.peers))
@@ -252,9 +264,7 @@ func (l *Listener) Close() error {
 		for {
 			select {
 			case j := <-l.jobs:
-				j.peer.forget(j)
-				j.peer.notProcessed(j.env.ID, "zmqhttp: server shutting down")
-				l.finished()
+				l.requeueClosed(j)
 				continue
 			default:
 			}
@@ -263,6 +273,14 @@ func (l *Listener) Close() error {
 		l.maybeClosePeers()
 	})
 	return err
+}
+
+// requeueClosed answers a job taken off the queue after Close, as Close
+// answers the jobs it drains.
+func (l *Listener) requeueClosed(j *job) {
+	j.peer.forget(j)
+	j.peer.notProcessed(j.env.ID, "zmqhttp: server shutting down")
+	l.finished()
 }
 
 func (l *Listener) isClosed() bool {
@@ -314,6 +332,7 @@ func (l *Listener) maybeClosePeers() {
 
 func (l *Listener) acceptLoop() {
 	defer l.wg.Done()
+	defer close(l.acceptDone)
 	for {
 		nc, err := l.ln.Accept()
 		if err != nil {

@@ -75,8 +75,8 @@ type TransportStats struct {
 	Connects        uint64 // connections established
 	DialFailures    uint64 // failed attempts to connect or handshake
 	ConnectionsLost uint64 // established connections that broke
-	LateReplies     uint64 // replies dropped because their caller had gone (cancelled, timed out)
-	BadReplies      uint64 // messages dropped because they could not be decoded or matched
+	LateReplies     uint64 // replies (of any kind, with any id) for which no caller was waiting: cancelled, timed out, or unknown
+	BadReplies      uint64 // messages that could not be decoded, were over the size limit, or are of a kind a client does not take
 	Replays         uint64 // requests sent again: replayable ones after a lost connection, and ones a draining server returned unprocessed
 	Pending         int    // calls queued or awaiting a reply now
 }
