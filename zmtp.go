@@ -240,7 +240,7 @@ func readMessage(br *bufio.Reader, maxFrame int64, frames [][]byte) (_ [][]byte,
 // pieces into a buffer that grows as the bytes arrive, so that a peer that
 // announces a large frame and sends little costs little memory.
 func readFrameBody(br *bufio.Reader, size uint64) ([]byte, error) {
-	const step = 64 << 10
+	const step = 1 << 20
 	if size <= step {
 		buf := make([]byte, size)
 		if _, err := io.ReadFull(br, buf); err != nil {
