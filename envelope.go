@@ -40,6 +40,7 @@ var kindNames = [...]string{
 	KindChunk: "chunk", KindCredit: "credit", KindHello: "hello",
 }
 
+// String returns the kind's name as PROTOCOL.md spells it ("request", ...).
 func (k Kind) String() string {
 	if k > 0 && k <= maxKnownKind {
 		return kindNames[k]
@@ -201,6 +202,7 @@ type ProtocolError struct {
 	Detail string
 }
 
+// Error returns "zmqhttp: protocol error: " with the reason and detail.
 func (e *ProtocolError) Error() string {
 	if e.Detail == "" {
 		return "zmqhttp: protocol error: " + e.Reason

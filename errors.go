@@ -43,6 +43,7 @@ type RemoteError struct {
 	Message string // the server's explanation
 }
 
+// Error returns the code and the server's explanation.
 func (e *RemoteError) Error() string {
 	return fmt.Sprintf("zmqhttp: server error %d: %s", e.Code, e.Message)
 }

@@ -144,19 +144,18 @@ func (p *respParser) write(b []byte) error {
 	if p.state == psDone {
 		return nil
 	}
-	if p.state == psBody && len(p.pend) == 0 {
-		// Fast path: body bytes go straight to the body.
-		n := min(int64(len(b)), p.left)
-		p.body = append(p.body, b[:n]...)
-		p.left -= n
-		if p.left == 0 {
-			p.state = psDone
-		}
-		return nil
+	// Bytes are parsed where they are; only an unfinished line (a
+	// header block, a chunk size) is kept in pend for the next write, so
+	// body bytes are copied once, into the body.
+	in := b
+	if len(p.pend) > 0 {
+		p.pend = append(p.pend, b...)
+		in = p.pend
 	}
-	p.pend = append(p.pend, b...)
-	p.err = p.advance()
-	return p.err
+	rest, err := p.advance(in)
+	p.err = err
+	p.pend = append(p.pend[:0], rest...)
+	return err
 }
 
 // done reports whether a complete response has been read.
@@ -172,105 +171,107 @@ func (p *respParser) finish() bool {
 	return p.state == psDone
 }
 
-func (p *respParser) advance() error {
+// advance runs the state machine over in and returns what it could not
+// consume yet.
+func (p *respParser) advance(in []byte) ([]byte, error) {
 	for {
 		switch p.state {
 		case psDone:
-			p.pend = p.pend[:0]
-			return nil
+			in = in[:0]
+			return in, nil
 		case psHeader:
-			i := bytes.Index(p.pend, []byte("\r\n\r\n"))
+			i := bytes.Index(in, []byte("\r\n\r\n"))
 			if i < 0 {
-				if len(p.pend) > p.maxHeader {
-					return errHeaderTooLarge
+				if len(in) > p.maxHeader {
+					return nil, errHeaderTooLarge
 				}
-				return nil
+				return in, nil
 			}
-			if err := p.parseHeader(p.pend[:i+4]); err != nil {
-				return err
+			if err := p.parseHeader(in[:i+4]); err != nil {
+				return nil, err
 			}
-			p.pend = p.pend[i+4:]
+			in = in[i+4:]
 		case psBody, psUntilClose:
-			n := int64(len(p.pend))
+			n := int64(len(in))
 			if p.state == psBody {
 				n = min(n, p.left)
 				p.left -= n
 			}
 			if int64(len(p.body))+n > p.maxBody {
-				return ErrBodyTooLarge
+				return nil, ErrBodyTooLarge
 			}
-			p.body = append(p.body, p.pend[:n]...)
-			p.pend = p.pend[n:]
+			p.body = append(p.body, in[:n]...)
+			in = in[n:]
 			if p.state == psBody && p.left == 0 {
 				p.state = psDone
 			}
-			if len(p.pend) == 0 {
-				p.pend = p.pend[:0:0]
-				return nil
+			if len(in) == 0 {
+				in = in[:0:0]
+				return in, nil
 			}
 		case psChunkSize:
-			i := bytes.IndexByte(p.pend, '\n')
+			i := bytes.IndexByte(in, '\n')
 			if i < 0 {
-				if len(p.pend) > 4096 {
-					return errMalformedReponse
+				if len(in) > 4096 {
+					return nil, errMalformedReponse
 				}
-				return nil
+				return in, nil
 			}
-			line := strings.TrimSpace(string(p.pend[:i]))
+			line := strings.TrimSpace(string(in[:i]))
 			if semi := strings.IndexByte(line, ';'); semi >= 0 {
 				line = strings.TrimSpace(line[:semi])
 			}
 			n, err := strconv.ParseInt(line, 16, 64)
 			if err != nil || n < 0 {
-				return errMalformedReponse
+				return nil, errMalformedReponse
 			}
-			p.pend = p.pend[i+1:]
+			in = in[i+1:]
 			if n == 0 {
 				p.state = psTrailer
 				continue
 			}
 			if int64(len(p.body))+n > p.maxBody {
-				return ErrBodyTooLarge
+				return nil, ErrBodyTooLarge
 			}
 			p.left = n
 			p.state = psChunkData
 		case psChunkData:
-			n := min(int64(len(p.pend)), p.left)
-			p.body = append(p.body, p.pend[:n]...)
-			p.pend = p.pend[n:]
+			n := min(int64(len(in)), p.left)
+			p.body = append(p.body, in[:n]...)
+			in = in[n:]
 			p.left -= n
 			if p.left > 0 {
-				return nil
+				return in, nil
 			}
 			p.state = psChunkEnd
 		case psChunkEnd:
-			if len(p.pend) < 2 {
-				return nil
+			if len(in) < 2 {
+				return in, nil
 			}
-			if p.pend[0] != '\r' || p.pend[1] != '\n' {
-				return errMalformedReponse
+			if in[0] != '\r' || in[1] != '\n' {
+				return nil, errMalformedReponse
 			}
-			p.pend = p.pend[2:]
+			in = in[2:]
 			p.state = psChunkSize
 		case psTrailer:
-			if len(p.pend) >= 2 && p.pend[0] == '\r' && p.pend[1] == '\n' {
-				p.pend = p.pend[2:]
+			if len(in) >= 2 && in[0] == '\r' && in[1] == '\n' {
+				in = in[2:]
 				p.state = psDone
 				continue
 			}
-			i := bytes.Index(p.pend, []byte("\r\n\r\n"))
+			i := bytes.Index(in, []byte("\r\n\r\n"))
 			if i < 0 {
-				if len(p.pend) > p.maxHeader {
-					return errHeaderTooLarge
+				if len(in) > p.maxHeader {
+					return nil, errHeaderTooLarge
 				}
-				return nil
+				return in, nil
 			}
-			tr, err := parseFields(string(p.pend[:i+4]), nil)
+			tr, err := parseFields(string(in[:i+4]), nil)
 			if err != nil {
-				return err
+				return nil, err
 			}
 			p.trailer = tr
-			p.pend = p.pend[i+4:]
+			in = in[i+4:]
 			p.state = psDone
 		}
 	}
