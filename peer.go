@@ -37,7 +37,7 @@ type peer struct {
 	wmu sync.Mutex
 	bw  *bufio.Writer
 
-	caps     atomic.Uint64 // the client's capabilities, from its HELLO
+	caps atomic.Uint64 // the client's capabilities, from its HELLO
 
 	once sync.Once
 	fin  sync.Once

@@ -789,7 +789,7 @@ func TestAnnouncedFramesCostLittle(t *testing.T) {
 	const peers = 16
 	for i := 0; i < peers; i++ {
 		p := dialRaw(t, ts.L)
-		p.send(t, nil) // an empty delimiter frame with MORE set below
+		p.send(t, nil)                                        // an empty delimiter frame with MORE set below
 		hdr := []byte{flagLong, 0, 0, 0, 0, 0x01, 0xf0, 0, 0} // ~31 MiB, under the default limit
 		p.nc.Write(append(hdr, 'x'))
 	}
