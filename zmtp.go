@@ -281,11 +281,26 @@ func commandName(b []byte) string {
 
 // writeFrame appends one frame, with MORE set when more is true, to w.
 func writeFrame(w *bufio.Writer, b []byte, more bool) error {
-	var hdr [9]byte
 	var flags byte
 	if more {
-		flags |= flagMore
+		flags = flagMore
 	}
+	return writeFlagged(w, flags, b)
+}
+
+// writeCommand writes a ZMTP command frame (e.g. PONG) to w.
+func writeCommand(w *bufio.Writer, name string, body []byte) error {
+	cmd := make([]byte, 0, 1+len(name)+len(body))
+	cmd = append(cmd, byte(len(name)))
+	cmd = append(cmd, name...)
+	cmd = append(cmd, body...)
+	return writeFlagged(w, flagCommand, cmd)
+}
+
+// writeFlagged writes one frame with the given flags (LONG is added when
+// the body needs it).
+func writeFlagged(w *bufio.Writer, flags byte, b []byte) error {
+	var hdr [9]byte
 	n := 2
 	if len(b) > 255 {
 		hdr[0] = flags | flagLong
@@ -299,29 +314,6 @@ func writeFrame(w *bufio.Writer, b []byte, more bool) error {
 		return err
 	}
 	_, err := w.Write(b)
-	return err
-}
-
-// writeCommand writes a ZMTP command frame (e.g. PONG) to w.
-func writeCommand(w *bufio.Writer, name string, body []byte) error {
-	cmd := make([]byte, 0, 1+len(name)+len(body))
-	cmd = append(cmd, byte(len(name)))
-	cmd = append(cmd, name...)
-	cmd = append(cmd, body...)
-	var hdr [9]byte
-	n := 2
-	if len(cmd) > 255 {
-		hdr[0] = flagCommand | flagLong
-		binary.BigEndian.PutUint64(hdr[1:], uint64(len(cmd)))
-		n = 9
-	} else {
-		hdr[0] = flagCommand
-		hdr[1] = byte(len(cmd))
-	}
-	if _, err := w.Write(hdr[:n]); err != nil {
-		return err
-	}
-	_, err := w.Write(cmd)
 	return err
 }
 
