@@ -137,11 +137,31 @@ func (p *peer) closeAfterFlush() {
 // peer is not reading its replies; it is disconnected rather than allowed
 // to hold memory or workers.
 func (p *peer) reply(e *envelope) {
-	b, err := appendEnvelope(nil, e)
+	b, err := appendEnvelope(getReplyBuf(), e)
 	if err != nil {
-		b, _ = appendEnvelope(nil, errorEnvelope(e.ID, errCodeInternal, err.Error()))
+		b, _ = appendEnvelope(b[:0], errorEnvelope(e.ID, errCodeInternal, err.Error()))
 	}
 	p.enqueue(outMsg{op: opEnvelope, b: b})
+}
+
+// replyBufs recycles the buffers replies are encoded into: a reply's
+// buffer is free again once the writer has passed it to the connection.
+var replyBufs sync.Pool
+
+// maxPooledReply bounds the buffers kept for reuse.
+const maxPooledReply = 1 << 20
+
+func getReplyBuf() []byte {
+	if b, ok := replyBufs.Get().(*[]byte); ok {
+		return (*b)[:0]
+	}
+	return nil
+}
+
+func putReplyBuf(b []byte) {
+	if cap(b) > 0 && cap(b) <= maxPooledReply {
+		replyBufs.Put(&b)
+	}
 }
 
 // enqueue adds m to the send queue. When the connection is not busy and
@@ -226,6 +246,7 @@ func (p *peer) writeQueued(yield bool) error {
 				err = writeCommand(p.bw, "PONG", m.b)
 			default:
 				err = writeEnvelopeMsg(p.bw, m.b)
+				putReplyBuf(m.b) // bufio has copied it, or written it out
 			}
 			batch[i] = outMsg{}
 			if err != nil {
