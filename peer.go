@@ -96,9 +96,6 @@ func (p *peer) addIdle(c *vconn) bool {
 		return false
 	}
 	p.idle = append(p.idle, c)
-	c.mu.Lock()
-	c.idle = true
-	c.mu.Unlock()
 	return true
 }
 

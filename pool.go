@@ -61,7 +61,6 @@ type vconn struct {
 	cur           *job // the request being served; nil while idle
 	readDeadline  time.Time
 	writeDeadline time.Time
-	idle          bool // listed in peer.idle, waiting for a job
 	reclaimed     bool // asked to close so that its worker slot serves another peer
 	ended         bool // a read returned EOF for an aborted request: the server's context for this connection is cancelled, so it must not carry another
 	closed        bool
@@ -93,7 +92,6 @@ func (c *vconn) assign(j *job) bool {
 	}
 	c.mu.Lock()
 	c.cur = j
-	c.idle = false
 	if !j.deadline.IsZero() {
 		j.timer = time.AfterFunc(time.Until(j.deadline), func() { c.abort(j) })
 	}
