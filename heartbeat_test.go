@@ -418,3 +418,67 @@ func TestSlowLinkIsNotDead(t *testing.T) {
 		t.Fatalf("server dropped the client as silent: %+v", st)
 	}
 }
+
+// TestCloseDuringHandlerIsNotResent: a POST whose handler is running when
+// the server is closed abruptly fails; it is not returned as unprocessed
+// and run a second time by the next server.
+func TestCloseDuringHandlerIsNotResent(t *testing.T) {
+	ep := testEndpoint(t, "ipc")
+	var mu sync.Mutex
+	ran, finished := 0, 0
+	entered := make(chan struct{}, 1)
+	release := make(chan struct{})
+	handler := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		ran++
+		mu.Unlock()
+		select {
+		case entered <- struct{}{}:
+		default:
+		}
+		defer func() {
+			mu.Lock()
+			finished++
+			mu.Unlock()
+		}()
+		// A side effect done, the body never read; http.Server.Close
+		// does not stop a running handler, so the test releases it.
+		select {
+		case <-r.Context().Done():
+		case <-release:
+		}
+	})
+	first := startServerAt(t, ep, handler)
+	client, _ := newClient(t, ep, WithReconnectBackoff(10*time.Millisecond, 50*time.Millisecond))
+	errc := make(chan error, 1)
+	go func() {
+		resp, err := client.Post("http://svc/pay", "text/plain", strings.NewReader("amount=10"))
+		if err == nil {
+			resp.Body.Close()
+		}
+		errc <- err
+	}()
+	<-entered
+	first.Srv.Close()
+	second := startServerAt(t, ep, handler)
+	_ = second
+	select {
+	case err := <-errc:
+		if err == nil {
+			t.Fatal("the POST succeeded; it must fail (its handler was cut off)")
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the POST did not end")
+	}
+	close(release)
+	waitFor(t, 5*time.Second, "the handlers to return", func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return finished == ran
+	})
+	mu.Lock()
+	defer mu.Unlock()
+	if ran != 1 {
+		t.Fatalf("the POST handler ran %d times, want 1", ran)
+	}
+}

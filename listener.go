@@ -255,7 +255,7 @@ func (l *Listener) Close() error {
 		l.mu.Unlock()
 		for _, p := range peers {
 			if p.has(capDrain) {
-				p.send(&envelope{Version: ProtocolVersion, Kind: KindDraining})
+				p.post(&envelope{Version: ProtocolVersion, Kind: KindDraining})
 			}
 			for c := p.popIdle(); c != nil; c = p.popIdle() {
 				c.reclaim()

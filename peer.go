@@ -165,7 +165,17 @@ func putReplyBuf(b []byte) {
 // the peer answers heartbeats (so writes to it have a deadline), the
 // calling goroutine writes the queue itself, saving a hand-off to the
 // writer goroutine; otherwise the writer is woken.
-func (p *peer) enqueue(m outMsg) {
+func (p *peer) enqueue(m outMsg) { p.enqueueMsg(m, false) }
+
+// post queues e for the writer goroutine only: the caller (Listener.Close,
+// going over every peer) must not block on one that stopped reading.
+func (p *peer) post(e *envelope) {
+	if b, err := appendEnvelope(nil, e); err == nil {
+		p.enqueueMsg(outMsg{op: opEnvelope, b: b}, true)
+	}
+}
+
+func (p *peer) enqueueMsg(m outMsg, async bool) {
 	p.qmu.Lock()
 	if p.qclosed {
 		p.qmu.Unlock()
@@ -179,7 +189,7 @@ func (p *peer) enqueue(m outMsg) {
 	}
 	p.queue = append(p.queue, m)
 	p.qmu.Unlock()
-	if p.has(capHeartbeat) && p.wmu.TryLock() {
+	if !async && p.has(capHeartbeat) && p.wmu.TryLock() {
 		err := p.writeQueued(false)
 		p.wmu.Unlock()
 		if err != nil {

@@ -30,12 +30,15 @@ type job struct {
 	conn     *vconn // the connection carrying it, once assigned
 
 	// Guarded by conn.mu once assigned (owned by the assigner before).
-	parts   [][]byte    // request bytes not yet read by the server
-	resp    respParser  // the response as the server writes it
-	sent    bool        // answered: the reply (or nothing, if aborted) is decided
-	aborted bool        // cancelled or past the caller's deadline
-	started bool        // the server made its background read: the handler ran
-	timer   *time.Timer // aborts the job at its deadline
+	parts        [][]byte    // request bytes not yet read by the server
+	resp         respParser  // the response as the server writes it
+	sent         bool        // answered: the reply (or nothing, if aborted) is decided
+	aborted      bool        // cancelled or past the caller's deadline
+	headLen      int         // length of the request head (request line and header fields)
+	read         int         // request bytes the server has read
+	headRead     bool        // the server has read the whole head
+	closedAtHead bool        // the Listener was closed when the server got the whole head
+	timer        *time.Timer // aborts the job at its deadline
 }
 
 // vconn is a connection the http.Server sees. For each request the server
@@ -77,20 +80,22 @@ func newVConn(l *Listener, j *job) *vconn {
 // is closed or reclaimed (then it returns false). The caller holds
 // j.peer.mu, or owns c exclusively.
 func (c *vconn) assign(j *job) bool {
+	parts := requestBytes(&j.env)
 	c.mu.Lock()
+	// Checked and set in one critical section: Close either sees the
+	// job (and answers it) or assign sees Close.
 	if c.closed || c.reclaimed {
 		c.mu.Unlock()
 		return false
 	}
-	c.mu.Unlock()
 	j.conn = c
-	j.parts = requestBytes(&j.env)
+	j.parts = parts
+	j.headLen = len(parts[0])
 	j.resp = respParser{
 		headReq:   j.env.Method == "HEAD",
 		maxBody:   c.l.cfg.limits.maxBodyBytes(),
 		maxHeader: c.l.cfg.limits.maxHeaderBytes(),
 	}
-	c.mu.Lock()
 	c.cur = j
 	if !j.deadline.IsZero() {
 		j.timer = time.AfterFunc(time.Until(j.deadline), func() { c.abort(j) })
@@ -134,6 +139,15 @@ func (c *vconn) Read(p []byte) (int, error) {
 			for n < len(p) && len(j.parts) > 0 {
 				m := copy(p[n:], j.parts[0])
 				n += m
+				j.read += m
+				if !j.headRead && j.read >= j.headLen {
+					// The server has the whole head now. If the
+					// Listener is closed already, the server was
+					// shutting down before it: it will close the
+					// connection without running the handler.
+					j.headRead = true
+					j.closedAtHead = c.l.isClosed()
+				}
 				if m == len(j.parts[0]) {
 					j.parts[0] = nil
 					j.parts = j.parts[1:]
@@ -160,9 +174,6 @@ func (c *vconn) Read(p []byte) (int, error) {
 			c.ended = true
 			return 0, io.EOF
 		}
-		// This is the background read: the server has started the
-		// handler (or is running it and it read the whole body).
-		j.started = true
 		c.waitLocked()
 	}
 }
@@ -276,6 +287,9 @@ func (c *vconn) Write(p []byte) (int, error) {
 		j.sent = true
 		gone = j.aborted
 		e = j.resp.envelope(j.env.ID)
+		if j.timer != nil {
+			j.timer.Stop() // answered: the deadline no longer matters
+		}
 	}
 	c.mu.Unlock()
 	if e != nil {
@@ -307,7 +321,7 @@ func (c *vconn) reply(j *job, gone bool, e *envelope) {
 // the handler's context, if j is still the connection's request.
 func (c *vconn) abort(j *job) {
 	c.mu.Lock()
-	if c.cur == j {
+	if c.cur == j && !j.sent { // once answered, there is nothing to abort
 		j.aborted = true
 	}
 	c.mu.Unlock()
@@ -383,10 +397,12 @@ func (c *vconn) Close() error {
 			switch {
 			case j.resp.finish():
 				e = j.resp.envelope(j.env.ID)
-			case !j.started && j.resp.written == 0 && c.l.isClosed():
-				// A shutting-down http.Server closes a connection
-				// right after reading a request, without running the
-				// handler: the request was not processed.
+			case j.read == 0 || j.closedAtHead && j.resp.written == 0:
+				// The server never read the request, or got its head
+				// only after it began shutting down (http.Server then
+				// closes the connection without running the handler):
+				// the request was not processed. Anything else may have
+				// run, and gets an error rather than a second run.
 				notRun = true
 			default:
 				c.l.stats.noResponse.Add(1)

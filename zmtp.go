@@ -398,8 +398,10 @@ func (c *liveConn) Read(p []byte) (int, error) {
 	if to := c.timeout.Load(); to > 0 {
 		// Moving the deadline costs a timer update: do it when an
 		// eighth of the timeout has passed since the last move.
+		// The deadline is set an eighth beyond the timeout, so that a
+		// silent peer is declared dead after between 1 and 1⅛ timeouts.
 		if now := time.Now().UnixNano(); now-c.readDeadlineSet > to/8 {
-			c.Conn.SetReadDeadline(time.Unix(0, now+to))
+			c.Conn.SetReadDeadline(time.Unix(0, now+to+to/8))
 			c.readDeadlineSet = now
 		}
 	}
