@@ -6,6 +6,8 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"runtime"
+	"strings"
 	"sync"
 	"time"
 )
@@ -397,12 +399,14 @@ func (c *vconn) Close() error {
 			switch {
 			case j.resp.finish():
 				e = j.resp.envelope(j.env.ID)
-			case j.read == 0 || j.closedAtHead && j.resp.written == 0:
-				// The server never read the request, or got its head
-				// only after it began shutting down (http.Server then
-				// closes the connection without running the handler):
-				// the request was not processed. Anything else may have
-				// run, and gets an error rather than a second run.
+			case j.read == 0,
+				j.resp.written == 0 && j.closedAtHead,
+				j.resp.written == 0 && j.headRead && c.l.isClosed() && closedBySkippedRequest():
+				// The server never read the request, or it read the
+				// head while shutting down and closed the connection
+				// without running the handler: not processed. Anything
+				// else may have run, and gets an error rather than a
+				// second run.
 				notRun = true
 			default:
 				c.l.stats.noResponse.Add(1)
@@ -424,6 +428,23 @@ func (c *vconn) Close() error {
 	c.signal()
 	<-c.l.slots
 	return nil
+}
+
+// closedBySkippedRequest reports whether the connection is being closed by
+// http.Server's own connection loop outside any panic: what it does when,
+// right after reading a request, it finds itself shutting down (it checks
+// just after the read, and Shutdown marks the server before it closes our
+// Listener, so the head can arrive in between). The other ways a read
+// request ends without a response — Server.Close from another goroutine,
+// a handler's panic — do not match, and their requests are not resent. It
+// reads the goroutine's stack, so it is used only in that narrow case; if
+// net/http changes, it errs on the side of an error, never of a second run.
+func closedBySkippedRequest() bool {
+	buf := make([]byte, 16<<10)
+	stack := string(buf[:runtime.Stack(buf, false)])
+	return strings.Contains(stack, "net/http.(*conn).serve(") &&
+		!strings.Contains(stack, "panic(") &&
+		!strings.Contains(stack, "net/http.(*Server).Close(")
 }
 
 // LocalAddr returns the Listener's address.
