@@ -70,9 +70,10 @@ func startFake(t *testing.T, serve func(i int, c *fakeConn)) *fakeServer {
 func (f *fakeServer) endpoint() string { return "tcp://" + f.ln.Addr().String() }
 
 type fakeConn struct {
-	nc net.Conn
-	br *bufio.Reader
-	bw *bufio.Writer
+	nc  net.Conn
+	br  *bufio.Reader
+	wmu sync.Mutex // guards bw: replies may be sent from several goroutines
+	bw  *bufio.Writer
 }
 
 func (c *fakeConn) recv() (envelope, error) {
@@ -98,6 +99,8 @@ func (c *fakeConn) send(e *envelope) error {
 	if err != nil {
 		return err
 	}
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
 	if err := writeEnvelopeMsg(c.bw, b); err != nil {
 		return err
 	}
