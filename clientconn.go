@@ -382,7 +382,7 @@ func (t *Transport) writeBatch(l *clientLink) (more bool, err error) {
 // takeBatch takes up to a batch of queued calls for l, marking them as
 // written on it. l.wmu is held.
 func (t *Transport) takeBatch(l *clientLink) []*call {
-	maxBatch := t.cfg.writeBatchOrDefault()
+	maxBatch := writeBatch
 	b := l.batch[:0]
 	t.mu.Lock()
 	// A dead or draining link takes nothing: a dead one's calls may

@@ -9,21 +9,19 @@ type Option func(*config)
 // config is the set of settings options write. Zero values mean defaults,
 // supplied by the accessor methods below.
 type config struct {
-	limits            Limits
-	handshakeTimeout  time.Duration
-	dialTimeout       time.Duration
-	maxPending        int
-	backoffMin        time.Duration
-	backoffMax        time.Duration
-	disableCompress   bool
-	workers           int
-	queueSize         int
-	retryAfter        time.Duration
-	peerSendQueue     int
-	writeBatchMaxMsgs int
-	hbInterval        time.Duration
-	hbTimeout         time.Duration
-	maxReplays        int
+	limits           Limits
+	handshakeTimeout time.Duration
+	dialTimeout      time.Duration
+	maxPending       int
+	backoffMin       time.Duration
+	backoffMax       time.Duration
+	disableCompress  bool
+	workers          int
+	queueSize        int
+	retryAfter       time.Duration
+	hbInterval       time.Duration
+	hbTimeout        time.Duration
+	maxReplays       int
 }
 
 func newConfig(opts []Option) config {
@@ -140,24 +138,16 @@ func (c *config) retryAfterSeconds() int {
 	return int((c.retryAfter + time.Second - 1) / time.Second)
 }
 
-// peerSendQueueOrDefault bounds the messages queued for one connection's
-// writer. A server whose client stops reading fills it and then drops that
-// client's connection rather than holding replies for everyone.
-func (c *config) peerSendQueueOrDefault() int {
-	if c.peerSendQueue > 0 {
-		return c.peerSendQueue
-	}
-	return 4096
-}
-
-// writeBatchOrDefault bounds how many messages a writer coalesces into one
-// flush (one write syscall for small messages).
-func (c *config) writeBatchOrDefault() int {
-	if c.writeBatchMaxMsgs > 0 {
-		return c.writeBatchMaxMsgs
-	}
-	return 128
-}
+// Internal bounds, not options.
+const (
+	// peerSendQueue bounds the messages queued for one connection's
+	// writer. A server whose client stops reading fills it and then drops
+	// that client's connection rather than holding replies for everyone.
+	peerSendQueue = 4096
+	// writeBatch bounds how many requests a writer takes from the queue
+	// at once before writing them.
+	writeBatch = 128
+)
 
 // WithHeartbeat sets how often each side sends a heartbeat (PING) on a
 // connection whose peer speaks the heartbeat protocol, and how long a

@@ -181,7 +181,7 @@ func (p *peer) enqueueMsg(m outMsg, async bool) {
 		p.qmu.Unlock()
 		return
 	}
-	if len(p.queue) >= p.l.cfg.peerSendQueueOrDefault() && m.op != opFin {
+	if len(p.queue) >= peerSendQueue && m.op != opFin {
 		p.qmu.Unlock()
 		p.l.stats.slowPeers.Add(1)
 		p.close()
@@ -352,13 +352,13 @@ func (p *peer) readLoop() {
 				_, timeout := l.cfg.heartbeat()
 				p.nc.arm(timeout)
 			}
-			p.send(&envelope{Version: ProtocolVersion, Kind: KindHello, ID: env.ID, Flags: ourCaps,
+			p.reply(&envelope{Version: ProtocolVersion, Kind: KindHello, ID: env.ID, Flags: ourCaps,
 				Timeout: int64(p.l.heartbeatInterval() / time.Microsecond)})
 			if l.isClosed() && p.has(capDrain) {
-				p.send(&envelope{Version: ProtocolVersion, Kind: KindDraining})
+				p.reply(&envelope{Version: ProtocolVersion, Kind: KindDraining})
 			}
 		case KindPing:
-			p.send(&envelope{Version: ProtocolVersion, Kind: KindPong, ID: env.ID})
+			p.reply(&envelope{Version: ProtocolVersion, Kind: KindPong, ID: env.ID})
 		case KindPong:
 			// Its arrival already counted as a sign of life.
 		case KindCancel:
@@ -486,9 +486,6 @@ func (p *peer) forget(j *job) {
 	}
 	p.mu.Unlock()
 }
-
-// send encodes and queues a control envelope.
-func (p *peer) send(e *envelope) { p.reply(e) }
 
 // sendPong queues the answer to a ZMTP PING (sent by libzmq peers with
 // heartbeats enabled).
