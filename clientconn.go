@@ -76,7 +76,7 @@ const (
 // Errors that end a connection (kept in clientLink.err, wrapped in what
 // callers see).
 var (
-	errHeartbeatTimeout = errors.New("no message from the peer within the heartbeat timeout")
+	errHeartbeatTimeout = errors.New("nothing from the peer within the heartbeat timeout")
 	errDrained          = errors.New("the server is draining and every call on the connection is answered")
 )
 
@@ -260,6 +260,13 @@ func (t *Transport) serve(l *clientLink) {
 	t.mu.Unlock()
 }
 
+// isTimeout reports a read or write deadline passing: on a link armed for
+// heartbeats, no byte moved for the heartbeat timeout.
+func isTimeout(err error) bool {
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
+}
+
 func cmpUint64(a, b uint64) int {
 	switch {
 	case a < b:
@@ -274,55 +281,48 @@ func cmpUint64(a, b uint64) int {
 // Calls waiting together are written with one flush, so under load many
 // requests share a syscall.
 func (t *Transport) writeLoop(l *clientLink) {
-	interval, timeout := t.cfg.heartbeat()
+	interval, _ := t.cfg.heartbeat()
 	ticker := time.NewTicker(interval)
 	defer ticker.Stop()
+	// write runs f with the writer lock held; a failure ends the link.
+	write := func(f func() error) bool {
+		l.wmu.Lock()
+		err := f()
+		l.wmu.Unlock()
+		if err != nil {
+			l.close(err)
+		}
+		return err == nil
+	}
 	if l.peerType == zmq4.Router {
 		// Offer our capabilities. A basic peer answers with an error
 		// envelope for id 0 and the link stays basic: no heartbeats,
 		// cancels or draining.
 		hello := envelope{Version: ProtocolVersion, Kind: KindHello, Flags: ourCaps, Timeout: int64(interval / time.Microsecond)}
-		l.wmu.Lock()
-		err := t.writeEnvelope(l, &hello)
-		l.wmu.Unlock()
-		if err != nil {
-			l.close(err)
+		if !write(func() error { return t.writeEnvelope(l, &hello) }) {
 			return
 		}
 	}
 	var pingSeq uint64
 	for {
-		l.wmu.Lock()
-		err := t.writeQueued(l, true)
-		l.wmu.Unlock()
-		if err != nil {
-			l.close(err)
+		if !write(func() error { return t.writeQueued(l, true) }) {
 			return
 		}
 		select {
 		case <-t.wake:
 		case m := <-l.ctrl:
-			l.wmu.Lock()
-			err := t.writeCtrl(l, m)
-			l.wmu.Unlock()
-			if err != nil {
-				l.close(err)
+			if !write(func() error { return t.writeCtrl(l, m) }) {
 				return
 			}
-		case now := <-ticker.C:
+		case <-ticker.C:
+			// A dead peer is noticed by the link's read deadline (see
+			// liveConn); the PING keeps a live one from seeing us silent.
 			if !l.has(capHeartbeat) {
 				continue
 			}
-			if l.nc.silentFor(now) > timeout {
-				l.close(errHeartbeatTimeout)
-				return
-			}
 			pingSeq++
-			l.wmu.Lock()
-			err := t.writeEnvelope(l, &envelope{Version: ProtocolVersion, Kind: KindPing, ID: pingSeq})
-			l.wmu.Unlock()
-			if err != nil {
-				l.close(err)
+			ping := envelope{Version: ProtocolVersion, Kind: KindPing, ID: pingSeq}
+			if !write(func() error { return t.writeEnvelope(l, &ping) }) {
 				return
 			}
 		case <-l.dead:
@@ -341,7 +341,7 @@ func (t *Transport) writeQueued(l *clientLink, yield bool) error {
 		b := t.takeBatch(l)
 		if len(b) == 0 {
 			if l.bw.Buffered() > 0 {
-				return t.flush(l)
+				return l.bw.Flush()
 			}
 			return nil
 		}
@@ -354,7 +354,7 @@ func (t *Transport) writeQueued(l *clientLink, yield bool) error {
 			continue
 		}
 		yielded = !yield
-		if err := t.flush(l); err != nil {
+		if err := l.bw.Flush(); err != nil {
 			return err
 		}
 	}
@@ -369,7 +369,7 @@ func (t *Transport) writeBatch(l *clientLink) (more bool, err error) {
 		}
 	}
 	if l.bw.Buffered() > 0 {
-		if err := t.flush(l); err != nil {
+		if err := l.bw.Flush(); err != nil {
 			return false, err
 		}
 	}
@@ -437,11 +437,6 @@ func (t *Transport) writeCalls(l *clientLink, b []*call) error {
 	return nil
 }
 
-// flush writes out l.bw. To a peer that answers heartbeats, a write that
-// makes no progress for the heartbeat timeout (the peer stopped reading)
-// fails, and the connection is declared dead (see liveConn). l.wmu is held.
-func (t *Transport) flush(l *clientLink) error { return l.bw.Flush() }
-
 // writeCtrl writes m and any other queued control messages, then flushes.
 func (t *Transport) writeCtrl(l *clientLink, m ctrlMsg) error {
 	for {
@@ -459,7 +454,7 @@ func (t *Transport) writeCtrl(l *clientLink, m ctrlMsg) error {
 			continue
 		default:
 		}
-		return t.flush(l)
+		return l.bw.Flush()
 	}
 }
 
@@ -471,7 +466,7 @@ func (t *Transport) writeEnvelope(l *clientLink, e *envelope) error {
 	if err := writeEnvelopeMsg(l.bw, b); err != nil {
 		return err
 	}
-	return t.flush(l)
+	return l.bw.Flush()
 }
 
 // writeEnvelopeMsg writes one REQ/REP-style message: an empty delimiter
@@ -488,41 +483,36 @@ func writeEnvelopeMsg(w *bufio.Writer, env []byte) error {
 func (t *Transport) readLoop(l *clientLink) {
 	defer t.wg.Done()
 	maxFrame := t.cfg.limits.maxFrameBytes()
+	pong := func(ctx []byte) {
+		select {
+		case l.ctrl <- ctrlMsg{pong: true, b: ctx}:
+		default:
+		}
+	}
 	var frames [][]byte
 	for {
-		var isCmd bool
-		var err error
-		frames, isCmd, err = readMessage(l.br, maxFrame, frames)
-		if ne, ok := err.(net.Error); ok && ne.Timeout() {
-			err = errHeartbeatTimeout
-		}
+		frame, fs, err := readEnvelopeFrame(l.br, maxFrame, frames, pong)
+		frames = fs
 		var oe *oversizeError
-		if errors.As(err, &oe) {
+		switch {
+		case errors.As(err, &oe):
 			t.stats.badReplies.Add(1)
 			if _, kind, id, ok := peekHead(oe.head); ok && Kind(kind) != KindRequest {
 				t.resolve(id, callResult{err: fmt.Errorf("%w: %v", ErrBodyTooLarge, oe)})
 			}
 			continue
-		}
-		if err != nil {
+		case err == errNotEnvelope:
+			t.stats.badReplies.Add(1)
+			continue
+		case isTimeout(err):
+			l.close(errHeartbeatTimeout)
+			return
+		case err != nil:
 			l.close(err)
 			return
 		}
-		if isCmd {
-			if commandName(frames[0]) == "PING" {
-				select {
-				case l.ctrl <- ctrlMsg{pong: true, b: pongBody(frames[0])}:
-				default:
-				}
-			}
-			continue
-		}
-		if len(frames) != 2 || len(frames[0]) != 0 {
-			t.stats.badReplies.Add(1)
-			continue
-		}
 		var env envelope
-		err = decodeEnvelope(frames[1], t.cfg.limits, &env)
+		err = decodeEnvelope(frame, t.cfg.limits, &env)
 		if err != nil {
 			var ie *idError
 			if errors.As(err, &ie) && ie.id != 0 && (ie.kind == KindResponse || ie.kind == KindError) {

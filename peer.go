@@ -241,13 +241,13 @@ func (p *peer) writeQueued(yield bool) error {
 				runtime.Gosched()
 				continue
 			}
-			return p.flush()
+			return p.bw.Flush()
 		}
 		for i, m := range batch {
 			var err error
 			switch m.op {
 			case opFin:
-				p.flush()
+				p.bw.Flush()
 				return errPeerFinished
 			case opPong:
 				err = writeCommand(p.bw, "PONG", m.b)
@@ -263,28 +263,21 @@ func (p *peer) writeQueued(yield bool) error {
 	}
 }
 
-// flush writes out p.bw; to a peer that answers heartbeats, a write that
-// makes no progress within the heartbeat timeout fails (see liveConn).
-// p.wmu is held.
-func (p *peer) flush() error { return p.bw.Flush() }
-
 func (p *peer) writeLoop() {
 	defer p.l.wg.Done()
-	interval, timeout := p.l.cfg.heartbeat()
+	interval, _ := p.l.cfg.heartbeat()
 	ticker := time.NewTicker(interval)
 	defer ticker.Stop()
 	var pingSeq uint64
 	for {
 		select {
 		case <-p.wake:
-		case now := <-ticker.C:
+		case <-ticker.C:
+			// A silent client is noticed by the read deadline (see
+			// liveConn, armed by HELLO); the PING keeps a live one from
+			// seeing us silent.
 			if !p.has(capHeartbeat) {
 				continue
-			}
-			if p.nc.silentFor(now) > timeout {
-				p.l.stats.silentPeers.Add(1)
-				p.close()
-				return
 			}
 			pingSeq++
 			b, _ := appendEnvelope(nil, &envelope{Version: ProtocolVersion, Kind: KindPing, ID: pingSeq})
@@ -310,36 +303,32 @@ func (p *peer) readLoop() {
 	defer p.close()
 	l := p.l
 	maxFrame := l.cfg.limits.maxFrameBytes()
+	pong := func(ctx []byte) { p.enqueue(outMsg{op: opPong, b: ctx}) }
 	var frames [][]byte
 	for {
-		var isCmd bool
-		var err error
-		frames, isCmd, err = readMessage(p.br, maxFrame, frames)
+		frame, fs, err := readEnvelopeFrame(p.br, maxFrame, frames, pong)
+		frames = fs
 		var oe *oversizeError
-		if errors.As(err, &oe) {
+		var pe *ProtocolError
+		switch {
+		case errors.As(err, &oe):
 			p.rejectOversized(oe)
 			continue
-		}
-		if err != nil {
-			var pe *ProtocolError
-			if errors.As(err, &pe) {
-				l.stats.badMessages.Add(1)
-			}
+		case err == errNotEnvelope:
+			l.stats.badMessages.Add(1)
+			continue
+		case isTimeout(err):
+			l.stats.silentPeers.Add(1) // armed by HELLO: no byte for the heartbeat timeout
+			return
+		case errors.As(err, &pe):
+			l.stats.badMessages.Add(1)
+			return
+		case err != nil:
 			return
 		}
 		arrived := time.Now()
-		if isCmd {
-			if commandName(frames[0]) == "PING" {
-				p.sendPong(pongBody(frames[0]))
-			}
-			continue
-		}
-		if len(frames) != 2 || len(frames[0]) != 0 {
-			l.stats.badMessages.Add(1)
-			continue
-		}
 		var env envelope
-		if err := decodeEnvelope(frames[1], l.cfg.limits, &env); err != nil {
+		if err := decodeEnvelope(frame, l.cfg.limits, &env); err != nil {
 			p.reject(err)
 			continue
 		}
@@ -485,12 +474,6 @@ func (p *peer) forget(j *job) {
 		delete(p.jobs, j.env.ID)
 	}
 	p.mu.Unlock()
-}
-
-// sendPong queues the answer to a ZMTP PING (sent by libzmq peers with
-// heartbeats enabled).
-func (p *peer) sendPong(ctx []byte) {
-	p.enqueue(outMsg{op: opPong, b: ctx})
 }
 
 // reject answers a message that failed to decode, when its id could be

@@ -3,6 +3,7 @@ package zmqhttp
 import (
 	"bufio"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -139,24 +140,10 @@ func discardOversized(br *bufio.Reader, flags byte, size uint64, limit int64) er
 		return err
 	}
 	for flags&flagMore != 0 {
-		var err error
-		flags, err = br.ReadByte()
-		if err != nil {
-			return unexpectedEOF(err)
-		}
 		var n uint64
-		if flags&flagLong != 0 {
-			var hdr [8]byte
-			if _, err := io.ReadFull(br, hdr[:]); err != nil {
-				return unexpectedEOF(err)
-			}
-			n = binary.BigEndian.Uint64(hdr[:])
-		} else {
-			b, err := br.ReadByte()
-			if err != nil {
-				return unexpectedEOF(err)
-			}
-			n = uint64(b)
+		var err error
+		if flags, n, err = readFrameHeader(br); err != nil {
+			return unexpectedEOF(err)
 		}
 		if err := discardN(br, n); err != nil {
 			return err
@@ -188,23 +175,12 @@ func readMessage(br *bufio.Reader, maxFrame int64, frames [][]byte) (_ [][]byte,
 	frames = frames[:0]
 	var total uint64
 	for {
-		flags, err := br.ReadByte()
+		flags, size, err := readFrameHeader(br)
 		if err != nil {
+			if len(frames) > 0 {
+				err = unexpectedEOF(err)
+			}
 			return frames, false, err
-		}
-		var size uint64
-		if flags&flagLong != 0 {
-			var hdr [8]byte
-			if _, err := io.ReadFull(br, hdr[:]); err != nil {
-				return frames, false, unexpectedEOF(err)
-			}
-			size = binary.BigEndian.Uint64(hdr[:])
-		} else {
-			b, err := br.ReadByte()
-			if err != nil {
-				return frames, false, unexpectedEOF(err)
-			}
-			size = uint64(b)
 		}
 		if flags&^(flagMore|flagLong|flagCommand) != 0 {
 			return frames, false, protoErr(reasonFraming, "reserved frame flag bits 0x%02x", flags)
@@ -234,6 +210,55 @@ func readMessage(br *bufio.Reader, maxFrame int64, frames [][]byte) (_ [][]byte,
 			return frames, false, nil
 		}
 	}
+}
+
+// errNotEnvelope reports a message that is not an empty delimiter frame and
+// one envelope frame. Receivers drop it and count it; the stream goes on.
+var errNotEnvelope = errors.New("zmqhttp: message is not an empty delimiter and one envelope frame")
+
+// readEnvelopeFrame reads messages until one carries an envelope, and
+// returns its envelope frame. A ZMTP PING on the way is handed to pong
+// (with the context its PONG must carry); other commands are skipped. The
+// error is an *oversizeError or errNotEnvelope for a message dropped (the
+// stream goes on), or what ended the stream.
+func readEnvelopeFrame(br *bufio.Reader, maxFrame int64, frames [][]byte, pong func([]byte)) (env []byte, _ [][]byte, err error) {
+	for {
+		var isCmd bool
+		frames, isCmd, err = readMessage(br, maxFrame, frames)
+		switch {
+		case err != nil:
+			return nil, frames, err
+		case isCmd:
+			if commandName(frames[0]) == "PING" {
+				pong(pongBody(frames[0]))
+			}
+		case len(frames) != 2 || len(frames[0]) != 0:
+			return nil, frames, errNotEnvelope
+		default:
+			return frames[1], frames, nil
+		}
+	}
+}
+
+// readFrameHeader reads a frame's flags and body size. An io.EOF means the
+// stream ended cleanly before the frame; one inside the header is
+// io.ErrUnexpectedEOF.
+func readFrameHeader(br *bufio.Reader) (flags byte, size uint64, err error) {
+	if flags, err = br.ReadByte(); err != nil {
+		return 0, 0, err
+	}
+	if flags&flagLong != 0 {
+		var hdr [8]byte
+		if _, err := io.ReadFull(br, hdr[:]); err != nil {
+			return 0, 0, unexpectedEOF(err)
+		}
+		return flags, binary.BigEndian.Uint64(hdr[:]), nil
+	}
+	b, err := br.ReadByte()
+	if err != nil {
+		return 0, 0, unexpectedEOF(err)
+	}
+	return flags, uint64(b), nil
 }
 
 // readFrameBody reads a frame body of size bytes. A large one is read in
@@ -369,27 +394,22 @@ func parseEndpoint(ep string, listen bool) (endpoint, error) {
 	return endpoint{}, fmt.Errorf("zmqhttp: endpoint %q: unsupported transport %q (want tcp or ipc)", ep, scheme)
 }
 
-// liveConn wraps a connection to measure progress, for heartbeats: it
-// records when bytes last arrived, and, once armed with a timeout, lets a
-// read or a write fail only when no byte moved for that long — so a large
-// message on a slow link is progress, while a peer that stopped is dead.
+// liveConn wraps a connection for heartbeats: once armed with a timeout,
+// it lets a read or a write fail only when no byte moved for that long —
+// so a large message on a slow link is progress, while a peer that stopped
+// is dead.
 // Writes go out in pieces of at most liveWriteChunk bytes, each with a
 // fresh deadline.
 type liveConn struct {
 	net.Conn
-	lastRecv atomic.Int64 // UnixNano of the last read that returned bytes
-	timeout  atomic.Int64 // nanoseconds without progress before a read or write fails; 0: none
+	timeout atomic.Int64 // nanoseconds without progress before a read or write fails; 0: none
 
 	readDeadlineSet int64 // the reading goroutine's: when it last moved the read deadline
 }
 
 const liveWriteChunk = 64 << 10
 
-func newLiveConn(nc net.Conn) *liveConn {
-	c := &liveConn{Conn: nc}
-	c.lastRecv.Store(time.Now().UnixNano())
-	return c
-}
+func newLiveConn(nc net.Conn) *liveConn { return &liveConn{Conn: nc} }
 
 // arm makes reads and writes fail after timeout without progress.
 func (c *liveConn) arm(timeout time.Duration) { c.timeout.Store(int64(timeout)) }
@@ -405,11 +425,7 @@ func (c *liveConn) Read(p []byte) (int, error) {
 			c.readDeadlineSet = now
 		}
 	}
-	n, err := c.Conn.Read(p)
-	if n > 0 {
-		c.lastRecv.Store(time.Now().UnixNano())
-	}
-	return n, err
+	return c.Conn.Read(p)
 }
 
 func (c *liveConn) Write(p []byte) (int, error) {
@@ -427,9 +443,4 @@ func (c *liveConn) Write(p []byte) (int, error) {
 		}
 	}
 	return written, nil
-}
-
-// silentFor reports how long no byte has arrived.
-func (c *liveConn) silentFor(now time.Time) time.Duration {
-	return now.Sub(time.Unix(0, c.lastRecv.Load()))
 }
