@@ -44,11 +44,15 @@ type Listener struct {
 	peerSeq    atomic.Uint64
 	closeOnce  sync.Once
 
+	// closed is set by Close, with mu held, so that code holding mu sees
+	// it together with inflight and the queue; hot paths read it without
+	// mu.
+	closed atomic.Bool
+
 	// mu guards the following fields.
 	mu           sync.Mutex
 	peers        map[*peer]struct{}
 	inflight     int  // requests received and not yet answered
-	closed       bool // Close has run
 	peersClosing bool // maybeClosePeers has closed (or scheduled closing) every peer
 }
 
@@ -247,7 +251,7 @@ func (l *Listener) Close() error {
 		err = l.ln.Close() // a unix listener also removes its socket file
 		<-l.acceptDone
 		l.mu.Lock()
-		l.closed = true
+		l.closed.Store(true)
 		peers := make([]*peer, 0, len(l.peers))
 		for p := range l.peers {
 			peers = append(peers, p)
@@ -283,11 +287,7 @@ func (l *Listener) requeueClosed(j *job) {
 	l.finished()
 }
 
-func (l *Listener) isClosed() bool {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.closed
-}
+func (l *Listener) isClosed() bool { return l.closed.Load() }
 
 func (l *Listener) heartbeatInterval() time.Duration {
 	interval, _ := l.cfg.heartbeat()
@@ -310,7 +310,7 @@ func (l *Listener) finished() {
 // closes it anyway.
 func (l *Listener) maybeClosePeers() {
 	l.mu.Lock()
-	if !l.closed || l.inflight > 0 || l.peersClosing {
+	if !l.closed.Load() || l.inflight > 0 || l.peersClosing {
 		l.mu.Unlock()
 		return
 	}
@@ -386,7 +386,7 @@ func (l *Listener) startPeer(raw net.Conn) {
 		addr: l.peerAddr(nc),
 	}
 	l.mu.Lock()
-	if l.closed && l.inflight == 0 {
+	if l.closed.Load() && l.inflight == 0 {
 		l.mu.Unlock()
 		nc.Close()
 		return

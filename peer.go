@@ -364,7 +364,7 @@ func (p *peer) receive(env *envelope, arrived time.Time) {
 	l := p.l
 	l.stats.requests.Add(1)
 	l.mu.Lock()
-	closed := l.closed
+	closed := l.closed.Load()
 	if !closed {
 		l.inflight++
 	}
@@ -400,7 +400,7 @@ func (p *peer) receive(env *envelope, arrived time.Time) {
 	// Queue it under l.mu with the closed check, so that Close, which
 	// drains the queue after setting closed, cannot miss it.
 	l.mu.Lock()
-	queued, closed := false, l.closed
+	queued, closed := false, l.closed.Load()
 	if !closed {
 		select {
 		case l.jobs <- j:
