@@ -1,12 +1,10 @@
 package zmqhttp
 
 import (
-	"bufio"
 	"context"
 	"errors"
 	"fmt"
 	"net"
-	"runtime"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -15,37 +13,41 @@ import (
 	"github.com/go-zeromq/zmq4"
 )
 
-// This file is the Transport's connection layer: connecting and
-// reconnecting, the writer that sends queued calls, the reader that hands
-// replies to callers, heartbeats, replay after a lost connection, and
-// draining.
+// This file is the Transport's connection management: connecting and
+// reconnecting, handing calls to the live link, matching replies to
+// callers, and resolving the calls of a link that ended (replay, resend of
+// what was provably not processed, or ErrConnectionLost).
 
-// call is one RoundTrip in flight.
+// call is one request in flight.
 type call struct {
+	// Set before the call is registered, read-only after.
 	id         uint64
-	msg        []byte          // the encoded request envelope; read-only once queued
 	res        chan callResult // buffered 1; receives exactly once, from whoever removed the call from pending
-	replayable bool            // may be sent again after a lost connection (idempotent method or Idempotency-Key)
+	replayable bool            // may be sent again after a lost connection (idempotent method or Idempotency-Key, body in memory)
+	streamed   bool            // the body streams: the call is bound to the link it was opened on
+	stop       chan struct{}   // closed by end: the caller is done with the call
 
-	// For a call with a deadline: its envelope and when msg was encoded,
-	// so that a call that waited for a connection, or is sent again, is
-	// re-encoded with the time it has left. Used by the writer only.
-	env       *envelope
+	// Owned by whoever queues the call (RoundTrip, then the Transport
+	// under mu when it requeues).
+	msg       []byte    // the encoded request envelope (whole body, or streamed head)
+	env       *envelope // for re-encoding the Timeout of a call that waited
 	deadline  time.Time
 	encodedAt time.Time
 
+	seq     atomic.Uint64 // its number among the requests written on its link; 0 until written
+	endOnce sync.Once
+
 	// Guarded by Transport.mu.
-	link     *clientLink // the connection it was written on; nil while queued
+	link     *clientLink // the link it was queued on; nil while waiting for one
 	attempts int         // times it was sent again
+	upload   *sendStream // a streamed body's sending half
 }
 
-// staleAfter is how long an encoded request may wait before its Timeout
-// field is brought up to date when it is written.
-const staleAfter = time.Millisecond
+// end closes stop once.
+func (c *call) end() { c.endOnce.Do(func() { close(c.stop) }) }
 
-// refreshTimeout re-encodes c if it has a deadline and has waited (for a
-// connection, or to be sent again) long enough for its Timeout field to
-// overstate the time left.
+// refreshTimeout re-encodes c if it has a deadline and waited long enough
+// for its Timeout field to overstate the time left.
 func (c *call) refreshTimeout() {
 	if c.env == nil {
 		return
@@ -60,91 +62,28 @@ func (c *call) refreshTimeout() {
 	}
 }
 
+// staleAfter is how long an encoded request may wait for a connection
+// before its Timeout field is brought up to date.
+const staleAfter = time.Millisecond
+
 type callResult struct {
-	env envelope
-	err error
+	env  envelope
+	body *recvStream // a streamed response body; nil for a whole one
+	link *clientLink // the link the response came on
+	err  error
 }
-
-// Capabilities a peer announces in its HELLO (Flags field).
-const (
-	capHeartbeat = 1 << 0 // answers PING with PONG, sends PINGs
-	capCancel    = 1 << 1 // acts on CANCEL
-	capDrain     = 1 << 2 // sends DRAINING and returns unprocessed requests as not-processed errors
-	ourCaps      = capHeartbeat | capCancel | capDrain
-)
-
-// Errors that end a connection (kept in clientLink.err, wrapped in what
-// callers see).
-var (
-	errHeartbeatTimeout = errors.New("nothing from the peer within the heartbeat timeout")
-	errDrained          = errors.New("the server is draining and every call on the connection is answered")
-)
 
 // clientLink is one established connection of a Transport.
 type clientLink struct {
-	// Set before the goroutines start, read-only after.
-	nc       *liveConn
-	peerType zmq4.SocketType
-	dead     chan struct{} // closed by close
-	ctrl     chan ctrlMsg  // control messages for the writer; sends never block (dropped when full)
+	*link
+	t *Transport
 
-	br *bufio.Reader // the reader goroutine's
-
-	// wmu guards bw and batch. The writer goroutine holds it to write;
-	// so does a caller that finds it free (see Transport.enqueue), which
-	// saves a goroutine hand-off when the connection is not busy.
-	wmu   sync.Mutex
-	bw    *bufio.Writer
-	batch []*call
-
-	caps     atomic.Uint64 // the peer's capabilities, from its HELLO; 0 until then
 	draining atomic.Bool   // the peer said it is draining: send nothing new
+	drainSeq atomic.Uint64 // with watermark: requests numbered above it were not run
+	hasMark  atomic.Bool   // drainSeq is valid
 
-	once sync.Once
-	err  error // why the link died; set once, before dead is closed
-
-	inflight int // guarded by Transport.mu: calls written on this link, unresolved
+	inflight int // guarded by Transport.mu: calls queued on this link, unresolved
 }
-
-// ctrlMsg is a control message for a link's writer: an encoded envelope,
-// or a ZMTP PONG command.
-type ctrlMsg struct {
-	pong bool
-	b    []byte
-}
-
-func (l *clientLink) close(err error) {
-	l.once.Do(func() {
-		l.err = err
-		close(l.dead)
-		l.nc.Close()
-	})
-}
-
-// sendCtrl queues a control envelope; it is dropped if the queue is full
-// (each kind of control message tolerates loss: a heartbeat or a cancel
-// missed is covered by the next one or by the deadline).
-func (l *clientLink) sendCtrl(e *envelope) {
-	b, err := appendEnvelope(nil, e)
-	if err != nil {
-		return
-	}
-	select {
-	case l.ctrl <- ctrlMsg{b: b}:
-	default:
-	}
-}
-
-func (l *clientLink) isDead() bool {
-	select {
-	case <-l.dead:
-		return true
-	default:
-		return false
-	}
-}
-
-func (l *clientLink) has(capability uint64) bool { return l.caps.Load()&capability != 0 }
 
 // connectLoop connects, serves the connection until it breaks, and
 // reconnects with backoff, until Close.
@@ -153,7 +92,7 @@ func (t *Transport) connectLoop() {
 	lo, hi := t.cfg.backoff()
 	wait := lo
 	for t.ctx.Err() == nil {
-		l, err := t.connect()
+		cl, err := t.connect()
 		if err != nil {
 			t.stats.dialFailures.Add(1)
 			t.mu.Lock()
@@ -169,8 +108,8 @@ func (t *Transport) connectLoop() {
 		}
 		wait = lo
 		t.stats.connects.Add(1)
-		t.serve(l)
-		if l.err == errDrained {
+		t.serve(cl)
+		if cl.err == errDrained {
 			// The server asked us to go; don't knock again at once.
 			select {
 			case <-time.After(lo):
@@ -201,70 +140,108 @@ func (t *Transport) connect() (*clientLink, error) {
 		nc.Close()
 		return nil, fmt.Errorf("zmqhttp: connect %s: peer is a %s socket, want ROUTER or REP", t.endpoint, peer)
 	}
-	l := &clientLink{
-		nc:       nc,
-		peerType: peer,
-		br:       br,
-		bw:       bufio.NewWriterSize(nc, 64<<10),
-		ctrl:     make(chan ctrlMsg, 1024),
-		dead:     make(chan struct{}),
-	}
-	return l, nil
+	interval, timeout := t.cfg.heartbeat()
+	cl := &clientLink{t: t}
+	cl.link = newLink(nc, br, peer, cl, linkConfig{
+		limits:     t.cfg.limits,
+		hbInterval: interval,
+		hbTimeout:  timeout,
+		window:     t.cfg.streamWindow(),
+		sendHello:  peer == zmq4.Router,
+	})
+	return cl, nil
 }
 
-// serve runs one connection: its reader in a goroutine, its writer here.
-// When either fails, every call written on it is resolved: sent again if
-// it may be, failed with ErrConnectionLost if not.
-func (t *Transport) serve(l *clientLink) {
+// serve runs one connection until it ends, then resolves every call that
+// was queued on it.
+func (t *Transport) serve(cl *clientLink) {
 	t.mu.Lock()
 	if t.closed {
 		t.mu.Unlock()
-		l.close(ErrTransportClosed)
+		cl.nc.Close()
 		return
 	}
-	t.cur = l
+	cl.start()
+	t.cur = cl
+	close(t.linkUp)
+	t.linkUp = make(chan struct{})
+	// Calls that waited for a connection go first, in order.
+	waiting := t.waiting
+	t.waiting = nil
+	for _, c := range waiting {
+		if t.pending[c.id] == c {
+			c.refreshTimeout()
+			t.assignLocked(cl, c)
+		}
+	}
 	t.mu.Unlock()
+	for _, c := range waiting {
+		t.sendOn(cl, c)
+	}
+	if cl.peerType == zmq4.Router {
+		// A server that ignores HELLO never answers it: stop waiting
+		// for its capabilities after a while (it is basic).
+		select {
+		case <-cl.ready:
+		case <-cl.dead:
+		case <-time.After(t.cfg.handshakeTimeoutOrDefault()):
+			cl.markReady()
+		}
+	}
+	<-cl.dead
+	cl.wait()
+	t.linkEnded(cl)
+}
 
-	t.wg.Add(1)
-	go t.readLoop(l)
-	t.writeLoop(l)
-	<-l.dead
-
+// linkEnded resolves the calls queued on cl, which ended: a call never
+// written, or provably not run (numbered above DRAINING's watermark), is
+// queued again; a replayable one is replayed; the others fail with
+// ErrConnectionLost.
+func (t *Transport) linkEnded(cl *clientLink) {
 	t.mu.Lock()
-	t.cur = nil
-	if !t.closed && l.err != errDrained {
+	if t.cur == cl {
+		t.cur = nil
+	}
+	if !t.closed && cl.err != errDrained {
 		t.stats.connectionsLost.Add(1)
-		t.lastErr = fmt.Errorf("zmqhttp: connection to %s lost: %w", t.endpoint, l.err)
+		t.lastErr = fmt.Errorf("zmqhttp: connection to %s lost: %w", t.endpoint, cl.err)
 	}
 	var again []*call
 	maxReplays := t.cfg.maxReplaysOrDefault()
 	for id, c := range t.pending {
-		if c.link != l {
+		if c.link != cl {
 			continue
 		}
 		c.link = nil
-		if c.replayable && c.attempts < maxReplays {
+		seq := c.seq.Load()
+		notRun := seq == 0 || (cl.hasMark.Load() && seq > cl.drainSeq.Load())
+		var err error
+		switch {
+		case c.streamed && notRun:
+			err = fmt.Errorf("%w (connection lost before the server started it: %v)", ErrNotProcessed, cl.err)
+		case c.streamed:
+			err = fmt.Errorf("%w (%v)", ErrConnectionLost, cl.err)
+		case seq == 0:
+			again = append(again, c) // never written: not a resend
+			continue
+		case (notRun || c.replayable) && c.attempts < maxReplays:
 			c.attempts++
+			t.stats.replays.Add(1)
 			again = append(again, c)
 			continue
+		case notRun:
+			err = ErrNotProcessed
+		default:
+			err = fmt.Errorf("%w (%v)", ErrConnectionLost, cl.err)
 		}
 		delete(t.pending, id)
-		c.res <- callResult{err: fmt.Errorf("%w (%v)", ErrConnectionLost, l.err)}
+		c.end()
+		c.res <- callResult{err: err}
 	}
-	if len(again) > 0 {
-		// Sent again first, in the order they were first sent.
-		slices.SortFunc(again, func(a, b *call) int { return cmpUint64(a.id, b.id) })
-		t.queue = append(again, t.queue...)
-		t.stats.replays.Add(uint64(len(again)))
-	}
+	// Sent again first, in the order they were first sent.
+	slices.SortFunc(again, func(a, b *call) int { return cmpUint64(a.id, b.id) })
+	t.waiting = append(again, t.waiting...)
 	t.mu.Unlock()
-}
-
-// isTimeout reports a read or write deadline passing: on a link armed for
-// heartbeats, no byte moved for the heartbeat timeout.
-func isTimeout(err error) bool {
-	var ne net.Error
-	return errors.As(err, &ne) && ne.Timeout()
 }
 
 func cmpUint64(a, b uint64) int {
@@ -277,357 +254,228 @@ func cmpUint64(a, b uint64) int {
 	return 0
 }
 
-// writeLoop writes queued calls and control messages to l until l dies.
-// Calls waiting together are written with one flush, so under load many
-// requests share a syscall.
-func (t *Transport) writeLoop(l *clientLink) {
-	interval, _ := t.cfg.heartbeat()
-	ticker := time.NewTicker(interval)
-	defer ticker.Stop()
-	// write runs f with the writer lock held; a failure ends the link.
-	write := func(f func() error) bool {
-		l.wmu.Lock()
-		err := f()
-		l.wmu.Unlock()
-		if err != nil {
-			l.close(err)
-		}
-		return err == nil
-	}
-	if l.peerType == zmq4.Router {
-		// Offer our capabilities. A basic peer answers with an error
-		// envelope for id 0 and the link stays basic: no heartbeats,
-		// cancels or draining.
-		hello := envelope{Version: ProtocolVersion, Kind: KindHello, Flags: ourCaps, Timeout: int64(interval / time.Microsecond)}
-		if !write(func() error { return t.writeEnvelope(l, &hello) }) {
-			return
-		}
-	}
-	var pingSeq uint64
-	for {
-		if !write(func() error { return t.writeQueued(l, true) }) {
-			return
-		}
-		select {
-		case <-t.wake:
-		case m := <-l.ctrl:
-			if !write(func() error { return t.writeCtrl(l, m) }) {
-				return
-			}
-		case <-ticker.C:
-			// A dead peer is noticed by the link's read deadline (see
-			// liveConn); the PING keeps a live one from seeing us silent.
-			if !l.has(capHeartbeat) {
-				continue
-			}
-			pingSeq++
-			ping := envelope{Version: ProtocolVersion, Kind: KindPing, ID: pingSeq}
-			if !write(func() error { return t.writeEnvelope(l, &ping) }) {
-				return
-			}
-		case <-l.dead:
-			return
-		}
-	}
+// isTimeout reports a read or write deadline passing: on a link armed for
+// heartbeats, no byte moved for the heartbeat timeout.
+func isTimeout(err error) bool {
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
 }
 
-// writeQueued writes every queued call to l, in batches, and flushes.
-// l.wmu is held. With yield set (the writer goroutine, which runs when
-// the connection is busy), it lets callers that are about to queue run
-// once before each flush, so that their requests share the write.
-func (t *Transport) writeQueued(l *clientLink, yield bool) error {
-	yielded := !yield
-	for {
-		b := t.takeBatch(l)
-		if len(b) == 0 {
-			if l.bw.Buffered() > 0 {
-				return l.bw.Flush()
-			}
-			return nil
-		}
-		if err := t.writeCalls(l, b); err != nil {
-			return err
-		}
-		if !yielded {
-			yielded = true
-			runtime.Gosched()
-			continue
-		}
-		yielded = !yield
-		if err := l.bw.Flush(); err != nil {
-			return err
-		}
+// usableLocked returns the live link new calls may go to, or nil. t.mu is
+// held.
+func (t *Transport) usableLocked() *clientLink {
+	cl := t.cur
+	if cl == nil || cl.isDead() || cl.draining.Load() {
+		return nil
 	}
+	return cl
 }
 
-// writeBatch writes one batch of queued calls to l and flushes; it
-// reports whether more calls are queued. l.wmu is held.
-func (t *Transport) writeBatch(l *clientLink) (more bool, err error) {
-	if b := t.takeBatch(l); len(b) > 0 {
-		if err := t.writeCalls(l, b); err != nil {
-			return false, err
-		}
-	}
-	if l.bw.Buffered() > 0 {
-		if err := l.bw.Flush(); err != nil {
-			return false, err
-		}
-	}
+// assignLocked queues c on cl. t.mu is held.
+func (t *Transport) assignLocked(cl *clientLink, c *call) {
+	c.link = cl
+	cl.inflight++
+}
+
+// sendOn hands c's message to cl's writer, waiting for room in its queue
+// while the caller waits for the reply. If cl dies meanwhile, linkEnded
+// takes care of c.
+func (t *Transport) sendOn(cl *clientLink, c *call) {
+	cl.send(outMsg{b: c.msg, onWrite: func(seq uint64) { c.seq.Store(seq) }}, c.stop, 0)
+}
+
+// enqueue registers c and queues it on the live link, or keeps it until
+// one is up.
+func (t *Transport) enqueue(c *call) error {
 	t.mu.Lock()
-	more = len(t.queue) > 0
-	t.mu.Unlock()
-	return more, nil
-}
-
-// takeBatch takes up to a batch of queued calls for l, marking them as
-// written on it. l.wmu is held.
-func (t *Transport) takeBatch(l *clientLink) []*call {
-	maxBatch := writeBatch
-	b := l.batch[:0]
-	t.mu.Lock()
-	// A dead or draining link takes nothing: a dead one's calls may
-	// already have been resolved by serve, which would not see a call
-	// assigned now.
-	if !l.draining.Load() && !l.isDead() {
-		n := 0
-		for n < len(t.queue) && len(b) < maxBatch {
-			c := t.queue[n]
-			n++
-			if t.pending[c.id] == c { // skip calls abandoned by their caller
-				c.link = l
-				l.inflight++
-				b = append(b, c)
-			}
-		}
-		clear(t.queue[:n])
-		t.queue = t.queue[n:]
-		if len(t.queue) == 0 {
-			t.queue = nil
-		}
+	if t.closed {
+		t.mu.Unlock()
+		return ErrTransportClosed
 	}
-	t.mu.Unlock()
-	l.batch = b
-	return b
-}
-
-// writeCalls writes b to l's buffer. If a write fails, the calls after
-// the failing one were never written: they go back to the head of the
-// queue for the next connection, instead of being failed as maybe sent.
-// l.wmu is held.
-func (t *Transport) writeCalls(l *clientLink, b []*call) error {
-	for i, c := range b {
-		c.refreshTimeout()
-		if err := writeEnvelopeMsg(l.bw, c.msg); err != nil {
-			t.mu.Lock()
-			var back []*call
-			for _, u := range b[i+1:] {
-				if t.pending[u.id] == u && u.link == l {
-					u.link = nil
-					l.inflight--
-					back = append(back, u)
-				}
-			}
-			t.queue = append(back, t.queue...)
-			t.mu.Unlock()
-			clear(b)
-			return err
-		}
+	if len(t.pending) >= t.cfg.maxPendingOrDefault() {
+		t.mu.Unlock()
+		return fmt.Errorf("%w (%d)", ErrTooManyPending, t.cfg.maxPendingOrDefault())
 	}
-	clear(b) // the calls are not ours to keep alive
+	t.pending[c.id] = c
+	cl := t.usableLocked()
+	if cl == nil {
+		t.waiting = append(t.waiting, c)
+		t.mu.Unlock()
+		return nil
+	}
+	t.assignLocked(cl, c)
+	t.mu.Unlock()
+	t.sendOn(cl, c)
 	return nil
 }
 
-// writeCtrl writes m and any other queued control messages, then flushes.
-func (t *Transport) writeCtrl(l *clientLink, m ctrlMsg) error {
-	for {
-		var err error
-		if m.pong {
-			err = writeCommand(l.bw, "PONG", m.b)
-		} else {
-			err = writeEnvelopeMsg(l.bw, m.b)
-		}
-		if err != nil {
-			return err
-		}
-		select {
-		case m = <-l.ctrl:
-			continue
-		default:
-		}
-		return l.bw.Flush()
-	}
-}
-
-func (t *Transport) writeEnvelope(l *clientLink, e *envelope) error {
-	b, err := appendEnvelope(nil, e)
-	if err != nil {
-		return err
-	}
-	if err := writeEnvelopeMsg(l.bw, b); err != nil {
-		return err
-	}
-	return l.bw.Flush()
-}
-
-// writeEnvelopeMsg writes one REQ/REP-style message: an empty delimiter
-// frame, then the envelope frame.
-func writeEnvelopeMsg(w *bufio.Writer, env []byte) error {
-	if err := writeFrame(w, nil, true); err != nil {
-		return err
-	}
-	return writeFrame(w, env, false)
-}
-
-// readLoop reads messages from l: replies go to their callers, control
-// messages are acted on.
-func (t *Transport) readLoop(l *clientLink) {
-	defer t.wg.Done()
-	maxFrame := t.cfg.limits.maxFrameBytes()
-	pong := func(ctx []byte) {
-		select {
-		case l.ctrl <- ctrlMsg{pong: true, b: ctx}:
-		default:
-		}
-	}
-	var frames [][]byte
-	for {
-		frame, fs, err := readEnvelopeFrame(l.br, maxFrame, frames, pong)
-		frames = fs
-		var oe *oversizeError
-		switch {
-		case errors.As(err, &oe):
-			t.stats.badReplies.Add(1)
-			if _, kind, id, ok := peekHead(oe.head); ok && Kind(kind) != KindRequest {
-				t.resolve(id, callResult{err: fmt.Errorf("%w: %v", ErrBodyTooLarge, oe)})
-			}
-			continue
-		case err == errNotEnvelope:
-			t.stats.badReplies.Add(1)
-			continue
-		case isTimeout(err):
-			l.close(errHeartbeatTimeout)
-			return
-		case err != nil:
-			l.close(err)
-			return
-		}
-		var env envelope
-		err = decodeEnvelope(frame, t.cfg.limits, &env)
-		if err != nil {
-			var ie *idError
-			if errors.As(err, &ie) && ie.id != 0 && (ie.kind == KindResponse || ie.kind == KindError) {
-				t.resolve(ie.id, callResult{err: fmt.Errorf("zmqhttp: bad reply from %s: %w", t.endpoint, err)})
-			}
-			t.stats.badReplies.Add(1)
-			continue
-		}
-		t.handle(l, &env)
-	}
-}
-
-// handle acts on one decoded message from the server.
-func (t *Transport) handle(l *clientLink, env *envelope) {
+// handle acts on one decoded message from the server (reader goroutine).
+func (cl *clientLink) handle(_ *link, env *envelope) {
+	t := cl.t
 	switch env.Kind {
 	case KindResponse:
-		t.resolve(env.ID, callResult{env: *env})
+		t.gotResponse(cl, env)
 	case KindError:
 		switch {
 		case env.ID == 0:
 			// Our HELLO was refused by a basic peer: stay basic.
+			cl.markReady()
 		case env.Status == errCodeNotProcessed:
-			t.sendAgain(l, env.ID)
+			t.sendAgain(cl, env.ID)
 		default:
-			t.resolve(env.ID, callResult{err: &RemoteError{Code: env.Status, Message: env.Message}})
+			rerr := &RemoteError{Code: env.Status, Message: env.Message}
+			cl.mu.Lock()
+			rs := cl.recvs[env.ID]
+			cl.mu.Unlock()
+			if rs != nil {
+				// The server gave up in the middle of a streamed
+				// response.
+				cl.removeRecv(rs)
+				rs.fail(rerr)
+				return
+			}
+			t.resolve(cl, env.ID, callResult{err: rerr})
 		}
 	case KindHello:
-		l.caps.Store(env.Flags & ourCaps)
-		if l.has(capHeartbeat) {
-			// The peer sends something at least every interval: a read
-			// or write that makes no progress for the timeout means it
-			// is dead or stuck, even while our writes are blocked.
-			_, timeout := t.cfg.heartbeat()
-			l.nc.arm(timeout)
-		}
-	case KindPing:
-		l.sendCtrl(&envelope{Version: ProtocolVersion, Kind: KindPong, ID: env.ID})
-	case KindPong:
-		// Its arrival already counted as a sign of life.
+		// Recorded by the link.
 	case KindDraining:
-		l.draining.Store(true)
-		t.mu.Lock()
-		idle := l.inflight == 0
-		t.mu.Unlock()
-		if idle {
-			l.close(errDrained)
+		if env.Flags&flagWatermark != 0 {
+			cl.drainSeq.Store(env.Seq)
+			cl.hasMark.Store(true)
 		}
+		cl.draining.Store(true)
+		t.maybeCloseDrained(cl)
 	default:
 		t.stats.badReplies.Add(1)
 	}
 }
 
-// resolve delivers r to the caller waiting for id, if it is still waiting.
-func (t *Transport) resolve(id uint64, r callResult) {
+// flagWatermark marks a DRAINING whose Seq is the number of requests the
+// server took on the connection before it began draining.
+const flagWatermark = 1 << 0
+
+// bad is told of a message the reader dropped.
+func (cl *clientLink) bad(_ *link, err error) {
+	t := cl.t
+	t.stats.badReplies.Add(1)
+	var oe *oversizeError
+	var ie *idError
+	switch {
+	case errors.As(err, &oe):
+		if _, kind, id, ok := peekHead(oe.head); ok && Kind(kind) != KindRequest {
+			t.resolve(cl, id, callResult{err: fmt.Errorf("%w: %v", ErrBodyTooLarge, oe)})
+		}
+	case errors.As(err, &ie):
+		if ie.id != 0 && (ie.kind == KindResponse || ie.kind == KindError) {
+			t.resolve(cl, ie.id, callResult{err: fmt.Errorf("zmqhttp: bad reply from %s: %w", t.endpoint, err)})
+		}
+	}
+}
+
+// gotResponse delivers a response. A streamed one gets its body stream
+// now, in the reader goroutine, so that the chunks that follow find it.
+func (t *Transport) gotResponse(cl *clientLink, env *envelope) {
 	t.mu.Lock()
-	c, ok := t.pending[id]
-	var drained *clientLink
+	c, ok := t.pending[env.ID]
 	if ok {
-		delete(t.pending, id)
-		drained = t.unlink(c)
+		delete(t.pending, env.ID)
+		t.unlinkLocked(c)
 	}
 	t.mu.Unlock()
-	if drained != nil {
-		drained.close(errDrained)
+	if !ok {
+		t.stats.lateReplies.Add(1)
+		if env.Flags&flagStreamed != 0 && cl.has(capCancel) {
+			cl.sendCtrl(&envelope{Version: ProtocolVersion, Kind: KindCancel, ID: env.ID})
+		}
+		t.maybeCloseDrained(cl)
+		return
+	}
+	r := callResult{env: *env, link: cl}
+	if env.Flags&flagStreamed != 0 {
+		limit := t.cfg.limits.maxStreamBytes()
+		if limit > 0 && env.ContentLength > limit {
+			// Declared over the limit: fail now, as a whole one would.
+			if cl.has(capCancel) {
+				cl.sendCtrl(&envelope{Version: ProtocolVersion, Kind: KindCancel, ID: env.ID})
+			}
+			r = callResult{err: fmt.Errorf("%w: response body of %d bytes, limit %d", ErrBodyTooLarge, env.ContentLength, limit)}
+		} else {
+			r.body = cl.newRecvStream(env.ID, limit)
+		}
+	}
+	c.res <- r
+	t.maybeCloseDrained(cl)
+}
+
+// resolve delivers r to the caller waiting for id, if it is still waiting.
+func (t *Transport) resolve(cl *clientLink, id uint64, r callResult) {
+	t.mu.Lock()
+	c, ok := t.pending[id]
+	if ok {
+		delete(t.pending, id)
+		t.unlinkLocked(c)
+	}
+	t.mu.Unlock()
+	if cl != nil {
+		t.maybeCloseDrained(cl)
 	}
 	if !ok {
 		t.stats.lateReplies.Add(1)
 		return
 	}
+	c.end()
 	c.res <- r
 }
 
-// unlink detaches c from the link it was sent on. It returns that link if
-// the link is draining and c was its last call: the caller closes it
-// (outside t.mu), and the Transport reconnects. t.mu must be held.
-func (t *Transport) unlink(c *call) *clientLink {
-	l := c.link
-	if l == nil {
-		return nil
+// unlinkLocked detaches c from its link. t.mu is held; the caller then
+// calls maybeCloseDrained for that link (outside t.mu).
+func (t *Transport) unlinkLocked(c *call) {
+	cl := c.link
+	if cl == nil {
+		return
 	}
 	c.link = nil
-	l.inflight--
-	if l.inflight == 0 && l.draining.Load() {
-		return l
-	}
-	return nil
+	cl.inflight--
 }
 
-// sendAgain queues call id again: the server returned it unprocessed
-// (it was draining), so it is safe to send whatever its method.
-func (t *Transport) sendAgain(l *clientLink, id uint64) {
+// sendAgain queues call id again: the server returned it unprocessed, so
+// it is safe to send whatever its method, though not on that link.
+func (t *Transport) sendAgain(cl *clientLink, id uint64) {
 	t.mu.Lock()
 	c, ok := t.pending[id]
-	if !ok || c.link != l {
-		// Gone, or already queued again because l died meanwhile.
+	if !ok || c.link != cl {
 		t.mu.Unlock()
 		t.stats.lateReplies.Add(1)
 		return
 	}
-	drained := t.unlink(c)
-	if c.attempts >= t.cfg.maxReplaysOrDefault() {
-		delete(t.pending, id)
-		t.mu.Unlock()
-		c.res <- callResult{err: ErrNotProcessed}
-	} else {
+	// The server will not run anything more sent on this link.
+	cl.draining.Store(true)
+	t.unlinkLocked(c)
+	var err error
+	switch {
+	case c.streamed:
+		err = ErrNotProcessed // its body is gone; RoundTrip may start over with GetBody
+	case c.attempts >= t.cfg.maxReplaysOrDefault():
+		err = ErrNotProcessed
+	default:
 		c.attempts++
 		t.stats.replays.Add(1)
-		t.queue = append([]*call{c}, t.queue...)
-		t.mu.Unlock()
-		select {
-		case t.wake <- struct{}{}:
-		default:
+		c.seq.Store(0)
+		c.refreshTimeout()
+		if nl := t.usableLocked(); nl != nil {
+			t.assignLocked(nl, c)
+			t.mu.Unlock()
+			t.sendOn(nl, c)
+		} else {
+			t.waiting = append([]*call{c}, t.waiting...)
+			t.mu.Unlock()
 		}
+		t.maybeCloseDrained(cl)
+		return
 	}
-	if drained != nil {
-		drained.close(errDrained)
-	}
+	delete(t.pending, id)
+	t.mu.Unlock()
+	c.end()
+	c.res <- callResult{err: err}
+	t.maybeCloseDrained(cl)
 }

@@ -28,8 +28,8 @@ const (
 	KindPing     Kind = 5  // either way: heartbeat
 	KindPong     Kind = 6  // either way: heartbeat answer
 	KindDraining Kind = 7  // server → client: send no new requests
-	KindChunk    Kind = 8  // either way: streamed body chunk with seq and last flag (reserved)
-	KindCredit   Kind = 9  // either way: flow-control credit for streamed bodies (reserved)
+	KindChunk    Kind = 8  // either way: the next piece of a streamed body (seq, flags bit 0 = last)
+	KindCredit   Kind = 9  // either way: flow-control credit (bytes) for a streamed body
 	KindHello    Kind = 10 // client → server, and the answer: capabilities
 	maxKnownKind      = KindHello
 )
@@ -50,7 +50,7 @@ func (k Kind) String() string {
 
 // supported reports whether this version of the package implements k.
 func (k Kind) supported() bool {
-	return k >= KindRequest && k <= KindHello && k != KindChunk && k != KindCredit
+	return k >= KindRequest && k <= KindHello
 }
 
 // Error codes carried by a KindError envelope in its Status field.
@@ -86,9 +86,9 @@ type envelope struct {
 	// microseconds when the request was sent; 0 means no deadline.
 	Timeout int64  // 11
 	Message string // 12: human-readable text for KindError
-	Seq     uint64 // 13: reserved (chunk sequence)
-	Flags   uint64 // 14: bit flags, see flagBodyUntilClose; bit 0 reserved (last chunk)
-	Credit  uint64 // 15: reserved (flow control)
+	Seq     uint64 // 13: chunk: its number in the stream, from 1
+	Flags   uint64 // 14: bit flags: flagLast, flagBodyUntilClose, flagStreamed; hello: capabilities
+	Credit  uint64 // 15: credit: bytes granted; hello: the sender's window per stream
 }
 
 const envelopeFields = 16
@@ -99,12 +99,21 @@ const (
 	// delimited by the server closing the connection (neither chunked
 	// nor with a Content-Length); ContentLength is then -1.
 	flagBodyUntilClose = 1 << 1
+	// flagLast marks the last CHUNK of a stream.
+	flagLast = 1 << 0
+	// flagStreamed marks a request or response whose body follows in
+	// CHUNK envelopes (Body is then empty).
+	flagStreamed = 1 << 2
 )
 
 // Limits bounds what a peer accepts from the network. The zero value of a
 // field means its default; see the field docs.
 type Limits struct {
-	// MaxBodyBytes bounds a request or response body. Default 32 MiB.
+	// MaxBodyBytes bounds a request or response body. A body sent whole
+	// (to or from a peer that does not stream, or small enough to travel
+	// in one message) is bounded by 32 MiB when this is 0; a streamed
+	// body is unbounded when this is 0, as over net/http. Past the limit
+	// the request fails with ErrBodyTooLarge on the side that hit it.
 	MaxBodyBytes int64
 	// MaxHeaderBytes bounds the sum of the lengths of all header and
 	// trailer names and values, plus method, URI and host. Default 2 MiB,
@@ -127,6 +136,11 @@ func (l Limits) maxBodyBytes() int64 {
 		return l.MaxBodyBytes
 	}
 	return defaultMaxBodyBytes
+}
+
+// maxStreamBytes bounds a streamed body; 0 means no bound.
+func (l Limits) maxStreamBytes() int64 {
+	return max(l.MaxBodyBytes, 0)
 }
 
 func (l Limits) maxHeaderBytes() int {
@@ -295,7 +309,7 @@ func (e *idError) Error() string { return e.err.Error() }
 func (e *idError) Unwrap() error { return e.err }
 
 func validateEnvelope(e *envelope, lim Limits) error {
-	if int64(len(e.Body)) > lim.maxBodyBytes() {
+	if int64(len(e.Body)) > lim.maxBodyBytes() && e.Kind != KindChunk { // a stream's limit is the stream's
 		return protoErr(reasonBodyLarge, "body of %d bytes exceeds %d", len(e.Body), lim.maxBodyBytes())
 	}
 	if len(e.Header)%2 != 0 || len(e.Trailer)%2 != 0 {
@@ -317,7 +331,7 @@ func validateEnvelope(e *envelope, lim Limits) error {
 	if e.ContentLength < -1 {
 		return protoErr(reasonMalformed, "content length %d", e.ContentLength)
 	}
-	if e.ContentLength >= 0 && e.ContentLength != int64(len(e.Body)) {
+	if e.ContentLength >= 0 && e.ContentLength != int64(len(e.Body)) && e.Flags&flagStreamed == 0 && e.Kind != KindChunk {
 		return protoErr(reasonMalformed, "content length %d but body of %d bytes", e.ContentLength, len(e.Body))
 	}
 	if e.Timeout < 0 {
@@ -338,6 +352,13 @@ func validateEnvelope(e *envelope, lim Limits) error {
 		if e.Status < 100 || e.Status > 999 {
 			return protoErr(reasonInvalidHTTP, "status %d", e.Status)
 		}
+	case KindChunk, KindCredit:
+		if e.ID == 0 {
+			return protoErr(reasonMalformed, "%s with id 0", e.Kind)
+		}
+	}
+	if e.Flags&flagStreamed != 0 && len(e.Body) > 0 {
+		return protoErr(reasonMalformed, "streamed %s with a body of its own", e.Kind)
 	}
 	if err := validHeaderList(e.Header); err != nil {
 		return err

@@ -74,7 +74,7 @@ func TestEnvelopeRejects(t *testing.T) {
 		{"too few fields", []byte{0x92, 1, 1}, reasonMalformed},
 		{"version 2", []byte{0x93, 2, 1, 5}, reasonVersion},
 		{"unknown kind", []byte{0x93, 1, 99, 5}, reasonKind},
-		{"reserved kind", []byte{0x93, 1, byte(KindChunk), 5}, reasonKind},
+		{"kind 0", []byte{0x93, 1, 0, 5}, reasonKind},
 		{"truncated", req(func(e *envelope) {})[:10], reasonMalformed},
 		{"trailing bytes", append(req(func(e *envelope) {}), 0xc0), reasonMalformed},
 		{"body over limit", req(func(e *envelope) { e.Body = make([]byte, 11); e.ContentLength = 11 }), reasonBodyLarge},

@@ -16,8 +16,11 @@ import (
 
 // requestBytes renders a request envelope as HTTP/1.1 request bytes, as a
 // few segments so that the body is not copied: head, body, and (for a
-// chunked request) the chunk framing around it.
-func requestBytes(e *envelope) [][]byte {
+// chunked request) the chunk framing around it. A streamed request gets
+// its head only (its body follows from the stream, chunked if it has no
+// length). It reports whether the request is chunked.
+func requestBytes(e *envelope) ([][]byte, bool) {
+	streamed := e.Flags&flagStreamed != 0
 	var b bytes.Buffer
 	b.Grow(256 + 32*len(e.Header))
 	b.WriteString(e.Method)
@@ -48,22 +51,29 @@ func requestBytes(e *envelope) [][]byte {
 	switch {
 	case chunked:
 		b.WriteString("Transfer-Encoding: chunked\r\n")
-		if len(e.Trailer) > 0 && !declared {
+		if len(e.Trailer) > 0 && !declared && !streamed {
 			b.WriteString("Trailer: ")
 			b.WriteString(strings.Join(trailerNames(e.Trailer), ", "))
 			b.WriteString("\r\n")
 		}
+	case streamed:
+		b.WriteString("Content-Length: ")
+		b.WriteString(strconv.FormatInt(e.ContentLength, 10))
+		b.WriteString("\r\n")
 	case len(e.Body) > 0 || e.Method == "POST" || e.Method == "PUT" || e.Method == "PATCH":
 		b.WriteString("Content-Length: ")
 		b.WriteString(strconv.Itoa(len(e.Body)))
 		b.WriteString("\r\n")
 	}
 	b.WriteString("\r\n")
+	if streamed {
+		return [][]byte{b.Bytes()}, chunked
+	}
 	if !chunked {
 		if len(e.Body) == 0 {
-			return [][]byte{b.Bytes()}
+			return [][]byte{b.Bytes()}, false
 		}
-		return [][]byte{b.Bytes(), e.Body}
+		return [][]byte{b.Bytes(), e.Body}, false
 	}
 	if len(e.Body) > 0 {
 		b.WriteString(strconv.FormatInt(int64(len(e.Body)), 16))
@@ -81,7 +91,7 @@ func requestBytes(e *envelope) [][]byte {
 		tail.WriteString("\r\n")
 	}
 	tail.WriteString("\r\n")
-	return [][]byte{b.Bytes(), e.Body, tail.Bytes()}
+	return [][]byte{b.Bytes(), e.Body, tail.Bytes()}, true
 }
 
 func trailerNames(kv []string) []string {
@@ -112,9 +122,13 @@ type respParser struct {
 	reason     string
 	hdr        []string // header fields as written: name, value, ...
 	body       []byte
+	total      int64 // body bytes taken
 	trailer    []string
 	chunked    bool
-	untilClose bool // the body ended when the server closed the connection
+	untilClose bool  // the body ended when the server closed the connection
+	declared   int64 // the Content-Length the server wrote; -1 if none
+	streaming  bool  // body bytes go to out (aliasing the input) instead of body
+	out        [][]byte
 	err        error
 }
 
@@ -148,14 +162,72 @@ func (p *respParser) write(b []byte) error {
 	// header block, a chunk size) is kept in pend for the next write, so
 	// body bytes are copied once, into the body.
 	in := b
-	if len(p.pend) > 0 {
+	usedPend := len(p.pend) > 0
+	if usedPend {
 		p.pend = append(p.pend, b...)
 		in = p.pend
 	}
+	nout := len(p.out)
 	rest, err := p.advance(in)
+	if usedPend {
+		// out must not alias pend, which is reused.
+		for i := nout; i < len(p.out); i++ {
+			p.out[i] = bytes.Clone(p.out[i])
+		}
+	}
 	p.err = err
 	p.pend = append(p.pend[:0], rest...)
 	return err
+}
+
+// headDone reports whether the response head has been read.
+func (p *respParser) headDone() bool { return p.state != psHeader }
+
+// addBody takes body bytes: copied into body, or, streaming, kept as they
+// are in out (the caller sends them before its Write returns).
+func (p *respParser) addBody(b []byte) error {
+	if len(b) == 0 {
+		return nil
+	}
+	p.total += int64(len(b))
+	if p.total > p.maxBody {
+		return ErrBodyTooLarge
+	}
+	if p.streaming {
+		p.out = append(p.out, b)
+	} else {
+		p.body = append(p.body, b...)
+	}
+	return nil
+}
+
+// trailerList returns the trailer fields read.
+func (p *respParser) trailerList() []string { return p.trailer }
+
+// headEnvelope renders the response head as the first envelope of a
+// streamed response.
+func (p *respParser) headEnvelope(id uint64) *envelope {
+	e := &envelope{
+		Version: ProtocolVersion,
+		Kind:    KindResponse,
+		ID:      id,
+		Status:  p.status,
+		Header:  skipFields(p.hdr, responseSkip),
+		Flags:   flagStreamed,
+	}
+	if p.reason != http.StatusText(p.status) {
+		e.Message = p.reason
+	}
+	switch {
+	case p.chunked:
+		e.ContentLength = -1
+	case p.state == psUntilClose:
+		e.ContentLength = -1
+		e.Flags |= flagBodyUntilClose
+	default:
+		e.ContentLength = p.declared
+	}
+	return e
 }
 
 // done reports whether a complete response has been read.
@@ -197,10 +269,9 @@ func (p *respParser) advance(in []byte) ([]byte, error) {
 				n = min(n, p.left)
 				p.left -= n
 			}
-			if int64(len(p.body))+n > p.maxBody {
-				return nil, ErrBodyTooLarge
+			if err := p.addBody(in[:n]); err != nil {
+				return nil, err
 			}
-			p.body = append(p.body, in[:n]...)
 			in = in[n:]
 			if p.state == psBody && p.left == 0 {
 				p.state = psDone
@@ -230,14 +301,16 @@ func (p *respParser) advance(in []byte) ([]byte, error) {
 				p.state = psTrailer
 				continue
 			}
-			if int64(len(p.body))+n > p.maxBody {
+			if p.total+n > p.maxBody {
 				return nil, ErrBodyTooLarge
 			}
 			p.left = n
 			p.state = psChunkData
 		case psChunkData:
 			n := min(int64(len(in)), p.left)
-			p.body = append(p.body, in[:n]...)
+			if err := p.addBody(in[:n]); err != nil {
+				return nil, err
+			}
 			in = in[n:]
 			p.left -= n
 			if p.left > 0 {
@@ -298,6 +371,7 @@ func (p *respParser) parseHeader(block []byte) error {
 	}
 	p.status, p.reason, p.hdr = n, reason, kv
 	var te, cl string
+	p.declared = -1
 	for i := 0; i < len(kv); i += 2 {
 		switch kv[i] {
 		case "Transfer-Encoding":
@@ -321,10 +395,11 @@ func (p *respParser) parseHeader(block []byte) error {
 			return ErrBodyTooLarge
 		}
 		p.left = size
+		p.declared = size
 		p.state = psBody
 		if size == 0 {
 			p.state = psDone
-		} else {
+		} else if size <= wholeBodyMax {
 			p.body = make([]byte, 0, size)
 		}
 	default:

@@ -1,9 +1,9 @@
 package zmqhttp
 
 import (
-	"bufio"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"strconv"
 	"sync"
@@ -19,23 +19,22 @@ import (
 // handler, timeouts, limits, ConnState, ConnContext and Shutdown all apply.
 //
 // Concurrency is bounded like the REP worker pool of the ZeroMQ guide: at
-// most WithWorkers connections are open at once; received requests wait in
+// most WithWorkers requests are handed to the server at once (a request's
+// slot is free again once its reply is queued); received requests wait in
 // a queue of WithQueueSize; when both are full the Listener answers 503
 // Service Unavailable with Retry-After itself, without running the handler.
 //
 // Like a keep-alive TCP connection, each connection carries the requests of
 // one peer, one after another; its RemoteAddr names that ZeroMQ peer
 // ("127.0.0.1:50122" for tcp, "ipc:PATH#N" for ipc). An idle connection
-// holds its worker slot until that peer's next request, until the server's
-// IdleTimeout, or until a request of another peer needs the slot.
+// holds no worker slot.
 type Listener struct {
 	// Set once by Listen, read-only after.
 	cfg        config
 	ep         endpoint
 	endpoint   string
 	ln         net.Listener
-	jobs       chan *job     // received requests waiting for a worker; cap queueSize
-	slots      chan struct{} // one token per open connection; cap workers
+	acceptWake chan struct{} // room for one token: acceptQ has a job
 	done       chan struct{} // closed by Close
 	acceptDone chan struct{} // closed when acceptLoop returns
 	stats      listenerCounters
@@ -52,8 +51,13 @@ type Listener struct {
 	// mu guards the following fields.
 	mu           sync.Mutex
 	peers        map[*peer]struct{}
-	inflight     int  // requests received and not yet answered
-	peersClosing bool // maybeClosePeers has closed (or scheduled closing) every peer
+	inflight     int    // requests received and not yet answered
+	running      int    // requests holding a worker slot
+	queue        []*job // requests waiting for a worker slot, oldest first
+	acceptQ      []*job // requests holding a slot, waiting for Accept
+	peersClosing bool   // maybeClosePeers has closed (or scheduled closing) every peer
+	drainGiven   bool   // Accept has returned the drain connection
+	peersLeft    chan struct{} // closed when the Listener is closed and every peer has gone
 }
 
 // listenerCounters are updated atomically.
@@ -127,9 +131,9 @@ func Listen(endpoint string, opts ...Option) (*Listener, error) {
 		ep:         ep,
 		endpoint:   endpoint,
 		ln:         ln,
-		jobs:       make(chan *job, cfg.queueSizeOrDefault()),
-		slots:      make(chan struct{}, cfg.workersOrDefault()),
+		acceptWake: make(chan struct{}, 1),
 		done:       make(chan struct{}),
+		peersLeft:  make(chan struct{}),
 		acceptDone: make(chan struct{}),
 		hsSlots:    make(chan struct{}, 64),
 		peers:      make(map[*peer]struct{}),
@@ -157,93 +161,68 @@ func (l *Listener) Endpoint() string {
 	return "tcp://" + net.JoinHostPort(host, strconv.Itoa(a.Port))
 }
 
-// Accept waits for a free worker and a received request, and returns a
-// connection carrying that request. Requests cancelled by their client, or
-// whose caller's deadline passed while they waited, are dropped here
-// without running. After Close it returns an error wrapping net.ErrClosed.
+// Accept waits for a received request that holds a worker slot and is
+// not taken by an idle connection of its peer, and returns a connection
+// carrying it. After Close it returns, once, a connection that stays open
+// until every client that was told to drain has left (so that
+// http.Server.Shutdown waits for them, within its context, and a process
+// that exits after Shutdown does not reset them mid-request), then an error
+// wrapping net.ErrClosed.
 func (l *Listener) Accept() (net.Conn, error) {
-	select {
-	case <-l.done: // closed wins over a free slot
-		return nil, ErrListenerClosed
-	default:
-	}
-	select {
-	case l.slots <- struct{}{}:
-	case <-l.done:
-		return nil, ErrListenerClosed
-	}
 	for {
-		select {
-		case j := <-l.jobs:
-			select {
-			case <-l.done:
-				// Close came first: hand the job back to Close's
-				// drain rather than to a server that is going away.
-				l.requeueClosed(j)
-				<-l.slots
-				return nil, ErrListenerClosed
-			default:
+		l.mu.Lock()
+		if l.closed.Load() || l.isDone() {
+			give := !l.drainGiven && l.closed.Load()
+			l.drainGiven = true
+			l.mu.Unlock()
+			if give {
+				return &drainConn{l: l, done: make(chan struct{})}, nil
 			}
-			if c := l.start(j); c != nil {
-				return c, nil
-			}
-		case <-l.done:
-			<-l.slots
 			return nil, ErrListenerClosed
 		}
+		if len(l.acceptQ) > 0 {
+			j := l.acceptQ[0]
+			l.acceptQ[0] = nil
+			l.acceptQ = l.acceptQ[1:]
+			more := len(l.acceptQ) > 0
+			l.mu.Unlock()
+			if more {
+				select {
+				case l.acceptWake <- struct{}{}:
+				default:
+				}
+			}
+			return newVConn(l, j), nil
+		}
+		l.mu.Unlock()
+		select {
+		case <-l.acceptWake:
+		case <-l.done:
+		}
 	}
 }
 
-// start turns j into a connection for the server, or drops it (returning
-// nil) if its caller has gone.
-func (l *Listener) start(j *job) *vconn {
-	p := j.peer
-	p.mu.Lock()
-	expired := !j.deadline.IsZero() && !time.Now().Before(j.deadline)
-	gone := j.canceled || expired
-	var c *vconn
-	if !gone {
-		c = newVConn(l, j)
-	}
-	p.mu.Unlock()
-	if gone {
-		if expired && !j.canceled {
-			l.stats.expired.Add(1)
-		}
-		p.forget(j)
-		l.finished()
-		return nil
-	}
-	return c
-}
-
-// reclaimIdle asks one idle connection, of any peer, to close, so that its
-// worker slot serves the queue.
-func (l *Listener) reclaimIdle() {
-	l.mu.Lock()
-	peers := make([]*peer, 0, len(l.peers))
-	for p := range l.peers {
-		peers = append(peers, p)
-	}
-	l.mu.Unlock()
-	for _, p := range peers {
-		if c := p.popIdle(); c != nil {
-			c.reclaim()
-			return
-		}
+func (l *Listener) isDone() bool {
+	select {
+	case <-l.done:
+		return true
+	default:
+		return false
 	}
 }
 
 // Close stops accepting connections and requests, and tells connected
-// clients that speak the draining protocol to send no more. Requests still
-// waiting in the queue, and any arriving later, are returned to such
-// clients as not processed (they send them again after reconnecting) and
-// answered 503 with Retry-After to other clients; requests already handed
-// to the server are answered when the server finishes them (this is what
-// http.Server.Shutdown waits for). Close returns once the accept loop has
-// ended; each peer's goroutines end when its connection closes: a basic
-// peer's once no request is left unanswered, a draining peer's when it
-// leaves (or a heartbeat timeout later). Close is idempotent.
+// clients that speak the draining protocol to send no more (with the
+// number of their requests it took, so they know which of the others
+// never ran). Requests still waiting in the queue, and any arriving later,
+// are returned to such clients as not processed (they send them again
+// after reconnecting) and answered 503 with Retry-After to other clients;
+// requests already handed to the server are answered when the server
+// finishes them (this is what http.Server.Shutdown waits for). Close
+// returns once the accept loop has ended; each peer's goroutines end when
+// its connection closes: a basic peer's once no request is left
+// unanswered, a draining peer's when it leaves (or a heartbeat timeout
+// later). Close is idempotent.
 func (l *Listener) Close() error {
 	var err error
 	l.closeOnce.Do(func() {
@@ -252,39 +231,33 @@ func (l *Listener) Close() error {
 		<-l.acceptDone
 		l.mu.Lock()
 		l.closed.Store(true)
+		queued := append(l.queue, l.acceptQ...)
+		l.queue, l.acceptQ = nil, nil
 		peers := make([]*peer, 0, len(l.peers))
 		for p := range l.peers {
 			peers = append(peers, p)
 		}
 		l.mu.Unlock()
 		for _, p := range peers {
-			if p.has(capDrain) {
-				p.post(&envelope{Version: ProtocolVersion, Kind: KindDraining})
-			}
-			for c := p.popIdle(); c != nil; c = p.popIdle() {
+			p.mu.Lock()
+			p.ensureDrainingLocked()
+			idle := p.idle
+			p.idle = nil
+			p.mu.Unlock()
+			for _, c := range idle {
 				c.reclaim()
 			}
 		}
-		for {
-			select {
-			case j := <-l.jobs:
-				l.requeueClosed(j)
-				continue
-			default:
+		for _, j := range queued {
+			if !j.canceled() {
+				j.peer.notProcessed(j.env.ID, "zmqhttp: server shutting down")
 			}
-			break
+			l.finished(j)
 		}
 		l.maybeClosePeers()
+		l.peerGone()
 	})
 	return err
-}
-
-// requeueClosed answers a job taken off the queue after Close, as Close
-// answers the jobs it drains.
-func (l *Listener) requeueClosed(j *job) {
-	j.peer.forget(j)
-	j.peer.notProcessed(j.env.ID, "zmqhttp: server shutting down")
-	l.finished()
 }
 
 func (l *Listener) isClosed() bool { return l.closed.Load() }
@@ -292,14 +265,6 @@ func (l *Listener) isClosed() bool { return l.closed.Load() }
 func (l *Listener) heartbeatInterval() time.Duration {
 	interval, _ := l.cfg.heartbeat()
 	return interval
-}
-
-// finished records that a received request has been answered.
-func (l *Listener) finished() {
-	l.mu.Lock()
-	l.inflight--
-	l.mu.Unlock()
-	l.maybeClosePeers()
 }
 
 // maybeClosePeers closes every peer connection once the Listener is closed
@@ -323,12 +288,71 @@ func (l *Listener) maybeClosePeers() {
 	_, grace := l.cfg.heartbeat()
 	for _, p := range ps {
 		if p.has(capDrain) {
-			time.AfterFunc(grace, p.closeAfterFlush)
+			time.AfterFunc(grace, p.finish)
 		} else {
-			p.closeAfterFlush()
+			p.finish()
 		}
 	}
 }
+
+// peerGone is told that a peer left; once the Listener is closed and none
+// is left, the drain connection ends.
+func (l *Listener) peerGone() {
+	l.mu.Lock()
+	if l.closed.Load() && len(l.peers) == 0 {
+		select {
+		case <-l.peersLeft:
+		default:
+			close(l.peersLeft)
+		}
+	}
+	l.mu.Unlock()
+}
+
+// drainConn is the connection Accept returns once after Close: its Read
+// ends (EOF) when every peer has left, so that http.Server.Shutdown, which
+// waits for its connections, waits for draining clients to leave (for at
+// most about 5 s: the server counts a connection that never sent a byte as
+// idle after that).
+type drainConn struct {
+	l    *Listener
+	once sync.Once
+	done chan struct{}
+}
+
+// Read waits until every peer has left or the connection is closed.
+func (d *drainConn) Read([]byte) (int, error) {
+	select {
+	case <-d.l.peersLeft:
+		return 0, io.EOF
+	case <-d.done:
+		return 0, net.ErrClosed
+	}
+}
+
+// Write discards nothing: no request ever comes on this connection.
+func (d *drainConn) Write([]byte) (int, error) { return 0, net.ErrClosed }
+
+// Close ends a pending Read.
+func (d *drainConn) Close() error {
+	d.once.Do(func() { close(d.done) })
+	return nil
+}
+
+// LocalAddr returns the Listener's address.
+func (d *drainConn) LocalAddr() net.Addr { return d.l.ln.Addr() }
+
+// RemoteAddr names the connection.
+func (d *drainConn) RemoteAddr() net.Addr { return peerAddr{network: "zmq", addr: "drain"} }
+
+// SetDeadline is ignored.
+func (d *drainConn) SetDeadline(time.Time) error { return nil }
+
+// SetReadDeadline is ignored.
+func (d *drainConn) SetReadDeadline(time.Time) error { return nil }
+
+// SetWriteDeadline is ignored.
+func (d *drainConn) SetWriteDeadline(time.Time) error { return nil }
 
 func (l *Listener) acceptLoop() {
 	defer l.wg.Done()
@@ -362,7 +386,8 @@ func (l *Listener) acceptLoop() {
 	}
 }
 
-// startPeer runs the handshake of a new connection, then its reader.
+// startPeer runs the handshake of a new connection, then serves it until
+// it ends.
 func (l *Listener) startPeer(raw net.Conn) {
 	defer l.wg.Done()
 	nc := newLiveConn(raw)
@@ -376,15 +401,15 @@ func (l *Listener) startPeer(raw net.Conn) {
 		nc.Close()
 		return
 	}
-	p := &peer{
-		l:    l,
-		nc:   nc,
-		br:   br,
-		bw:   bufio.NewWriterSize(nc, 64<<10),
-		wake: make(chan struct{}, 1),
-		dead: make(chan struct{}),
-		addr: l.peerAddr(nc),
-	}
+	p := &peer{l: l, addr: l.peerAddr(nc)}
+	interval, timeout := l.cfg.heartbeat()
+	p.link = newLink(nc, br, typ, p, linkConfig{
+		limits:     l.cfg.limits,
+		hbInterval: interval,
+		hbTimeout:  timeout,
+		window:     l.cfg.streamWindow(),
+		server:     true,
+	})
 	l.mu.Lock()
 	if l.closed.Load() && l.inflight == 0 {
 		l.mu.Unlock()
@@ -393,9 +418,15 @@ func (l *Listener) startPeer(raw net.Conn) {
 	}
 	l.peers[p] = struct{}{}
 	l.mu.Unlock()
-	l.wg.Add(1)
-	go p.writeLoop()
-	p.readLoop()
+	p.start()
+	<-p.dead
+	p.ended()
+	p.wait()
+	if p.err == errSlowPeer {
+		l.stats.slowPeers.Add(1)
+	} else if p.err == errHeartbeatTimeout {
+		l.stats.silentPeers.Add(1)
+	}
 }
 
 func (l *Listener) peerAddr(nc net.Conn) net.Addr {

@@ -22,6 +22,7 @@ type config struct {
 	hbInterval       time.Duration
 	hbTimeout        time.Duration
 	maxReplays       int
+	window           int
 }
 
 func newConfig(opts []Option) config {
@@ -140,13 +141,6 @@ func (c *config) retryAfterSeconds() int {
 
 // Internal bounds, not options.
 const (
-	// peerSendQueue bounds the messages queued for one connection's
-	// writer. A server whose client stops reading fills it and then drops
-	// that client's connection rather than holding replies for everyone.
-	peerSendQueue = 4096
-	// writeBatch bounds how many requests a writer takes from the queue
-	// at once before writing them.
-	writeBatch = 128
 )
 
 // WithHeartbeat sets how often each side sends a heartbeat (PING) on a
@@ -184,4 +178,18 @@ func (c *config) maxReplaysOrDefault() int {
 		return 3
 	}
 	return c.maxReplays
+}
+
+// WithStreamWindow sets the flow-control window this side grants each
+// streamed body it receives: at most n bytes of one body are in flight or
+// waiting to be read, so a stream's memory is bounded by n on each side
+// and a reader that stops reading stalls only its own stream. Both sides.
+// Default 256 KiB.
+func WithStreamWindow(n int) Option { return func(c *config) { c.window = n } }
+
+func (c *config) streamWindow() int64 {
+	if c.window > 0 {
+		return int64(c.window)
+	}
+	return defaultStreamWindow
 }

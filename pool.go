@@ -2,45 +2,182 @@ package zmqhttp
 
 import (
 	"context"
+	"errors"
 	"io"
+	"math"
 	"net"
 	"net/http"
 	"os"
-	"runtime"
-	"strings"
+	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
 // This file is the worker side of the Listener. A received request (job)
-// goes to an idle connection of its peer if one is waiting, else to the
-// bounded queue, until Accept pairs it with a free worker slot and returns
-// a new vconn: the net.Conn the http.Server reads requests from and writes
-// responses to. A vconn belongs to one peer (its RemoteAddr) and, like a
-// keep-alive TCP connection, carries that peer's requests one after
-// another; each open vconn holds one worker slot.
+// takes a worker slot when one is free (else it waits in the bounded queue)
+// and is then handed to an idle connection of its peer, or to Accept, which
+// returns a new vconn: the net.Conn the http.Server reads requests from and
+// writes responses to. Slots follow requests: a job's slot is free again
+// once its reply is queued; idle connections hold none. A vconn belongs to
+// one peer (its RemoteAddr) and, like a keep-alive TCP connection, carries
+// that peer's requests one after another.
 
 // job is a received request, from its arrival until it is answered.
 type job struct {
-	// Set before the job is queued, read-only after.
+	// Set before the job is dispatched, read-only after.
 	peer     *peer
 	env      envelope
-	deadline time.Time // the caller's deadline; zero if none
+	deadline time.Time     // the caller's deadline; zero if none
+	body     *recvStream   // a streamed request body; nil if whole
+	abort    chan struct{} // closed by cancel: the caller is gone or late
+	timer    *time.Timer   // cancels the job at its deadline
 
-	// Guarded by peer.mu.
-	canceled bool   // the client sent CANCEL
-	conn     *vconn // the connection carrying it, once assigned
+	cancelOnce sync.Once
+	finOnce    sync.Once
+	conn       atomic.Pointer[vconn] // the connection carrying it, once assigned
+
+	started bool // guarded by Listener.mu: holds a worker slot
 
 	// Guarded by conn.mu once assigned (owned by the assigner before).
-	parts        [][]byte    // request bytes not yet read by the server
-	resp         respParser  // the response as the server writes it
-	sent         bool        // answered: the reply (or nothing, if aborted) is decided
-	aborted      bool        // cancelled or past the caller's deadline
-	headLen      int         // length of the request head (request line and header fields)
-	read         int         // request bytes the server has read
-	headRead     bool        // the server has read the whole head
-	closedAtHead bool        // the Listener was closed when the server got the whole head
-	timer        *time.Timer // aborts the job at its deadline
+	parts        [][]byte   // request bytes not yet read: the head, then a whole body
+	pendIn       []byte     // chunk framing of a streamed body, not yet read
+	headLen      int        // length of the request head
+	read         int        // request bytes the server has read
+	headDone     bool       // the server has read the whole head
+	closedAtHead bool       // the Listener was closed when the server got the whole head
+	entered      bool       // the server read or wrote after the head: the handler ran (or runs)
+	bodyless     bool       // the request as the server sees it has no body
+	chunkedIn    bool       // the streamed body is rendered chunked
+	bodyLeft     int64      // of a streamed body with a length: bytes not yet delivered
+	bodyDone     bool       // the whole request was delivered
+	resp         respParser // the response as the server writes it
+	out          *sendStream
+	sent         bool // the reply is decided (sent, or suppressed)
+	aborted      bool // cancelled or past the caller's deadline
+}
+
+func (j *job) canceled() bool {
+	select {
+	case <-j.abort:
+		return true
+	default:
+		return false
+	}
+}
+
+// cancel ends the job: queued, it will not run; running, its connection's
+// reads end (the server cancels r.Context()) and its writes fail.
+func (j *job) cancel() {
+	j.cancelOnce.Do(func() {
+		close(j.abort)
+		if j.body != nil {
+			j.body.fail(errRequestCanceled)
+		}
+		if c := j.conn.Load(); c != nil {
+			c.abort(j)
+		}
+	})
+}
+
+var errRequestCanceled = errors.New("zmqhttp: request cancelled by the client or past its deadline")
+
+// dispatch gives j a worker slot and starts it, or queues it, or answers
+// 503 when the queue is full.
+func (l *Listener) dispatch(j *job) {
+	l.mu.Lock()
+	if l.closed.Load() {
+		l.mu.Unlock()
+		j.peer.forget(j)
+		if j.timer != nil {
+			j.timer.Stop()
+		}
+		j.peer.notProcessed(j.env.ID, "zmqhttp: server shutting down")
+		return
+	}
+	l.inflight++
+	if l.running < l.cfg.workersOrDefault() {
+		l.running++
+		j.started = true
+		l.mu.Unlock()
+		l.start(j)
+		return
+	}
+	if len(l.queue) < l.cfg.queueSizeOrDefault() {
+		l.queue = append(l.queue, j)
+		l.mu.Unlock()
+		return
+	}
+	l.inflight--
+	l.mu.Unlock()
+	j.peer.forget(j)
+	if j.timer != nil {
+		j.timer.Stop()
+	}
+	l.stats.overloaded.Add(1)
+	j.peer.replyCtrl(simpleResponse(j.env.ID, 503, "zmqhttp: server overloaded",
+		"Retry-After", strconv.Itoa(l.cfg.retryAfterSeconds())))
+}
+
+// start hands j, which holds a worker slot, to an idle connection of its
+// peer or to Accept.
+func (l *Listener) start(j *job) {
+	if j.canceled() {
+		if !j.deadline.IsZero() && !time.Now().Before(j.deadline) {
+			l.stats.expired.Add(1)
+		}
+		l.finished(j)
+		return
+	}
+	if j.peer.assignIdle(j) {
+		return
+	}
+	l.mu.Lock()
+	if l.closed.Load() {
+		l.mu.Unlock()
+		j.peer.notProcessed(j.env.ID, "zmqhttp: server shutting down")
+		l.finished(j)
+		return
+	}
+	l.acceptQ = append(l.acceptQ, j)
+	l.mu.Unlock()
+	select {
+	case l.acceptWake <- struct{}{}:
+	default:
+	}
+}
+
+// finished records that j is answered (or dropped): its worker slot goes
+// to the next queued request. It runs once per job.
+func (l *Listener) finished(j *job) {
+	j.finOnce.Do(func() {
+		if j.timer != nil {
+			j.timer.Stop()
+		}
+		j.peer.forget(j)
+		var next []*job
+		l.mu.Lock()
+		l.inflight--
+		if j.started {
+			l.running--
+			for l.running < l.cfg.workersOrDefault() && len(l.queue) > 0 {
+				nj := l.queue[0]
+				l.queue[0] = nil
+				l.queue = l.queue[1:]
+				l.running++
+				nj.started = true
+				next = append(next, nj)
+			}
+			if len(l.queue) == 0 {
+				l.queue = nil
+			}
+		}
+		l.mu.Unlock()
+		for _, nj := range next {
+			l.start(nj)
+		}
+		l.maybeClosePeers()
+	})
 }
 
 // vconn is a connection the http.Server sees. For each request the server
@@ -48,9 +185,10 @@ type job struct {
 // pending while the handler runs; that read ends when the server aborts it
 // with a deadline, when the request is cancelled (EOF, so the server
 // cancels r.Context()), or when the connection is closed. The response
-// bytes the server writes are parsed as they arrive; once complete they are
-// sent to the peer. The server's next read waits for the peer's next
-// request, as an idle keep-alive connection does.
+// bytes the server writes are parsed as they arrive and sent on: whole
+// when the response is small and complete, else streamed. The server's
+// next read waits for the peer's next request, as an idle keep-alive
+// connection does.
 type vconn struct {
 	// Set by newVConn, read-only after.
 	l     *Listener
@@ -66,7 +204,7 @@ type vconn struct {
 	cur           *job // the request being served; nil while idle
 	readDeadline  time.Time
 	writeDeadline time.Time
-	reclaimed     bool // asked to close so that its worker slot serves another peer
+	reclaimed     bool // asked to end: the peer left or the Listener closed
 	ended         bool // a read returned EOF for an aborted request: the server's context for this connection is cancelled, so it must not carry another
 	closed        bool
 }
@@ -82,26 +220,35 @@ func newVConn(l *Listener, j *job) *vconn {
 // is closed or reclaimed (then it returns false). The caller holds
 // j.peer.mu, or owns c exclusively.
 func (c *vconn) assign(j *job) bool {
-	parts := requestBytes(&j.env)
+	parts, chunked := requestBytes(&j.env)
 	c.mu.Lock()
 	// Checked and set in one critical section: Close either sees the
 	// job (and answers it) or assign sees Close.
-	if c.closed || c.reclaimed {
+	if c.closed || c.reclaimed || c.ended {
 		c.mu.Unlock()
 		return false
 	}
-	j.conn = c
+	j.conn.Store(c)
 	j.parts = parts
 	j.headLen = len(parts[0])
+	j.chunkedIn = chunked && j.body != nil
+	j.bodyless = j.body == nil && !chunked && len(j.env.Body) == 0
+	if j.body != nil && !chunked {
+		j.bodyLeft = j.env.ContentLength
+	}
+	maxBody := c.l.cfg.limits.maxBodyBytes()
+	if c.peer.has(capStream) {
+		if maxBody = c.l.cfg.limits.maxStreamBytes(); maxBody == 0 {
+			maxBody = math.MaxInt64
+		}
+	}
 	j.resp = respParser{
 		headReq:   j.env.Method == "HEAD",
-		maxBody:   c.l.cfg.limits.maxBodyBytes(),
+		maxBody:   maxBody,
 		maxHeader: c.l.cfg.limits.maxHeaderBytes(),
 	}
+	j.aborted = j.canceled()
 	c.cur = j
-	if !j.deadline.IsZero() {
-		j.timer = time.AfterFunc(time.Until(j.deadline), func() { c.abort(j) })
-	}
 	c.mu.Unlock()
 	c.signal()
 	return true
@@ -114,49 +261,47 @@ func (c *vconn) signal() {
 	}
 }
 
-// Read returns the current request's bytes; then blocks as a read on a
-// TCP connection would while the handler runs; and, once the response is
-// sent, waits for the peer's next request.
+// Read returns the current request's bytes (its head alone first, then its
+// body, streamed as it arrives); then blocks as a read on a TCP connection
+// would while the handler runs; and, once the response is sent, waits for
+// the peer's next request.
 func (c *vconn) Read(p []byte) (int, error) {
 	c.mu.Lock()
-	j := c.cur
-	if j != nil && j.sent && len(j.parts) == 0 {
-		// The server is looking for the next request.
-		c.finishLocked(j)
-		j = nil
-	}
-	if j == nil {
-		return c.readIdle(p) // unlocks
-	}
-	defer c.mu.Unlock()
 	for {
+		j := c.cur
 		if c.closed {
+			c.mu.Unlock()
 			return 0, net.ErrClosed
 		}
+		if j == nil {
+			return c.readIdle(p) // unlocks
+		}
+		if j.sent && j.body != nil && !j.bodyDone {
+			// Answered without reading the whole streamed body: the
+			// rest is not coming (as a client that stops sending).
+			c.ended = true
+			c.mu.Unlock()
+			return 0, io.EOF
+		}
+		if j.sent && len(j.parts) == 0 && j.bodyDone {
+			// The server is looking for the next request.
+			c.cur = nil
+			continue
+		}
+		if j.headDone {
+			// Only the handler's reads, net/http's reads of the body
+			// after it, and the background read it starts right before
+			// calling it come after the head; a handler that ends (or
+			// panics) makes net/http wait for that read first.
+			j.entered = true
+		}
 		if !c.readDeadline.IsZero() && !time.Now().Before(c.readDeadline) {
+			c.mu.Unlock()
 			return 0, os.ErrDeadlineExceeded
 		}
 		if len(j.parts) > 0 {
-			n := 0
-			for n < len(p) && len(j.parts) > 0 {
-				m := copy(p[n:], j.parts[0])
-				n += m
-				j.read += m
-				if !j.headRead && j.read >= j.headLen {
-					// The server has the whole head now. If the
-					// Listener is closed already, the server was
-					// shutting down before it: it will close the
-					// connection without running the handler.
-					j.headRead = true
-					j.closedAtHead = c.l.isClosed()
-				}
-				if m == len(j.parts[0]) {
-					j.parts[0] = nil
-					j.parts = j.parts[1:]
-				} else {
-					j.parts[0] = j.parts[0][m:]
-				}
-			}
+			n := c.copyParts(j, p)
+			c.mu.Unlock()
 			return n, nil
 		}
 		if j.aborted {
@@ -165,7 +310,19 @@ func (c *vconn) Read(p []byte) (int, error) {
 			// and the context of every later request on this
 			// connection, so it carries no more.
 			c.ended = true
+			c.mu.Unlock()
 			return 0, io.EOF
+		}
+		if !j.bodyDone {
+			n, err := c.readBody(j, p)
+			if n > 0 || err != nil {
+				c.mu.Unlock()
+				return n, err
+			}
+			if !j.bodyDone {
+				c.waitBody(j)
+				continue
+			}
 		}
 		// Once the request is read, the only read http.Server makes
 		// while the handler runs is its one-byte background read, which
@@ -174,26 +331,140 @@ func (c *vconn) Read(p []byte) (int, error) {
 		// client that closed, rather than a worker held forever.
 		if len(p) > 1 && !j.sent {
 			c.ended = true
+			c.mu.Unlock()
 			return 0, io.EOF
 		}
-		c.waitLocked()
+		c.waitLocked(nil)
 	}
 }
 
-// waitLocked waits, with c.mu released, until signalled or the read
-// deadline passes.
-func (c *vconn) waitLocked() {
+// copyParts copies request bytes into p: the head alone (so that the
+// server's read of the head never takes body bytes with it), then the
+// segments of a whole body. c.mu is held.
+func (c *vconn) copyParts(j *job, p []byte) int {
+	n := 0
+	for n < len(p) && len(j.parts) > 0 {
+		m := copy(p[n:], j.parts[0])
+		n += m
+		j.read += m
+		if m == len(j.parts[0]) {
+			j.parts[0] = nil
+			j.parts = j.parts[1:]
+		} else {
+			j.parts[0] = j.parts[0][m:]
+		}
+		if !j.headDone && j.read >= j.headLen {
+			// The server has the whole head now. If the Listener is
+			// closed already, the server was shutting down before it:
+			// it will close the connection without running the handler.
+			j.headDone = true
+			j.closedAtHead = c.l.isClosed()
+			break
+		}
+	}
+	if len(j.parts) == 0 && j.body == nil {
+		j.bodyDone = true
+	}
+	return n
+}
+
+// readBody copies what has arrived of a streamed body into p, in chunked
+// framing when the request is chunked. It returns 0, nil when nothing has
+// arrived yet. c.mu is held.
+func (c *vconn) readBody(j *job, p []byte) (int, error) {
+	if len(j.pendIn) > 0 {
+		n := copy(p, j.pendIn)
+		j.pendIn = j.pendIn[n:]
+		if len(j.pendIn) == 0 && j.body.finished() && !j.body.available() {
+			j.bodyDone = true
+		}
+		return n, nil
+	}
+	if !j.chunkedIn {
+		if j.bodyLeft == 0 {
+			j.bodyDone = true
+			return 0, nil
+		}
+		q := p
+		if int64(len(q)) > j.bodyLeft {
+			q = q[:j.bodyLeft]
+		}
+		n, err := j.body.readSome(q)
+		j.bodyLeft -= int64(n)
+		if err == io.EOF {
+			// Shorter than declared: the client will not send more.
+			c.ended = true
+			return 0, io.ErrUnexpectedEOF
+		}
+		return n, err
+	}
+	// Chunked: "size\r\n" data "\r\n", and "0\r\n" trailers "\r\n" at
+	// the end.
+	const frame = 20
+	if len(p) < 2*frame {
+		buf := make([]byte, 4096)
+		n, err := c.readBody(j, buf)
+		if n > 0 {
+			m := copy(p, buf[:n])
+			j.pendIn = append(j.pendIn, buf[m:n]...)
+			return m, nil
+		}
+		return 0, err
+	}
+	n, err := j.body.readSome(p[frame : len(p)-2])
+	switch {
+	case n > 0:
+		size := strconv.FormatInt(int64(n), 16)
+		hdr := len(size) + 2
+		copy(p[frame-hdr:], size)
+		copy(p[frame-2:], "\r\n")
+		copy(p[frame+n:], "\r\n")
+		copy(p, p[frame-hdr:frame+n+2])
+		return hdr + n + 2, nil
+	case err == io.EOF:
+		end := []byte("0\r\n")
+		tr := j.body.trailers()
+		for i := 0; i+1 < len(tr); i += 2 {
+			end = append(end, tr[i]...)
+			end = append(end, ": "...)
+			end = append(end, tr[i+1]...)
+			end = append(end, "\r\n"...)
+		}
+		end = append(end, "\r\n"...)
+		m := copy(p, end)
+		j.pendIn = end[m:]
+		if len(j.pendIn) == 0 {
+			j.bodyDone = true
+		}
+		return m, nil
+	}
+	return 0, err
+}
+
+// waitBody waits, with c.mu released, for more of j's body, a signal or
+// the read deadline.
+func (c *vconn) waitBody(j *job) { c.waitLocked(j.body.notify) }
+
+// waitLocked waits, with c.mu released, until signalled (or extra is), or
+// the read deadline passes.
+func (c *vconn) waitLocked(extra <-chan struct{}) {
 	dl := c.readDeadline
 	c.mu.Unlock()
-	if dl.IsZero() {
-		<-c.wake
-	} else if d := time.Until(dl); d > 0 {
-		t := time.NewTimer(d)
-		select {
-		case <-c.wake:
-		case <-t.C:
+	var timeout <-chan time.Time
+	if !dl.IsZero() {
+		d := time.Until(dl)
+		if d <= 0 {
+			c.mu.Lock()
+			return
 		}
-		t.Stop()
+		t := time.NewTimer(d)
+		defer t.Stop()
+		timeout = t.C
+	}
+	select {
+	case <-c.wake:
+	case <-extra:
+	case <-timeout:
 	}
 	c.mu.Lock()
 }
@@ -201,14 +472,9 @@ func (c *vconn) waitLocked() {
 // readIdle waits for the peer's next request, as the server's read on an
 // idle keep-alive connection. It is entered with c.mu held and returns
 // with it released. It ends the connection (EOF) instead of idling when
-// requests of other peers wait for a worker, when the Listener is closed
-// or when the peer is gone.
+// the Listener is closed, the peer is gone, or it has enough idle ones.
 func (c *vconn) readIdle(p []byte) (int, error) {
-	if c.closed {
-		c.mu.Unlock()
-		return 0, net.ErrClosed
-	}
-	if c.ended {
+	if c.ended || c.reclaimed {
 		c.mu.Unlock()
 		return 0, io.EOF
 	}
@@ -219,119 +485,216 @@ func (c *vconn) readIdle(p []byte) (int, error) {
 	c.mu.Lock()
 	for c.cur == nil {
 		switch {
-		case c.closed:
-			c.mu.Unlock()
-			c.peer.removeIdle(c)
-			return 0, net.ErrClosed
-		case c.reclaimed:
-			c.mu.Unlock()
-			c.peer.removeIdle(c)
-			return 0, io.EOF
-		case !c.readDeadline.IsZero() && !time.Now().Before(c.readDeadline):
+		case c.closed, c.reclaimed,
+			!c.readDeadline.IsZero() && !time.Now().Before(c.readDeadline): // e.g. the server's IdleTimeout
+			err := error(io.EOF)
+			if c.closed {
+				err = net.ErrClosed
+			} else if !c.reclaimed {
+				err = os.ErrDeadlineExceeded
+			}
 			c.mu.Unlock()
 			if c.peer.removeIdle(c) {
-				return 0, os.ErrDeadlineExceeded // e.g. the server's IdleTimeout
+				return 0, err
 			}
-			// A request was being assigned to us as the deadline
-			// passed: serve it rather than lose it.
+			// assignIdle took it off the list and gave it a request
+			// (both under peer.mu): serve it rather than lose it.
 			c.mu.Lock()
-			for c.cur == nil && !c.closed {
+			if c.cur == nil {
 				c.mu.Unlock()
-				<-c.wake
-				c.mu.Lock()
+				return 0, err // the assignment was refused (closed): nothing lost
 			}
 			continue
 		}
-		c.waitLocked()
+		c.waitLocked(nil)
 	}
 	c.mu.Unlock()
 	return c.Read(p)
 }
 
-// finishLocked ends j as the current request. c.mu is held.
-func (c *vconn) finishLocked(j *job) {
-	if j.timer != nil {
-		j.timer.Stop()
-	}
-	if c.cur == j {
-		c.cur = nil
-	}
-}
+// errAborted is what a handler's write gets once its caller has gone.
+var errAborted = errors.New("zmqhttp: the client cancelled the request or its deadline passed")
 
-// Write feeds response bytes to the parser; a complete response is sent
-// to the peer at once.
+// Write feeds response bytes to the parser. A small response is sent whole
+// once complete; a large or open-ended one (chunked, flushed, SSE) to a
+// peer that streams is sent as it is written, waiting for the peer's
+// credit as a TCP write waits for the window.
 func (c *vconn) Write(p []byte) (int, error) {
 	c.mu.Lock()
 	if c.closed {
 		c.mu.Unlock()
 		return 0, net.ErrClosed
 	}
+	j := c.cur
+	if j != nil && !j.sent {
+		j.entered = true // a write, even one that fails, means the handler ran
+	}
 	if !c.writeDeadline.IsZero() && !time.Now().Before(c.writeDeadline) {
 		c.mu.Unlock()
 		return 0, os.ErrDeadlineExceeded
 	}
-	j := c.cur
 	if j == nil || j.sent {
 		c.mu.Unlock()
 		return len(p), nil // bytes after a complete response: discarded
 	}
+	if j.aborted {
+		c.mu.Unlock()
+		return 0, errAborted
+	}
 	if err := j.resp.write(p); err != nil {
 		j.sent = true
-		gone := j.aborted
+		out := j.out
 		c.mu.Unlock()
 		c.l.stats.noResponse.Add(1)
-		c.reply(j, gone, errorEnvelope(j.env.ID, errCodeInternal, "handler response: "+err.Error()))
+		if out != nil {
+			out.abort(err)
+		}
+		c.replyError(j, errorEnvelope(j.env.ID, errCodeInternal, "handler response: "+err.Error()))
 		return 0, err
 	}
-	var e *envelope
-	gone := false
-	if j.resp.done() {
-		j.sent = true
-		gone = j.aborted
-		e = j.resp.envelope(j.env.ID)
-		if j.timer != nil {
-			j.timer.Stop() // answered: the deadline no longer matters
+	r := &j.resp
+	if !r.headDone() {
+		c.mu.Unlock()
+		return len(p), nil
+	}
+	var whole *envelope
+	var data [][]byte
+	var head []byte
+	finish, open := false, false
+	switch {
+	case j.out != nil:
+		data, r.out = r.out, nil
+		finish = r.done()
+	case r.done():
+		whole = r.envelope(j.env.ID)
+	case c.peer.has(capStream) && (r.chunked || r.state == psUntilClose || r.declared > wholeBodyMax || len(r.body) > wholeBodyMax):
+		open = true
+		r.streaming = true
+		head, _ = appendEnvelope(getBuf(), r.headEnvelope(j.env.ID))
+		if len(r.body) > 0 {
+			data = [][]byte{r.body}
 		}
+		r.body = nil
+	}
+	if whole != nil || finish {
+		j.sent = true
 	}
 	c.mu.Unlock()
-	if e != nil {
-		c.reply(j, gone, e)
+	if whole != nil {
+		c.reply(j, whole)
+		return len(p), nil
+	}
+	if open {
+		s, err := c.peer.newSendStream(j.env.ID, head, nil)
+		if err != nil {
+			return 0, err
+		}
+		c.mu.Lock()
+		if j.aborted {
+			c.mu.Unlock()
+			s.abort(errAborted)
+			return 0, errAborted
+		}
+		j.out = s
+		c.mu.Unlock()
+	}
+	if j.out == nil {
+		return len(p), nil // buffering a small response
+	}
+	stop, release := c.writeStop(j)
+	defer release()
+	for _, d := range data {
+		if _, err := j.out.write(d, stop); err != nil {
+			c.mu.Lock()
+			aborted := j.aborted
+			c.mu.Unlock()
+			switch {
+			case err == errStop && !aborted:
+				return 0, os.ErrDeadlineExceeded
+			case aborted:
+				return 0, errAborted
+			}
+			return 0, err
+		}
+	}
+	if finish {
+		j.out.finish(r.trailerList())
+		c.l.finished(j)
 	}
 	return len(p), nil
 }
 
-// reply queues e to the peer and marks j answered. A request whose caller
-// gave up (cancelled, or its deadline passed) is answered with nothing, as
-// over TCP where the response goes to a closed connection: a reply racing
-// the caller's own timer must not turn its timeout into a response.
-//
-// A response completed at or after the job's deadline is dropped too: that
-// deadline is the caller's less a transit allowance, so the caller is about
-// to give up, and a handler that stopped because its context ended must not
-// beat the caller's own timer with a half-done answer.
-func (c *vconn) reply(j *job, gone bool, e *envelope) {
-	c.peer.forget(j)
+// writeStop returns a channel closed when j is cancelled or the write
+// deadline passes, and a function to release its timer.
+func (c *vconn) writeStop(j *job) (<-chan struct{}, func()) {
+	c.mu.Lock()
+	dl := c.writeDeadline
+	c.mu.Unlock()
+	if dl.IsZero() {
+		return j.abort, func() {}
+	}
+	stop := make(chan struct{})
+	t := time.AfterFunc(time.Until(dl), func() { close(stop) })
+	done := make(chan struct{})
+	go func() {
+		select {
+		case <-j.abort:
+			t.Stop()
+			select {
+			case <-stop:
+			default:
+				close(stop)
+			}
+		case <-done:
+		}
+	}()
+	return stop, func() { t.Stop(); close(done) }
+}
+
+// reply queues a whole response for j and frees its worker slot. A request
+// whose caller gave up (cancelled, or past its deadline) is answered with
+// nothing, as over TCP where the response goes to a closed connection; a
+// response completed at or after the job's deadline (the caller's, less a
+// transit allowance) is dropped too, so a handler that stopped because its
+// context ended never beats the caller's own timer with a half-done answer.
+func (c *vconn) reply(j *job, e *envelope) {
 	late := !j.deadline.IsZero() && !time.Now().Before(j.deadline)
-	if !gone && !late {
+	if !j.canceled() && !late {
 		c.peer.reply(e)
 	}
-	c.l.finished()
+	c.l.finished(j)
 	c.signal()
 }
 
-// abort ends j's pending and future reads, so that the http.Server cancels
-// the handler's context, if j is still the connection's request.
+// replyError sends an error envelope for j (unless its caller is gone) and
+// frees its worker slot.
+func (c *vconn) replyError(j *job, e *envelope) {
+	if !j.canceled() {
+		c.peer.replyCtrl(e)
+	}
+	c.l.finished(j)
+	c.signal()
+}
+
+// abort ends j's pending and future reads and fails its writes, so that
+// the http.Server cancels the handler's context, if j is still the
+// connection's request.
 func (c *vconn) abort(j *job) {
 	c.mu.Lock()
-	if c.cur == j && !j.sent { // once answered, there is nothing to abort
+	var out *sendStream
+	if c.cur == j && !j.sent {
 		j.aborted = true
+		out = j.out
 	}
 	c.mu.Unlock()
+	if out != nil {
+		out.abort(errAborted)
+	}
 	c.signal()
 }
 
-// reclaim asks an idle connection to end, so that its worker slot can
-// serve a request of another peer.
+// reclaim asks an idle connection to end (the peer left, or the Listener
+// closed).
 func (c *vconn) reclaim() {
 	c.mu.Lock()
 	c.reclaimed = true
@@ -378,9 +741,11 @@ func CallerDeadline(h http.Handler) http.Handler {
 	})
 }
 
-// Close sends the current response if it is complete (one that runs until
-// the connection closes), or an error envelope if it is not, and frees the
-// worker slot.
+// Close ends the connection. An unanswered request gets what the server
+// left: a response that runs until the connection closes is complete now;
+// a request the server provably never started goes back to the client as
+// not processed (see notRunLocked); anything else gets an error envelope
+// (it may have run).
 func (c *vconn) Close() error {
 	c.mu.Lock()
 	if c.closed {
@@ -389,62 +754,82 @@ func (c *vconn) Close() error {
 	}
 	c.closed = true
 	j := c.cur
-	var e *envelope
-	gone, notRun := false, false
-	if j != nil {
-		c.finishLocked(j)
-		if !j.sent {
-			j.sent = true
-			gone = j.aborted
-			switch {
-			case j.resp.finish():
-				e = j.resp.envelope(j.env.ID)
-			case j.read == 0,
-				j.resp.written == 0 && j.closedAtHead,
-				j.resp.written == 0 && j.headRead && c.l.isClosed() && closedBySkippedRequest():
-				// The server never read the request, or it read the
-				// head while shutting down and closed the connection
-				// without running the handler: not processed. Anything
-				// else may have run, and gets an error rather than a
-				// second run.
-				notRun = true
-			default:
-				c.l.stats.noResponse.Add(1)
-				e = errorEnvelope(j.env.ID, errCodeInternal, "the server closed the connection without a complete response")
+	c.cur = nil
+	var whole, errEnv *envelope
+	var out *sendStream
+	finish, notRun := false, false
+	if j != nil && !j.sent {
+		j.sent = true
+		out = j.out
+		switch {
+		case j.aborted:
+			if out != nil {
+				out.abort(errAborted)
+				out = nil
+			}
+		case j.resp.finish():
+			if out != nil {
+				finish = true
+			} else {
+				whole = j.resp.envelope(j.env.ID)
+			}
+		case c.notRunLocked(j):
+			notRun = true
+		default:
+			c.l.stats.noResponse.Add(1)
+			errEnv = errorEnvelope(j.env.ID, errCodeInternal, "the server closed the connection without a complete response")
+			if out != nil {
+				out.abort(errAborted)
 			}
 		}
 	}
 	c.mu.Unlock()
-	if notRun {
-		c.peer.forget(j)
-		if !gone {
-			c.peer.notProcessed(j.env.ID, "zmqhttp: server shutting down")
+	switch {
+	case j == nil:
+	case finish:
+		for _, d := range j.resp.out {
+			out.write(d, j.abort)
 		}
-		c.l.finished()
-	} else if e != nil {
-		c.reply(j, gone, e)
+		out.finish(j.resp.trailerList())
+		c.l.finished(j)
+	case whole != nil:
+		c.reply(j, whole)
+	case notRun:
+		if !j.canceled() {
+			j.peer.notProcessed(j.env.ID, "zmqhttp: server shutting down")
+		}
+		c.l.finished(j)
+	case errEnv != nil:
+		c.replyError(j, errEnv)
+	default:
+		c.l.finished(j) // answered before, or aborted
 	}
 	c.peer.removeIdle(c)
 	c.signal()
-	<-c.l.slots
 	return nil
 }
 
-// closedBySkippedRequest reports whether the connection is being closed by
-// http.Server's own connection loop outside any panic: what it does when,
-// right after reading a request, it finds itself shutting down (it checks
-// just after the read, and Shutdown marks the server before it closes our
-// Listener, so the head can arrive in between). The other ways a read
-// request ends without a response — Server.Close from another goroutine,
-// a handler's panic — do not match, and their requests are not resent. It
-// reads the goroutine's stack, so it is used only in that narrow case; if
-// net/http changes, it errs on the side of an error, never of a second run.
-func closedBySkippedRequest() bool {
-	buf := make([]byte, 16<<10)
-	stack := string(buf[:runtime.Stack(buf, false)])
-	return strings.Contains(stack, "net/http.(*conn).serve(") &&
-		!strings.Contains(stack, "panic(") &&
-		!strings.Contains(stack, "net/http.(*Server).Close(")
+// notRunLocked reports whether the server provably never ran j's handler,
+// so that the client may send it again whatever its method:
+//   - the server never read a byte of it; or
+//   - it read the whole head and did nothing more (no read, no write)
+//     before closing, and either the request has no body — net/http
+//     starts its one-byte background read right before it calls the
+//     handler of such a request, so without that read the handler was
+//     not called — or the Listener was already closed when the head was
+//     read: http.Server marks itself shutting down before it closes its
+//     listeners, and drops a request it reads while shutting down.
+//
+// Everything else may have run and gets an error, never a second run.
+// c.mu is held.
+func (c *vconn) notRunLocked(j *job) bool {
+	switch {
+	case j.read == 0:
+		return true
+	case !j.headDone || j.entered:
+		return false
+	}
+	return j.bodyless || j.closedAtHead
 }
 
 // LocalAddr returns the Listener's address.
@@ -469,8 +854,8 @@ func (c *vconn) SetReadDeadline(t time.Time) error {
 	return nil
 }
 
-// SetWriteDeadline bounds future Writes. Writes never block (the response
-// is buffered), so a Write fails only when it starts after the deadline.
+// SetWriteDeadline bounds future Writes: one that starts after it fails,
+// and one waiting for a streaming peer's credit fails when it passes.
 func (c *vconn) SetWriteDeadline(t time.Time) error {
 	c.mu.Lock()
 	c.writeDeadline = t

@@ -41,21 +41,18 @@ type Transport struct {
 	cfg      config
 	dialer   net.Dialer
 
-	ctx    context.Context    // done when Close starts
+	ctx    context.Context    // done when Close starts; nil in a Transport not made by NewTransport
 	cancel context.CancelFunc // cancels ctx
-	wg     sync.WaitGroup     // the connection loop and its reader
+	wg     sync.WaitGroup     // the connection loop and its link's goroutines
 	nextID atomic.Uint64
 	stats  transportCounters
-
-	// wake has room for one token; callers put one after queueing a call
-	// so the writer looks at the queue.
-	wake chan struct{}
 
 	// mu guards the following fields.
 	mu      sync.Mutex
 	pending map[uint64]*call // unresolved calls; whoever deletes one resolves it
-	queue   []*call          // calls waiting to be written, oldest first
+	waiting []*call          // calls waiting for a connection, oldest first
 	cur     *clientLink      // the live connection, nil while connecting
+	linkUp  chan struct{}    // closed and replaced when cur changes
 	lastErr error            // why the last connection attempt failed or ended
 	closed  bool
 }
@@ -111,7 +108,7 @@ func NewTransport(endpoint string, opts ...Option) (*Transport, error) {
 		ep:       ep,
 		cfg:      newConfig(opts),
 		pending:  make(map[uint64]*call),
-		wake:     make(chan struct{}, 1),
+		linkUp:   make(chan struct{}),
 	}
 	t.dialer.Timeout = t.cfg.dialTimeoutOrDefault()
 	t.ctx, t.cancel = context.WithCancel(context.Background())
@@ -120,6 +117,9 @@ func NewTransport(endpoint string, opts ...Option) (*Transport, error) {
 	return t, nil
 }
 
+// errNotCreated is returned by a Transport that NewTransport did not make.
+var errNotCreated = errors.New("zmqhttp: Transport used without NewTransport (it has no endpoint)")
+
 // Endpoint returns the endpoint the Transport sends to.
 func (t *Transport) Endpoint() string { return t.endpoint }
 
@@ -127,6 +127,9 @@ func (t *Transport) Endpoint() string { return t.endpoint }
 // connection and waits for the Transport's goroutines to end. It is
 // idempotent.
 func (t *Transport) Close() error {
+	if t.cancel == nil {
+		return nil // a zero Transport has nothing to close
+	}
 	t.mu.Lock()
 	if t.closed {
 		t.mu.Unlock()
@@ -136,14 +139,15 @@ func (t *Transport) Close() error {
 	t.closed = true
 	for id, c := range t.pending {
 		delete(t.pending, id)
+		c.end()
 		c.res <- callResult{err: ErrTransportClosed}
 	}
-	t.queue = nil
-	l := t.cur
+	t.waiting = nil
+	cl := t.cur
 	t.mu.Unlock()
 	t.cancel()
-	if l != nil {
-		l.close(ErrTransportClosed)
+	if cl != nil {
+		cl.close(ErrTransportClosed)
 	}
 	t.wg.Wait()
 	return nil
@@ -154,18 +158,90 @@ func (t *Transport) Close() error {
 // sense, so it does nothing; use Close to release the Transport.
 func (t *Transport) CloseIdleConnections() {}
 
-// RoundTrip implements http.RoundTripper. It sends req as one envelope and
-// waits for the reply, for req's context, or for Close. It returns an error
-// only when no response was obtained; it never modifies req and always
-// closes req.Body. When the context ends first, the error wraps ctx.Err()
-// and a reply arriving later is dropped.
+// RoundTrip implements http.RoundTripper. It sends req and waits for the
+// response head, for req's context, or for Close. It returns an error only
+// when no response was obtained; it never modifies req and always closes
+// req.Body (a streamed body possibly after RoundTrip returns, as
+// http.Transport may). When the context ends first, the error wraps
+// ctx.Err() and a reply arriving later is dropped.
+//
+// A body of at most 64 KiB with a known length travels inside the request
+// message; a larger one, or one of unknown length, streams in chunks with
+// flow control to a server that supports it (and is read whole, within
+// Limits, for one that does not). A response body streams the same way:
+// resp.Body delivers it as it arrives.
 func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
-	env, gzipAsked, err := t.buildRequest(req)
-	if err != nil {
+	if t.ctx == nil {
+		if req.Body != nil {
+			req.Body.Close()
+		}
+		return nil, errNotCreated
+	}
+	for attempt := 0; ; attempt++ {
+		resp, err := t.roundTrip(req)
+		// A streamed request the server provably did not run is started
+		// again with a fresh body, if the request can make one.
+		if err == nil || !errors.Is(err, ErrNotProcessed) || req.GetBody == nil ||
+			attempt >= t.cfg.maxReplaysOrDefault() || req.Context().Err() != nil ||
+			!streamsBody(req) {
+			return resp, err
+		}
+		body, gerr := req.GetBody()
+		if gerr != nil {
+			return nil, err
+		}
+		r2 := *req
+		r2.Body = body
+		req = &r2
+		t.stats.replays.Add(1)
+	}
+}
+
+// streamsBody reports whether req's body is streamed to a server that
+// supports it: larger than wholeBodyMax, or of unknown length.
+func streamsBody(req *http.Request) bool {
+	if req.Body == nil || req.Body == http.NoBody {
+		return false
+	}
+	switch {
+	case req.ContentLength > wholeBodyMax:
+		return true
+	case req.ContentLength <= 0:
+		// Unknown length. http.Transport probes the body of a method
+		// that usually has none and sends an empty one as no body: such
+		// bodies are read whole, which tells the same.
+		return !bodylessMethod(req.Method)
+	}
+	return false
+}
+
+func (t *Transport) roundTrip(req *http.Request) (*http.Response, error) {
+	if err := t.checkRequest(req); err != nil {
+		if req.Body != nil {
+			req.Body.Close()
+		}
 		return nil, err
 	}
 	ctx := req.Context()
-	c := &call{id: env.ID, res: make(chan callResult, 1), replayable: replayable(req)}
+	if streamsBody(req) {
+		cl, err := t.readyLink(ctx)
+		if err != nil {
+			req.Body.Close()
+			return nil, t.ctxError(req, err, nil)
+		}
+		if cl.has(capStream) {
+			return t.roundTripStreamed(req, cl)
+		}
+	}
+	body, err := t.readBody(req)
+	if err != nil {
+		return nil, err
+	}
+	env, gzipAsked, err := t.buildRequest(req, body, false)
+	if err != nil {
+		return nil, err
+	}
+	c := &call{id: env.ID, res: make(chan callResult, 1), replayable: replayable(req), stop: make(chan struct{})}
 	if dl, ok := ctx.Deadline(); ok {
 		if time.Until(dl) <= 0 {
 			return nil, t.ctxError(req, ctx.Err(), context.DeadlineExceeded)
@@ -181,49 +257,102 @@ func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 	if err := t.enqueue(c); err != nil {
 		return nil, err
 	}
+	return t.await(req, c, gzipAsked)
+}
+
+// await waits for c's result and makes the response.
+func (t *Transport) await(req *http.Request, c *call, gzipAsked bool) (*http.Response, error) {
+	ctx := req.Context()
 	select {
 	case r := <-c.res:
 		if r.err != nil {
+			t.endUpload(c, r.err)
 			return nil, fmt.Errorf("zmqhttp: %s %s: %w", req.Method, req.URL.Redacted(), r.err)
 		}
-		return t.buildResponse(req, &r.env, gzipAsked)
+		return t.buildResponse(req, c, &r, gzipAsked)
 	case <-ctx.Done():
 		t.mu.Lock()
 		_, mine := t.pending[c.id]
-		var sentOn, drained *clientLink
+		var sentOn *clientLink
 		if mine {
 			delete(t.pending, c.id)
 			sentOn = c.link
 			if sentOn == nil {
-				// Still queued: take it out now, so abandoned calls
-				// do not pile up while no connection is up.
-				if i := slices.Index(t.queue, c); i >= 0 {
-					t.queue = slices.Delete(t.queue, i, i+1)
+				// Still waiting for a connection: take it out now, so
+				// abandoned calls do not pile up.
+				if i := slices.Index(t.waiting, c); i >= 0 {
+					t.waiting = slices.Delete(t.waiting, i, i+1)
 				}
 			}
-			drained = t.unlink(c)
+			t.unlinkLocked(c)
 		}
 		t.mu.Unlock()
-		if sentOn != nil && sentOn.has(capCancel) {
+		c.end()
+		if sentOn != nil && sentOn.has(capCancel) && c.seq.Load() != 0 {
 			// Tell the server, so the handler's r.Context() ends too.
 			sentOn.sendCtrl(&envelope{Version: ProtocolVersion, Kind: KindCancel, ID: c.id})
 		}
-		if drained != nil {
-			drained.close(errDrained)
+		if sentOn != nil {
+			t.maybeCloseDrained(sentOn)
 		}
 		if !mine { // resolved meanwhile: the result is ours after all
 			r := <-c.res
 			if r.err == nil {
-				return t.buildResponse(req, &r.env, gzipAsked)
+				if r.body == nil {
+					return t.buildResponse(req, c, &r, gzipAsked)
+				}
+				r.body.fail(context.Cause(ctx))
+				r.link.removeRecv(r.body)
+				if r.link.has(capCancel) {
+					r.link.sendCtrl(&envelope{Version: ProtocolVersion, Kind: KindCancel, ID: c.id})
+				}
 			}
 		}
+		t.endUpload(c, ctx.Err())
 		return nil, t.ctxError(req, ctx.Err(), nil)
+	}
+}
+
+// readyLink waits for a live connection whose peer's capabilities are
+// known.
+func (t *Transport) readyLink(ctx context.Context) (*clientLink, error) {
+	for {
+		t.mu.Lock()
+		if t.closed {
+			t.mu.Unlock()
+			return nil, ErrTransportClosed
+		}
+		cl, up := t.usableLocked(), t.linkUp
+		t.mu.Unlock()
+		if cl != nil {
+			select {
+			case <-cl.ready:
+				if !cl.isDead() {
+					return cl, nil
+				}
+				continue
+			case <-cl.dead:
+				continue
+			case <-ctx.Done():
+				return nil, ctx.Err()
+			}
+		}
+		select {
+		case <-up:
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-t.ctx.Done():
+			return nil, ErrTransportClosed
+		}
 	}
 }
 
 func (t *Transport) ctxError(req *http.Request, err, fallback error) error {
 	if err == nil {
 		err = fallback
+	}
+	if errors.Is(err, ErrTransportClosed) {
+		return fmt.Errorf("zmqhttp: %s %s: %w", req.Method, req.URL.Redacted(), err)
 	}
 	t.mu.Lock()
 	connected, last := t.cur != nil, t.lastErr
@@ -255,84 +384,38 @@ func (e *contextError) Unwrap() error { return e.err }
 // Timeout reports whether the call ended because its deadline passed.
 func (e *contextError) Timeout() bool { return errors.Is(e.err, context.DeadlineExceeded) }
 
-// enqueue registers c as pending and queues it for the writer.
-func (t *Transport) enqueue(c *call) error {
-	t.mu.Lock()
-	if t.closed {
-		t.mu.Unlock()
-		return ErrTransportClosed
-	}
-	if len(t.pending) >= t.cfg.maxPendingOrDefault() {
-		t.mu.Unlock()
-		return fmt.Errorf("%w (%d)", ErrTooManyPending, t.cfg.maxPendingOrDefault())
-	}
-	t.pending[c.id] = c
-	t.queue = append(t.queue, c)
-	l := t.cur
-	t.mu.Unlock()
-	// When the connection is not busy, write the request ourselves: one
-	// goroutine hand-off fewer. Otherwise the writer goroutine (or the
-	// caller writing now) takes it with the others.
-	// Only to a peer that answers heartbeats: its writes have a deadline,
-	// so a stuck peer cannot hold this caller past its context.
-	if l != nil && l.has(capHeartbeat) && l.wmu.TryLock() {
-		more, err := t.writeBatch(l)
-		l.wmu.Unlock()
-		if err != nil {
-			l.close(err)
-		}
-		if !more {
-			return nil
-		}
-		// Others queued meanwhile: the writer goroutine takes them, and
-		// this caller goes back to waiting on its own context.
-	}
-	select {
-	case t.wake <- struct{}{}:
-	default:
-	}
-	return nil
-}
-
-// buildRequest turns req into a request envelope, reading and closing its
-// body. It does not modify req.
-func (t *Transport) buildRequest(req *http.Request) (*envelope, bool, error) {
-	closeBody := func() {
-		if req.Body != nil {
-			req.Body.Close()
-		}
-	}
+// checkRequest rejects a request that cannot be sent at all.
+func (t *Transport) checkRequest(req *http.Request) error {
 	if req.URL == nil {
-		closeBody()
-		return nil, false, errors.New("zmqhttp: nil Request.URL")
+		return errors.New("zmqhttp: nil Request.URL")
 	}
 	if req.Header == nil {
-		closeBody()
-		return nil, false, errors.New("zmqhttp: nil Request.Header")
+		return errors.New("zmqhttp: nil Request.Header")
 	}
 	switch req.URL.Scheme {
 	case "http", "zmq":
 	default:
-		closeBody()
-		return nil, false, fmt.Errorf("zmqhttp: unsupported protocol scheme %q (want http or zmq)", req.URL.Scheme)
+		return fmt.Errorf("zmqhttp: unsupported protocol scheme %q (want http or zmq)", req.URL.Scheme)
 	}
+	if req.Method != "" && !validMethod(req.Method) {
+		return fmt.Errorf("zmqhttp: invalid method %q", req.Method)
+	}
+	return nil
+}
+
+// buildRequest turns req into a request envelope carrying body whole, or,
+// with streamed set, the head of a request whose body follows in chunks.
+// It does not modify req.
+func (t *Transport) buildRequest(req *http.Request, body []byte, streamed bool) (*envelope, bool, error) {
 	method := req.Method
 	if method == "" {
 		method = http.MethodGet
-	}
-	if !validMethod(method) {
-		closeBody()
-		return nil, false, fmt.Errorf("zmqhttp: invalid method %q", method)
 	}
 	host := req.Host
 	if host == "" {
 		host = req.URL.Host
 	}
 	hasBody := req.Body != nil && req.Body != http.NoBody
-	body, err := t.readBody(req)
-	if err != nil {
-		return nil, false, err
-	}
 	// Framing, decided as http.Transport decides it: a known length is
 	// sent with Content-Length (and req.Trailer is dropped); a body of
 	// unknown length that turns out empty is no body; anything else, or
@@ -341,6 +424,10 @@ func (t *Transport) buildRequest(req *http.Request) (*envelope, bool, error) {
 	chunked := len(req.TransferEncoding) > 0 && req.TransferEncoding[0] == "chunked"
 	unknown := req.ContentLength < 0 || req.ContentLength == 0 && hasBody
 	switch {
+	case streamed && unknown:
+		chunked = true
+	case streamed:
+		cl = req.ContentLength
 	case req.ContentLength > 0 && req.ContentLength != cl:
 		return nil, false, fmt.Errorf("zmqhttp: ContentLength=%d with Body length %d", req.ContentLength, cl)
 	case unknown && cl > 0:
@@ -368,7 +455,9 @@ func (t *Transport) buildRequest(req *http.Request) (*envelope, bool, error) {
 		}
 		sort.Strings(names)
 		header = append(header, "Trailer", strings.Join(names, ","))
-		trailer = appendHeader(nil, req.Trailer, nil)
+		if !streamed { // a streamed body's trailers go with its last chunk
+			trailer = appendHeader(nil, req.Trailer, nil)
+		}
 	}
 	gzipAsked := false
 	if !t.cfg.disableCompress && req.Header.Get("Accept-Encoding") == "" &&
@@ -387,6 +476,9 @@ func (t *Transport) buildRequest(req *http.Request) (*envelope, bool, error) {
 		Body:          body,
 		Trailer:       trailer,
 		ContentLength: cl,
+	}
+	if streamed {
+		env.Flags = flagStreamed
 	}
 	if err := validateEnvelope(env, t.cfg.limits); err != nil {
 		return nil, false, fmt.Errorf("zmqhttp: cannot send request: %w", err)
@@ -489,7 +581,8 @@ func (t *Transport) readBody(req *http.Request) ([]byte, error) {
 
 // buildResponse makes the *http.Response for req from a response envelope,
 // with the fields http.Transport would set for the same HTTP/1.1 reply.
-func (t *Transport) buildResponse(req *http.Request, env *envelope, gzipAsked bool) (*http.Response, error) {
+func (t *Transport) buildResponse(req *http.Request, c *call, r *callResult, gzipAsked bool) (*http.Response, error) {
+	env := &r.env
 	h := headerFromPairs(env.Header)
 	status := statusLine(env.Status)
 	if env.Message != "" {
@@ -544,15 +637,26 @@ func (t *Transport) buildResponse(req *http.Request, env *envelope, gzipAsked bo
 	default:
 		resp.ContentLength = int64(len(env.Body))
 	}
-	if len(env.Body) == 0 {
+	switch {
+	case r.body != nil:
+		if resp.Trailer == nil {
+			resp.Trailer = make(http.Header)
+		}
+		resp.Body = &streamBody{t: t, c: c, cl: r.link, rs: r.body, ctx: req.Context(), trailer: resp.Trailer}
+		if env.ContentLength >= 0 && req.Method != http.MethodHead {
+			resp.ContentLength = env.ContentLength
+		}
+	case len(env.Body) == 0:
+		t.endUpload(c, nil)
 		resp.Body = http.NoBody
-	} else {
+	default:
+		t.endUpload(c, nil)
 		br := new(bodyReader)
 		br.Reset(env.Body)
 		resp.Body = br
 	}
-	if gzipAsked && len(env.Body) > 0 && strings.EqualFold(h.Get("Content-Encoding"), "gzip") {
-		resp.Body = &gzipBody{src: env.Body}
+	if gzipAsked && (len(env.Body) > 0 || r.body != nil) && strings.EqualFold(h.Get("Content-Encoding"), "gzip") {
+		resp.Body = &gzipBody{src: resp.Body}
 		h.Del("Content-Encoding")
 		h.Del("Content-Length")
 		resp.ContentLength = -1
@@ -608,14 +712,14 @@ func (*bodyReader) Close() error { return nil }
 
 // gzipBody decompresses src lazily, on first Read, like http.Transport.
 type gzipBody struct {
-	src []byte
+	src io.ReadCloser
 	zr  *gzip.Reader
 	err error
 }
 
 func (b *gzipBody) Read(p []byte) (int, error) {
 	if b.zr == nil && b.err == nil {
-		b.zr, b.err = gzip.NewReader(bytes.NewReader(b.src))
+		b.zr, b.err = gzip.NewReader(b.src)
 	}
 	if b.err != nil {
 		return 0, b.err
@@ -623,4 +727,4 @@ func (b *gzipBody) Read(p []byte) (int, error) {
 	return b.zr.Read(p)
 }
 
-func (b *gzipBody) Close() error { return nil }
+func (b *gzipBody) Close() error { return b.src.Close() }

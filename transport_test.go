@@ -376,6 +376,16 @@ func TestAcceptAfterClose(t *testing.T) {
 		t.Fatal(err)
 	}
 	l.Close()
+	// Once: the drain connection, whose Read ends when every peer has
+	// left (none here: at once).
+	dc, err := l.Accept()
+	if err != nil {
+		t.Fatalf("first Accept after Close: %v, want the drain connection", err)
+	}
+	if n, err := dc.Read(make([]byte, 1)); n != 0 || err != io.EOF {
+		t.Fatalf("drain connection Read: %d, %v; want 0, EOF", n, err)
+	}
+	dc.Close()
 	_, err = l.Accept()
 	if !errors.Is(err, net.ErrClosed) {
 		t.Fatalf("Accept after Close: %v, want net.ErrClosed", err)
@@ -752,17 +762,34 @@ func TestNonCanonicalFramingHeaders(t *testing.T) {
 // own call, with ErrBodyTooLarge; the connection stays up.
 func TestReplyOverClientLimit(t *testing.T) {
 	ts := startServer(t, "tcp", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.URL.Path == "/big" {
+		switch r.URL.Path {
+		case "/big-declared":
+			w.Header().Set("Content-Length", strconv.Itoa(256<<10))
+			fallthrough
+		case "/big":
 			w.Write(make([]byte, 256<<10))
 			return
 		}
 		io.WriteString(w, "small")
 	}))
 	client, tr := newClient(t, ts.L.Endpoint(), WithLimits(Limits{MaxBodyBytes: 1024, MaxHeaderBytes: 1024, MaxHeaderFields: 16}))
-	if _, err := client.Get("http://svc/big"); !errors.Is(err, ErrBodyTooLarge) {
+	// A streamed response of unknown length fails when the body read
+	// passes the limit; one with a declared length fails at once.
+	resp, err := client.Get("http://svc/big")
+	if err == nil {
+		_, err = io.ReadAll(resp.Body)
+		resp.Body.Close()
+	}
+	if !errors.Is(err, ErrBodyTooLarge) {
 		t.Fatalf("got %v, want ErrBodyTooLarge", err)
 	}
-	resp, err := client.Get("http://svc/small")
+	if resp, err = client.Get("http://svc/big-declared"); !errors.Is(err, ErrBodyTooLarge) {
+		if err == nil {
+			resp.Body.Close()
+		}
+		t.Fatalf("declared length: got %v, want ErrBodyTooLarge", err)
+	}
+	resp, err = client.Get("http://svc/small")
 	if err != nil {
 		t.Fatal(err)
 	}

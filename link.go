@@ -1,0 +1,677 @@
+package zmqhttp
+
+import (
+	"bufio"
+	"errors"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/go-zeromq/zmq4"
+)
+
+// This file is the connection type both ends share: one established ZeroMQ
+// connection after its handshake, with exactly one goroutine reading it and
+// one writing it. The reader decodes envelopes and acts on the
+// connection-level ones (HELLO, PING, PONG, CHUNK, CREDIT) itself; the rest
+// go to the linkHandler (the Transport's client side or the Listener's
+// peer). The writer drains a send queue bounded in bytes: control messages
+// first, then whole messages in order, then one chunk of each streamed body
+// that has data and credit, in turn, so that a large body never holds up the
+// others.
+
+// Capabilities a peer announces in its HELLO (Flags field).
+const (
+	capHeartbeat = 1 << 0 // answers PING with PONG, sends PINGs
+	capCancel    = 1 << 1 // acts on CANCEL
+	capDrain     = 1 << 2 // sends DRAINING and returns unprocessed requests as not-processed errors
+	capStream    = 1 << 3 // streams bodies in CHUNK envelopes with CREDIT flow control
+	ourCaps      = capHeartbeat | capCancel | capDrain | capStream
+)
+
+// Stream parameters.
+const (
+	// defaultStreamWindow is the credit a receiver grants each stream
+	// when it announces none (and the window this package announces).
+	defaultStreamWindow = 256 << 10
+	// maxChunk bounds the body bytes of one CHUNK envelope; the writer
+	// takes at most this much of one stream before turning to the next.
+	maxChunk = 64 << 10
+	// wholeBodyMax is the largest body sent in one message to a peer that
+	// streams; larger bodies, and bodies of unknown length, are streamed.
+	wholeBodyMax = 64 << 10
+	// linkQueueBytes bounds the whole messages queued on one connection:
+	// a sender waits for room beyond it. A single larger message is
+	// admitted when the queue is empty.
+	linkQueueBytes = 1 << 20
+	// maxCtrlQueue bounds the control messages queued on one connection;
+	// a peer that lets more pile up is not reading and is disconnected.
+	maxCtrlQueue = 16384
+)
+
+// linkHandler receives what a link's reader does not handle itself. Its
+// methods are called by the reader goroutine, one at a time.
+type linkHandler interface {
+	// handle acts on a decoded envelope of a kind other than CHUNK,
+	// CREDIT, PING and PONG (HELLO included, after the link recorded it).
+	handle(l *link, env *envelope)
+	// bad is told of a message that was dropped: an *oversizeError,
+	// errNotEnvelope, or an error from decodeEnvelope.
+	bad(l *link, err error)
+}
+
+// linkConfig is what a link needs to know of its owner's settings.
+type linkConfig struct {
+	limits     Limits
+	hbInterval time.Duration
+	hbTimeout  time.Duration
+	window     int64 // the receive window per stream this side grants
+	sendHello  bool  // client side facing a ROUTER: offer capabilities first
+	server     bool  // answer HELLO (server side)
+}
+
+// Errors that end a link.
+var (
+	errHeartbeatTimeout = errors.New("nothing from the peer within the heartbeat timeout")
+	errDrained          = errors.New("the server is draining and every call on the connection is answered")
+	errSlowPeer         = errors.New("the peer does not read what is sent to it")
+	errLinkFinished     = errors.New("connection closed after its last message")
+)
+
+// link is one established connection.
+type link struct {
+	// Set by newLink, read-only after.
+	nc       *liveConn
+	br       *bufio.Reader // the reader goroutine's
+	bw       *bufio.Writer // the writer goroutine's
+	peerType zmq4.SocketType
+	h        linkHandler
+	cfg      linkConfig
+	dead     chan struct{} // closed by close
+	ready    chan struct{} // closed once the peer's capabilities are known
+	wg       sync.WaitGroup
+
+	caps       atomic.Uint64 // the peer's capabilities, from its HELLO; 0 until then
+	peerWindow atomic.Int64  // the credit the peer grants each stream we send
+	readyOnce  sync.Once
+	once       sync.Once
+	err        error // why the link died; set once, before dead is closed
+
+	reqsRead    atomic.Uint64 // written by the reader goroutine: request envelopes read
+	reqsWritten uint64        // the writer goroutine's: request envelopes written
+
+	// mu guards the following fields, and the fields of the link's
+	// sendStreams that their docs say it guards.
+	mu     sync.Mutex
+	wake   chan struct{} // room for one token: the writer has work
+	space  chan struct{} // closed and replaced when queued bytes fall
+	ctrl   []outMsg      // control messages, written first
+	msgs   []outMsg      // whole messages, in order
+	queued int64         // bytes in msgs
+	active []*sendStream // streams with something to send, in turn
+	sends  map[uint64]*sendStream
+	recvs  map[uint64]*recvStream
+	fin    bool // write what is queued, then close
+}
+
+// outMsg is one queued message.
+type outMsg struct {
+	b       []byte           // an encoded envelope, or a PONG's context
+	pong    bool             // b is the context of a ZMTP PONG command
+	onWrite func(seq uint64) // a request: told its number among the requests written on the link
+	pooled  bool             // b goes back to the buffer pool once written
+}
+
+func newLink(nc *liveConn, br *bufio.Reader, peerType zmq4.SocketType, h linkHandler, cfg linkConfig) *link {
+	if cfg.window <= 0 {
+		cfg.window = defaultStreamWindow
+	}
+	l := &link{
+		nc:       nc,
+		br:       br,
+		bw:       bufio.NewWriterSize(nc, 64<<10),
+		peerType: peerType,
+		h:        h,
+		cfg:      cfg,
+		dead:     make(chan struct{}),
+		ready:    make(chan struct{}),
+		wake:     make(chan struct{}, 1),
+		space:    make(chan struct{}),
+		sends:    make(map[uint64]*sendStream),
+		recvs:    make(map[uint64]*recvStream),
+	}
+	l.peerWindow.Store(defaultStreamWindow)
+	if !cfg.sendHello {
+		l.markReady() // a REP peer, or the server side: nothing to wait for
+	}
+	return l
+}
+
+// start runs the reader and the writer.
+func (l *link) start() {
+	l.wg.Add(2)
+	go l.readLoop()
+	go l.writeLoop()
+}
+
+// wait waits for both goroutines to end (after close).
+func (l *link) wait() { l.wg.Wait() }
+
+func (l *link) markReady() { l.readyOnce.Do(func() { close(l.ready) }) }
+
+func (l *link) has(capability uint64) bool { return l.caps.Load()&capability != 0 }
+
+func (l *link) isDead() bool {
+	select {
+	case <-l.dead:
+		return true
+	default:
+		return false
+	}
+}
+
+// close ends the link: the connection is closed, every stream on it fails
+// with err and senders waiting for room return.
+func (l *link) close(err error) {
+	l.once.Do(func() {
+		l.err = err
+		close(l.dead)
+		l.nc.Close()
+		l.markReady()
+		l.mu.Lock()
+		sends, recvs := l.sends, l.recvs
+		l.sends, l.recvs = map[uint64]*sendStream{}, map[uint64]*recvStream{}
+		l.ctrl, l.msgs, l.active, l.queued = nil, nil, nil, 0
+		for _, s := range sends {
+			s.failLocked(errLinkLost)
+		}
+		close(l.space)
+		l.space = make(chan struct{})
+		l.mu.Unlock()
+		for _, r := range recvs {
+			r.fail(errLinkLost)
+		}
+	})
+}
+
+// errLinkLost fails the streams of a link that broke.
+var errLinkLost = errors.New("zmqhttp: connection lost in the middle of a streamed body")
+
+func (l *link) signal() {
+	select {
+	case l.wake <- struct{}{}:
+	default:
+	}
+}
+
+// sendCtrl encodes e and queues it ahead of whole messages and streams.
+// It never waits; a peer that lets maxCtrlQueue control messages pile up
+// is disconnected.
+func (l *link) sendCtrl(e *envelope) {
+	b, err := appendEnvelope(getBuf(), e)
+	if err != nil {
+		return
+	}
+	l.queueCtrl(outMsg{b: b, pooled: true})
+}
+
+func (l *link) queueCtrl(m outMsg) {
+	l.mu.Lock()
+	if l.isDead() {
+		l.mu.Unlock()
+		return
+	}
+	if len(l.ctrl) >= maxCtrlQueue {
+		l.mu.Unlock()
+		l.close(errSlowPeer)
+		return
+	}
+	l.ctrl = append(l.ctrl, m)
+	l.mu.Unlock()
+	l.signal()
+}
+
+// send queues a whole message, waiting while the queue holds
+// linkQueueBytes or more, until stop is closed (then it returns errStop)
+// or the link dies. With stall > 0, a queue that makes no progress for
+// that long means the peer does not read: the link is closed
+// (errSlowPeer), so that a client that stops reading holds no handler.
+func (l *link) send(m outMsg, stop <-chan struct{}, stall time.Duration) error {
+	l.mu.Lock()
+	var timer *time.Timer
+	for l.queued > 0 && l.queued+int64(len(m.b)) > linkQueueBytes {
+		space := l.space
+		l.mu.Unlock()
+		var stalled <-chan time.Time
+		if stall > 0 {
+			if timer == nil {
+				timer = time.NewTimer(stall)
+				defer timer.Stop()
+			} else {
+				timer.Reset(stall)
+			}
+			stalled = timer.C
+		}
+		select {
+		case <-space:
+		case <-stop:
+			return errStop
+		case <-l.dead:
+			return l.err
+		case <-stalled:
+			l.close(errSlowPeer)
+			return errSlowPeer
+		}
+		l.mu.Lock()
+	}
+	if l.isDead() {
+		l.mu.Unlock()
+		return l.err
+	}
+	l.msgs = append(l.msgs, m)
+	l.queued += int64(len(m.b))
+	l.mu.Unlock()
+	l.signal()
+	return nil
+}
+
+// errStop is returned by a wait that its stop channel ended.
+var errStop = errors.New("stopped")
+
+// finish asks the writer to write what is queued, then close the link.
+func (l *link) finish() {
+	l.mu.Lock()
+	l.fin = true
+	l.mu.Unlock()
+	l.signal()
+}
+
+// writeItem is what one writer round took from the queue.
+type writeItem struct {
+	m     outMsg
+	s     *sendStream // a stream's head and/or chunk
+	head  []byte
+	onW   func(uint64)
+	data  []byte
+	seq   uint64
+	chunk bool // a CHUNK envelope is due (data, possibly empty, with last)
+	last  bool
+	trl   []string
+}
+
+func (l *link) writeLoop() {
+	defer l.wg.Done()
+	ticker := time.NewTicker(l.cfg.hbInterval)
+	defer ticker.Stop()
+	if l.cfg.sendHello {
+		hello := envelope{Version: ProtocolVersion, Kind: KindHello, Flags: ourCaps,
+			Timeout: int64(l.cfg.hbInterval / time.Microsecond), Credit: uint64(l.cfg.window)}
+		b, _ := appendEnvelope(nil, &hello)
+		if err := l.writeMsg(b); err != nil {
+			l.close(err)
+			return
+		}
+		if err := l.bw.Flush(); err != nil {
+			l.close(err)
+			return
+		}
+	}
+	var items []writeItem
+	var pingSeq uint64
+	for {
+		l.mu.Lock()
+		for len(l.ctrl) == 0 && len(l.msgs) == 0 && len(l.active) == 0 && !l.fin {
+			l.mu.Unlock()
+			select {
+			case <-l.wake:
+			case <-ticker.C:
+				// A dead peer is noticed by the read deadline (see
+				// liveConn); the PING keeps a live one from seeing us
+				// silent.
+				if l.has(capHeartbeat) {
+					pingSeq++
+					l.sendCtrl(&envelope{Version: ProtocolVersion, Kind: KindPing, ID: pingSeq})
+				}
+			case <-l.dead:
+				return
+			}
+			l.mu.Lock()
+		}
+		if l.isDead() {
+			l.mu.Unlock()
+			return
+		}
+		items = l.takeLocked(items[:0])
+		fin := l.fin && len(l.ctrl) == 0 && len(l.msgs) == 0 && len(l.active) == 0
+		l.mu.Unlock()
+		err := l.writeItems(items)
+		clear(items)
+		if err == nil {
+			err = l.bw.Flush()
+		}
+		if err != nil {
+			if isTimeout(err) {
+				err = errHeartbeatTimeout
+			}
+			l.close(err)
+			return
+		}
+		if fin {
+			l.close(errLinkFinished)
+			return
+		}
+	}
+}
+
+// takeLocked takes one round of work: every control message, whole
+// messages up to linkQueueBytes, and one piece of each active stream.
+// l.mu is held.
+func (l *link) takeLocked(items []writeItem) []writeItem {
+	for _, m := range l.ctrl {
+		items = append(items, writeItem{m: m})
+	}
+	clear(l.ctrl)
+	l.ctrl = l.ctrl[:0]
+	var took int64
+	n := 0
+	for n < len(l.msgs) && (n == 0 || took+int64(len(l.msgs[n].b)) <= linkQueueBytes) {
+		items = append(items, writeItem{m: l.msgs[n]})
+		took += int64(len(l.msgs[n].b))
+		n++
+	}
+	if n > 0 {
+		clear(l.msgs[:n])
+		l.msgs = l.msgs[n:]
+		if len(l.msgs) == 0 {
+			l.msgs = nil
+		}
+		l.queued -= took
+		close(l.space)
+		l.space = make(chan struct{})
+	}
+	turn := len(l.active)
+	for i := 0; i < turn; i++ {
+		s := l.active[0]
+		l.active = l.active[1:]
+		items = append(items, s.takeLocked())
+		if s.hasWorkLocked() {
+			l.active = append(l.active, s)
+		} else {
+			s.isActive = false
+		}
+	}
+	if len(l.active) == 0 {
+		l.active = nil
+	}
+	return items
+}
+
+func (l *link) writeItems(items []writeItem) error {
+	for i := range items {
+		it := &items[i]
+		switch {
+		case it.s != nil:
+			if it.head != nil {
+				if err := l.writeMsg(it.head); err != nil {
+					return err
+				}
+				l.countRequest(it.onW)
+				putBuf(it.head)
+			}
+			if it.chunk {
+				e := envelope{Version: ProtocolVersion, Kind: KindChunk, ID: it.s.id, Seq: it.seq, Body: it.data, Trailer: it.trl}
+				if it.last {
+					e.Flags = flagLast
+				}
+				b, err := appendEnvelope(getBuf(), &e)
+				if err != nil {
+					return err
+				}
+				if err := l.writeMsg(b); err != nil {
+					return err
+				}
+				putBuf(b)
+			}
+		case it.m.pong:
+			if err := writeCommand(l.bw, "PONG", it.m.b); err != nil {
+				return err
+			}
+		default:
+			if err := l.writeMsg(it.m.b); err != nil {
+				return err
+			}
+			l.countRequest(it.m.onWrite)
+			if it.m.pooled {
+				putBuf(it.m.b)
+			}
+		}
+	}
+	return nil
+}
+
+// countRequest numbers a request just written, for DRAINING's watermark.
+func (l *link) countRequest(onWrite func(uint64)) {
+	if onWrite != nil {
+		l.reqsWritten++
+		onWrite(l.reqsWritten)
+	}
+}
+
+func (l *link) writeMsg(b []byte) error { return writeEnvelopeMsg(l.bw, b) }
+
+// readLoop reads messages until the connection ends.
+func (l *link) readLoop() {
+	defer l.wg.Done()
+	// Chunks are at most maxChunk bytes whatever the body limit; a whole
+	// body over the limit is still refused by decodeEnvelope.
+	maxFrame := max(l.cfg.limits.maxFrameBytes(), maxChunk+4096)
+	pong := func(ctx []byte) {
+		if len(ctx) > 16 { // RFC 37: a PING's context is at most 16 bytes
+			ctx = ctx[:16]
+		}
+		l.queueCtrl(outMsg{pong: true, b: append([]byte(nil), ctx...)})
+	}
+	var frames [][]byte
+	for {
+		frame, fs, err := readEnvelopeFrame(l.br, maxFrame, frames, pong)
+		frames = fs
+		var oe *oversizeError
+		switch {
+		case errors.As(err, &oe):
+			_, kind, id, ok := peekHead(oe.head)
+			if ok && Kind(kind) == KindRequest {
+				l.reqsRead.Add(1)
+			}
+			if ok && Kind(kind) == KindChunk {
+				l.failRecv(id, err)
+			}
+			l.h.bad(l, err)
+			continue
+		case err == errNotEnvelope:
+			l.h.bad(l, err)
+			continue
+		case isTimeout(err):
+			l.close(errHeartbeatTimeout)
+			return
+		case err != nil:
+			l.close(err)
+			return
+		}
+		if _, kind, _, ok := peekHead(frame); ok && Kind(kind) == KindRequest {
+			l.reqsRead.Add(1)
+		}
+		var env envelope
+		if err := decodeEnvelope(frame, l.cfg.limits, &env); err != nil {
+			var ie *idError
+			if errors.As(err, &ie) && ie.kind == KindChunk {
+				l.failRecv(ie.id, err)
+			}
+			l.h.bad(l, err)
+			continue
+		}
+		switch env.Kind {
+		case KindChunk:
+			l.recvChunk(&env)
+		case KindCredit:
+			l.addCredit(env.ID, env.Credit)
+		case KindPing:
+			l.sendCtrl(&envelope{Version: ProtocolVersion, Kind: KindPong, ID: env.ID})
+		case KindPong:
+			// Its arrival already counted as a sign of life.
+		case KindHello:
+			l.gotHello(&env)
+			l.h.handle(l, &env)
+		default:
+			l.h.handle(l, &env)
+		}
+	}
+}
+
+// gotHello records the peer's capabilities and window; the server side
+// answers with its own.
+func (l *link) gotHello(env *envelope) {
+	caps := env.Flags & ourCaps
+	l.caps.Store(caps)
+	if env.Credit > 0 {
+		l.peerWindow.Store(int64(min(env.Credit, 1<<30)))
+	}
+	if caps&capHeartbeat != 0 {
+		// The peer sends something at least every interval: a read or
+		// a write that makes no progress for the timeout means it is
+		// dead or stuck.
+		l.nc.arm(l.cfg.hbTimeout)
+	}
+	if l.cfg.server {
+		l.sendCtrl(&envelope{Version: ProtocolVersion, Kind: KindHello, ID: env.ID, Flags: ourCaps,
+			Timeout: int64(l.cfg.hbInterval / time.Microsecond), Credit: uint64(l.cfg.window)})
+	}
+	l.markReady()
+}
+
+// recvChunk hands a CHUNK to its stream; one for no stream (cancelled,
+// answered) is dropped.
+func (l *link) recvChunk(env *envelope) {
+	l.mu.Lock()
+	r := l.recvs[env.ID]
+	l.mu.Unlock()
+	if r == nil {
+		l.h.bad(l, errUnknownStream)
+		return
+	}
+	if err := r.push(env); err != nil {
+		// Over its window or out of order: the stream is broken, the
+		// connection and the other streams are not.
+		l.removeRecv(r)
+		r.fail(err)
+		l.h.bad(l, err)
+		return
+	}
+	if env.Flags&flagLast != 0 {
+		l.removeRecv(r)
+	}
+}
+
+// errUnknownStream counts a CHUNK or CREDIT for no stream.
+var errUnknownStream = errors.New("zmqhttp: chunk or credit for no open stream")
+
+func (l *link) addCredit(id uint64, n uint64) {
+	l.mu.Lock()
+	s := l.sends[id]
+	if s != nil {
+		s.credit += int64(min(n, 1<<40))
+		s.activateLocked()
+	}
+	l.mu.Unlock()
+	if s != nil {
+		l.signal()
+	}
+}
+
+// newSendStream opens the sending half of a streamed body for id. head is
+// the encoded head envelope (flagStreamed set), written before any chunk;
+// onWrite, if not nil, is told the head's request number when written.
+func (l *link) newSendStream(id uint64, head []byte, onWrite func(uint64)) (*sendStream, error) {
+	s := &sendStream{l: l, id: id, head: head, onWrite: onWrite, credit: l.peerWindow.Load(),
+		space: make(chan struct{}, 1), max: int(min(l.peerWindow.Load(), 1<<20))}
+	l.mu.Lock()
+	if l.isDead() {
+		l.mu.Unlock()
+		return nil, l.err
+	}
+	if old := l.sends[id]; old != nil {
+		old.failLocked(errStreamReplaced)
+	}
+	l.sends[id] = s
+	s.activateLocked()
+	l.mu.Unlock()
+	l.signal()
+	return s, nil
+}
+
+var errStreamReplaced = errors.New("zmqhttp: stream replaced by another with the same id")
+
+// newRecvStream opens the receiving half of a streamed body for id. limit
+// bounds its bytes (0: none).
+func (l *link) newRecvStream(id uint64, limit int64) *recvStream {
+	r := &recvStream{l: l, id: id, window: l.cfg.window, limit: limit, notify: make(chan struct{}, 1)}
+	l.mu.Lock()
+	if l.isDead() {
+		l.mu.Unlock()
+		r.fail(errLinkLost)
+		return r
+	}
+	old := l.recvs[id]
+	l.recvs[id] = r
+	l.mu.Unlock()
+	if old != nil {
+		old.fail(errStreamReplaced)
+	}
+	return r
+}
+
+// failRecv fails the receiving stream id, if open.
+func (l *link) failRecv(id uint64, err error) {
+	l.mu.Lock()
+	r := l.recvs[id]
+	delete(l.recvs, id)
+	l.mu.Unlock()
+	if r != nil {
+		r.fail(err)
+	}
+}
+
+func (l *link) removeRecv(r *recvStream) {
+	l.mu.Lock()
+	if l.recvs[r.id] == r {
+		delete(l.recvs, r.id)
+	}
+	l.mu.Unlock()
+}
+
+// bufPool recycles the buffers envelopes are encoded into.
+var bufPool sync.Pool
+
+// maxPooledBuf bounds the buffers kept for reuse.
+const maxPooledBuf = 256 << 10
+
+func getBuf() []byte {
+	if b, ok := bufPool.Get().(*[]byte); ok {
+		return (*b)[:0]
+	}
+	return nil
+}
+
+func putBuf(b []byte) {
+	if cap(b) > 0 && cap(b) <= maxPooledBuf {
+		bufPool.Put(&b)
+	}
+}
+
+// writeEnvelopeMsg writes one REQ/REP-style message: an empty delimiter
+// frame, then the envelope frame.
+func writeEnvelopeMsg(w *bufio.Writer, env []byte) error {
+	if err := writeFrame(w, nil, true); err != nil {
+		return err
+	}
+	return writeFrame(w, env, false)
+}
