@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"strconv"
 	"time"
 
 	"github.com/zmqhttp/zmqhttp"
@@ -15,50 +16,50 @@ import (
 // benchClient is the client side of one run.
 type benchClient struct {
 	http  *http.Client
-	url   string
+	base  string // scheme and host the paths are appended to
 	close func()
 	stats func() string // extra diagnostics for the report, may be nil
 }
 
-// newClient builds the client for proto talking to endpoint with conc
-// concurrent callers.
-func newClient(proto, endpoint string, conc int, timeout time.Duration) (*benchClient, error) {
+// newClient builds the client for proto talking to endpoint with conns
+// concurrent callers. zopts apply to the zmqhttp Transport only.
+func newClient(proto, endpoint string, conns int, timeout time.Duration, zopts ...zmqhttp.Option) (*benchClient, error) {
 	switch proto {
 	case protoHTTP:
-		return newHTTPClient(endpoint, conc, timeout), nil
+		return newHTTPClient(endpoint, conns, timeout), nil
 	case protoZMQ:
-		return newZMQClient(endpoint, timeout)
+		return newZMQClient(endpoint, timeout, zopts...)
 	}
 	return nil, fmt.Errorf("unknown protocol %q", proto)
 }
 
-// newHTTPClient gives each of the conc callers its own keep-alive
-// connection: the pool holds conc idle connections and allows conc open.
-func newHTTPClient(hostport string, conc int, timeout time.Duration) *benchClient {
+// newHTTPClient gives each of the conns callers its own keep-alive
+// connection: the pool holds conns idle connections and allows conns open.
+func newHTTPClient(hostport string, conns int, timeout time.Duration) *benchClient {
 	tr := &http.Transport{
 		DialContext:         (&net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
-		MaxIdleConns:        conc,
-		MaxIdleConnsPerHost: conc,
-		MaxConnsPerHost:     conc,
+		MaxIdleConns:        conns,
+		MaxIdleConnsPerHost: conns,
+		MaxConnsPerHost:     conns,
 		IdleConnTimeout:     90 * time.Second,
 	}
 	return &benchClient{
 		http:  &http.Client{Transport: tr, Timeout: timeout},
-		url:   "http://" + hostport + "/echo",
+		base:  "http://" + hostport,
 		close: tr.CloseIdleConnections,
 	}
 }
 
 // newZMQClient shares one zmqhttp.Transport, hence one connection, between
 // all callers.
-func newZMQClient(endpoint string, timeout time.Duration) (*benchClient, error) {
-	tr, err := zmqhttp.NewTransport(endpoint)
+func newZMQClient(endpoint string, timeout time.Duration, opts ...zmqhttp.Option) (*benchClient, error) {
+	tr, err := zmqhttp.NewTransport(endpoint, opts...)
 	if err != nil {
 		return nil, err
 	}
 	return &benchClient{
 		http:  &http.Client{Transport: tr, Timeout: timeout},
-		url:   "http://zmqhttp-bench/echo",
+		base:  "http://zmqhttp-bench",
 		close: func() { tr.Close() },
 		stats: func() string { return fmt.Sprintf("%+v", tr.Stats()) },
 	}, nil
@@ -66,7 +67,7 @@ func newZMQClient(endpoint string, timeout time.Duration) (*benchClient, error) 
 
 // post sends body and checks that the reply is a 200 carrying it back.
 func (c *benchClient) post(ctx context.Context, body []byte) error {
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, c.url, bytes.NewReader(body))
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, c.base+pathEcho, bytes.NewReader(body))
 	if err != nil {
 		return err
 	}
@@ -85,6 +86,31 @@ func (c *benchClient) post(ctx context.Context, body []byte) error {
 	}
 	if n != int64(len(body)) {
 		return fmt.Errorf("echo returned %d bytes, want %d", n, len(body))
+	}
+	return nil
+}
+
+// get downloads size bytes and checks that the reply is a 200 carrying
+// them all.
+func (c *benchClient) get(ctx context.Context, size int) error {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, c.base+pathBytes+"?n="+strconv.Itoa(size), nil)
+	if err != nil {
+		return err
+	}
+	resp, err := c.http.Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	n, err := io.Copy(io.Discard, resp.Body)
+	if err != nil {
+		return fmt.Errorf("reading reply body: %w", err)
+	}
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("status %s", resp.Status)
+	}
+	if n != int64(size) {
+		return fmt.Errorf("download returned %d bytes, want %d", n, size)
 	}
 	return nil
 }

@@ -41,6 +41,7 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 	"time"
 )
@@ -52,10 +53,11 @@ const (
 
 // config is what the command-line flags ask for.
 type config struct {
-	duration  time.Duration // measured window per run
-	warmup    time.Duration // uncounted run before the window
-	timeout   time.Duration // per-request timeout
-	scenarios []scenario
+	duration  time.Duration   // measured window per run
+	warmup    time.Duration   // uncounted run before the window
+	timeout   time.Duration   // per-request timeout
+	scenarios []scenario      // the rr group's echo scenarios
+	groups    map[string]bool // scenario groups to run
 	protos    []string
 	json      bool
 }
@@ -107,12 +109,16 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 	conc := fs.String("c", "1,16,64,256", "comma-separated concurrency `list`")
 	sizes := fs.String("size", "128", "comma-separated body size `list` (128, 4K, 64KiB, 1M)")
 	protos := fs.String("proto", protoHTTP+","+protoZMQ, "protocols to run: http, zmqhttp or both")
+	groupList := fs.String("scenarios", strings.Join(groupNames(), ","),
+		"scenario `groups` to run: rr (echo, -c × -size), download, or all")
 	fs.BoolVar(&cfg.json, "json", false, "print results as JSON instead of a table")
 	fs.Usage = func() {
 		fmt.Fprintln(fs.Output(), "usage: zmqhttp-bench [flags]\n\n"+
-			"Compares zmqhttp with net/http HTTP/1.1 keep-alive on an echo handler.\n"+
-			"Default scenarios: c=1,16,64,256 with 128B bodies, and c=16 with 64KiB.\n"+
-			"-c or -size replace them with their cross product.")
+			"Compares zmqhttp with net/http HTTP/1.1 keep-alive. Scenario groups:\n"+
+			"  rr        echo POSTs: c=1,16,64,256 with 128B bodies, and c=16 with 64KiB;\n"+
+			"            -c or -size replace them with their cross product\n"+
+			"  download  4 callers GET 16MiB bodies\n"+
+			"\nFlags:")
 		fs.PrintDefaults()
 	}
 	if err := fs.Parse(args); err != nil {
@@ -126,6 +132,9 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 	}
 	var err error
 	if cfg.protos, err = parseProtos(*protos); err != nil {
+		return cfg, err
+	}
+	if cfg.groups, err = parseGroups(*groupList); err != nil {
 		return cfg, err
 	}
 	cfg.scenarios = defaultScenarios

@@ -11,8 +11,11 @@ import (
 
 const rowFormat = "%-15s %-8s %9s %9s %9s %9s %7s  %s"
 
-func writeRow(w io.Writer, cols ...any) {
-	fmt.Fprintln(w, strings.TrimRight(fmt.Sprintf(rowFormat, cols...), " "))
+func writeRow(w io.Writer, cols ...any) { writeRowf(w, rowFormat, cols...) }
+
+// writeRowf prints one table row in format, without trailing blanks.
+func writeRowf(w io.Writer, format string, cols ...any) {
+	fmt.Fprintln(w, strings.TrimRight(fmt.Sprintf(format, cols...), " "))
 }
 
 // writeTable prints one row per result and, after each scenario run with
@@ -78,11 +81,20 @@ func writeJSON(w io.Writer, results []result) error {
 	return enc.Encode(results)
 }
 
+// ratio prints num/den as 1.23x, or n/a when either is 0.
 func ratio(num, den float64) string {
 	if den == 0 || num == 0 {
 		return "n/a"
 	}
 	return fmt.Sprintf("%.2fx", num/den)
+}
+
+// formatRate prints bytes per second in MiB/s.
+func formatRate(bytesPerSec float64) string {
+	if bytesPerSec <= 0 {
+		return "-"
+	}
+	return fmt.Sprintf("%.0f", bytesPerSec/(1<<20))
 }
 
 func formatCPU(d time.Duration, cpuErr string) string {
