@@ -1,13 +1,16 @@
 package main
 
 import (
+	"bufio"
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/zmqhttp/zmqhttp"
@@ -111,6 +114,52 @@ func (c *benchClient) get(ctx context.Context, size int) error {
 	}
 	if n != int64(size) {
 		return fmt.Errorf("download returned %d bytes, want %d", n, size)
+	}
+	return nil
+}
+
+// stream opens an event stream of n events interval apart and reads the
+// events as they arrive, passing each one's delay (arrival minus the
+// server's send time, on the shared wall clock) to event. It fails unless
+// all n events arrive.
+func (c *benchClient) stream(ctx context.Context, n int, interval time.Duration, event func(time.Duration)) error {
+	url := fmt.Sprintf("%s%s?n=%d&interval=%s", c.base, pathSSE, n, interval)
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	if err != nil {
+		return err
+	}
+	req.Header.Set("Accept", "text/event-stream")
+	resp, err := c.http.Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		io.Copy(io.Discard, resp.Body)
+		return fmt.Errorf("status %s", resp.Status)
+	}
+	br := bufio.NewReader(resp.Body)
+	got := 0
+	for {
+		line, err := br.ReadSlice('\n')
+		arrived := time.Now().UnixNano()
+		if data, ok := bytes.CutPrefix(line, []byte("data: ")); ok {
+			sent, perr := strconv.ParseInt(strings.TrimSpace(string(data)), 10, 64)
+			if perr != nil {
+				return fmt.Errorf("event %d: bad data %q", got, data)
+			}
+			event(time.Duration(arrived - sent))
+			got++
+		}
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil {
+			return fmt.Errorf("reading event %d: %w", got, err)
+		}
+	}
+	if got != n {
+		return fmt.Errorf("stream ended after %d events, want %d", got, n)
 	}
 	return nil
 }

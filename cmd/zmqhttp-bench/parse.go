@@ -38,7 +38,8 @@ func groupNames() []string {
 	return names
 }
 
-// parseGroups parses "rr,download" (any subset; "all" is every group).
+// parseGroups parses "rr,download,sse" (any subset; "all" is every
+// group).
 func parseGroups(s string) (map[string]bool, error) {
 	known := groupNames()
 	out := map[string]bool{}

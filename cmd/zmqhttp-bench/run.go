@@ -11,7 +11,7 @@ import (
 
 // result is one protocol's numbers for one scenario.
 type result struct {
-	Group        string         `json:"group"` // the -scenarios group: rr or download
+	Group        string         `json:"group"` // the -scenarios group: rr, download or sse
 	Scenario     string         `json:"scenario"`
 	Concurrency  int            `json:"concurrency"`
 	BodyBytes    int            `json:"body_bytes"`
@@ -32,6 +32,13 @@ type result struct {
 
 	// download: body bytes received per second.
 	BytesPerSec float64 `json:"bytes_per_sec,omitempty"`
+
+	// sse: Requests counts whole streams, P50 and P99 their durations;
+	// these are the delays of single events (arrival - server send time).
+	Events   int           `json:"events,omitempty"`
+	EventP50 time.Duration `json:"event_p50_ns,omitempty"`
+	EventP99 time.Duration `json:"event_p99_ns,omitempty"`
+	EventMax time.Duration `json:"event_max_ns,omitempty"`
 }
 
 // group is a family of scenarios that -scenarios selects by name, with its
@@ -46,11 +53,13 @@ type group struct {
 var groups = []group{
 	{groupRR, runRR, writeTable},
 	{groupDownload, runDownload, writeDownloadTable},
+	{groupSSE, runSSE, writeSSETable},
 }
 
 const (
 	groupRR       = "rr"
 	groupDownload = "download"
+	groupSSE      = "sse"
 )
 
 // run runs every selected group of scenarios with every protocol, each
