@@ -110,7 +110,7 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 	sizes := fs.String("size", "128", "comma-separated body size `list` (128, 4K, 64KiB, 1M)")
 	protos := fs.String("proto", protoHTTP+","+protoZMQ, "protocols to run: http, zmqhttp or both")
 	groupList := fs.String("scenarios", strings.Join(groupNames(), ","),
-		"scenario `groups` to run: rr (echo, -c × -size), download, sse, or all")
+		"scenario `groups` to run: rr (echo, -c × -size), download, sse, hol, or all")
 	fs.BoolVar(&cfg.json, "json", false, "print results as JSON instead of a table")
 	fs.Usage = func() {
 		fmt.Fprintln(fs.Output(), "usage: zmqhttp-bench [flags]\n\n"+
@@ -119,6 +119,7 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 			"            -c or -size replace them with their cross product\n"+
 			"  download  4 callers GET 16MiB bodies\n"+
 			"  sse       4 streams of 5 flushed events 100ms apart: delay of each event\n"+
+			"  hol       16 callers GET 128B, alone and beside 2 callers GETting 64MiB\n"+
 			"\nFlags:")
 		fs.PrintDefaults()
 	}

@@ -38,7 +38,7 @@ func groupNames() []string {
 	return names
 }
 
-// parseGroups parses "rr,download,sse" (any subset; "all" is every
+// parseGroups parses "rr,download,sse,hol" (any subset; "all" is every
 // group).
 func parseGroups(s string) (map[string]bool, error) {
 	known := groupNames()

@@ -51,8 +51,19 @@ func pairAt(results []result, i int) (h, z result, ok bool) {
 	return h, z, false
 }
 
+// writeErrors lists, below a table, the error texts and client stats of
+// results and of their parts (hol's UnderLoad and Bulk).
 func writeErrors(w io.Writer, results []result) {
+	var all []result
 	for _, r := range results {
+		all = append(all, r)
+		for _, part := range []*result{r.UnderLoad, r.Bulk} {
+			if part != nil {
+				all = append(all, *part)
+			}
+		}
+	}
+	for _, r := range all {
 		if len(r.ErrorTexts) == 0 && r.ClientStats == "" {
 			continue
 		}

@@ -11,7 +11,7 @@ import (
 
 // result is one protocol's numbers for one scenario.
 type result struct {
-	Group        string         `json:"group"` // the -scenarios group: rr, download or sse
+	Group        string         `json:"group"` // the -scenarios group: rr, download, sse or hol
 	Scenario     string         `json:"scenario"`
 	Concurrency  int            `json:"concurrency"`
 	BodyBytes    int            `json:"body_bytes"`
@@ -30,7 +30,7 @@ type result struct {
 	ClientStats  string         `json:"client_stats,omitempty"` // zmqhttp.TransportStats when errors occurred
 	CPUError     string         `json:"cpu_error,omitempty"`
 
-	// download: body bytes received per second.
+	// download, and hol's bulk downloads: body bytes received per second.
 	BytesPerSec float64 `json:"bytes_per_sec,omitempty"`
 
 	// sse: Requests counts whole streams, P50 and P99 their durations;
@@ -39,6 +39,14 @@ type result struct {
 	EventP50 time.Duration `json:"event_p50_ns,omitempty"`
 	EventP99 time.Duration `json:"event_p99_ns,omitempty"`
 	EventMax time.Duration `json:"event_max_ns,omitempty"`
+
+	// hol: the top-level numbers are the small requests alone; UnderLoad
+	// the same requests while Bulk's downloads run through the same client,
+	// P99Growth UnderLoad.P99 / P99. UnderLoad and Bulk share one window,
+	// whose CPU times they both report, without a CPU per request.
+	UnderLoad *result `json:"under_load,omitempty"`
+	Bulk      *result `json:"bulk,omitempty"`
+	P99Growth float64 `json:"p99_growth,omitempty"`
 }
 
 // group is a family of scenarios that -scenarios selects by name, with its
@@ -54,12 +62,14 @@ var groups = []group{
 	{groupRR, runRR, writeTable},
 	{groupDownload, runDownload, writeDownloadTable},
 	{groupSSE, runSSE, writeSSETable},
+	{groupHOL, runHOL, writeHOLTable},
 }
 
 const (
 	groupRR       = "rr"
 	groupDownload = "download"
 	groupSSE      = "sse"
+	groupHOL      = "hol"
 )
 
 // run runs every selected group of scenarios with every protocol, each
