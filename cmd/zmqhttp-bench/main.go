@@ -1,17 +1,20 @@
 // Command zmqhttp-bench compares zmqhttp with plain net/http on the same
-// machine: the same echo handler (it reads the request body and writes it
-// back) is served (a) by an http.Server on a zmqhttp.Listener, reached
-// through one shared zmqhttp.Transport, and (b) by an http.Server on a TCP
-// loopback listener, reached through an http.Transport that keeps one
-// HTTP/1.1 keep-alive connection per caller.
+// machine: the same handlers are served (a) by an http.Server on a
+// zmqhttp.Listener, reached through one shared zmqhttp.Transport, and (b)
+// by an http.Server on a TCP loopback listener, reached through an
+// http.Transport that keeps one HTTP/1.1 keep-alive connection per caller.
 //
 // Each server runs in a child process (the command re-executes itself as
 // "zmqhttp-bench serve -proto http|zmqhttp"; the child prints its endpoint
 // on one line and exits when its stdin closes or it is killed). The parent
-// runs N goroutines that POST fixed-size bodies back to back, first for a
-// warm-up that is not counted, then for a measured window. For every
-// scenario (concurrency × body size) both protocols run back to back and
-// the command reports:
+// runs N goroutines that send requests back to back, first for a warm-up
+// that is not counted, then for a measured window. Every scenario runs
+// with both protocols back to back. Scenarios come in groups, chosen with
+// -scenarios, each printed as its own table:
+//
+// rr: callers POST fixed-size bodies to an echo handler (it reads the
+// request body and writes it back), for each concurrency × body size. The
+// table reports
 //
 //   - req/s: requests completed in the window / window length;
 //   - p50, p99: latency of those requests, each one recorded;
@@ -22,15 +25,36 @@
 //     whole body echoed back; distinct error texts are listed below the table;
 //   - ratio: zmqhttp / http for req/s, p50, p99 and CPU/req.
 //
+// download: 4 callers GET 16 MiB bodies, which the handler writes from a
+// preallocated buffer with a Content-Length. Reported as rr, plus MiB/s,
+// body bytes received per second.
+//
+// sse: 4 callers open event streams back to back; the handler writes 5
+// events 100 ms apart, each followed by http.Flusher.Flush, each carrying
+// the server's wall clock when written. The client reads events as they
+// arrive and records arrival minus send time (one machine, one clock). The
+// table reports the p50, p99 and max of that delay over the events that
+// arrived in the window.
+//
+// hol: head-of-line blocking. 16 callers GET 128-byte bodies, measured
+// alone, then again in a second window while 2 callers download 64 MiB
+// bodies back to back through the same client (the same zmqhttp.Transport
+// or http.Client). The table reports the small requests' p50 and p99 alone
+// and under load, the p99 growth (under load / alone) and the downloads'
+// MiB/s. The zmqhttp server and Transport of this group get a 128 MiB
+// Limits.MaxBodyBytes (see holMaxBody).
+//
 // Usage:
 //
-//	go run ./cmd/zmqhttp-bench                   # default scenarios, ~40 s
-//	go run ./cmd/zmqhttp-bench -c 1,64 -size 128,64K -d 5s
+//	go run ./cmd/zmqhttp-bench                   # every group, ~75 s
+//	go run ./cmd/zmqhttp-bench -scenarios download,sse,hol
+//	go run ./cmd/zmqhttp-bench -scenarios rr -c 1,64 -size 128,64K -d 5s
 //	go run ./cmd/zmqhttp-bench -proto zmqhttp -json
 //
-// By default it runs concurrency 1, 16, 64 and 256 with 128-byte bodies and
-// concurrency 16 with 64 KiB bodies; -c and -size replace them with their
-// cross product. See -h for all flags.
+// By default the rr group runs concurrency 1, 16, 64 and 256 with 128-byte
+// bodies and concurrency 16 with 64 KiB bodies; -c and -size replace them
+// with their cross product. -d, -warmup and -timeout apply to every run
+// (hol has two windows per protocol). See -h for all flags.
 package main
 
 import (
