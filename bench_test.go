@@ -17,7 +17,8 @@ func BenchmarkRoundTrip(b *testing.B) {
 }
 
 // benchRoundTrip runs 2×par callers (on 2 cores) posting size-byte bodies
-// to an echo handler.
+// to an echo handler; each call fails the benchmark unless the whole body
+// comes back.
 func benchRoundTrip(b *testing.B, network string, size, par int) {
 	ts := startServer(b, network, echoHandler(), WithWorkers(512))
 	client, _ := newClient(b, ts.L.Endpoint())
@@ -33,10 +34,18 @@ func benchRoundTrip(b *testing.B, network string, size, par int) {
 				b.Error(err)
 				return
 			}
-			io.Copy(io.Discard, resp.Body)
+			n, err := io.Copy(io.Discard, resp.Body)
 			resp.Body.Close()
+			if err != nil {
+				b.Errorf("reading the reply: %v", err)
+				return
+			}
 			if resp.StatusCode != http.StatusOK {
 				b.Errorf("status %d", resp.StatusCode)
+				return
+			}
+			if n != int64(size) {
+				b.Errorf("echoed %d bytes, want %d", n, size)
 				return
 			}
 		}

@@ -45,7 +45,12 @@ func echoHandler() http.Handler {
 		w.Header().Set("X-Remote", r.RemoteAddr)
 		w.Header().Set("X-Proto", r.Proto)
 		w.Header().Set("X-Content-Length", strconv.FormatInt(r.ContentLength, 10))
-		io.Copy(w, r.Body)
+		// Read the whole body before writing: an HTTP/1.x http.Server that
+		// flushes the response header (past 2 KiB of output) discards the
+		// unread rest of a request body under 256 KiB, so copying as it
+		// arrives echoed only the first ~4 KiB of a 64 KiB body.
+		body, _ := io.ReadAll(r.Body)
+		w.Write(body)
 	})
 }
 

@@ -20,25 +20,37 @@ const (
 // maxErrorTexts bounds the distinct error texts a caller keeps.
 const maxErrorTexts = 16
 
+// op is the request a caller repeats: it returns nil once the request has
+// succeeded and its reply has been checked. w is the caller running it.
+type op func(ctx context.Context, w *caller) error
+
+// load is a group of callers repeating one op during a run.
+type load struct {
+	conc int
+	op   op
+}
+
 // caller is one of a run's concurrent goroutines and what it recorded.
 type caller struct {
+	phase      *atomic.Int32
 	lat        []time.Duration // latencies of requests that ended in the window
+	events     []time.Duration // delays of streamed events that arrived in the window
 	errs       int             // requests that failed in the window
 	warmupErrs int             // requests that failed during the warm-up
 	errTexts   map[string]int
 }
 
-func newCaller(latCap int) *caller {
-	return &caller{lat: make([]time.Duration, 0, latCap), errTexts: map[string]int{}}
+func newCaller(phase *atomic.Int32, latCap int) *caller {
+	return &caller{phase: phase, lat: make([]time.Duration, 0, latCap), errTexts: map[string]int{}}
 }
 
-// loop sends requests back to back until the phase is phaseStop or ctx ends.
-func (w *caller) loop(ctx context.Context, c *benchClient, body []byte, phase *atomic.Int32) {
+// loop runs op back to back until the phase is phaseStop or ctx ends.
+func (w *caller) loop(ctx context.Context, op op) {
 	for ctx.Err() == nil {
 		start := time.Now()
-		err := c.post(ctx, body)
+		err := op(ctx, w)
 		d := time.Since(start)
-		switch phase.Load() {
+		switch w.phase.Load() {
 		case phaseWarmup:
 			if err != nil {
 				w.warmupErrs++
@@ -57,6 +69,14 @@ func (w *caller) loop(ctx context.Context, c *benchClient, body []byte, phase *a
 	}
 }
 
+// event records the delay of one streamed event if it arrived in the
+// window.
+func (w *caller) event(d time.Duration) {
+	if w.phase.Load() == phaseMeasure {
+		w.events = append(w.events, d)
+	}
+}
+
 func (w *caller) noteError(err error) {
 	msg := err.Error()
 	if _, ok := w.errTexts[msg]; ok || len(w.errTexts) < maxErrorTexts {
@@ -64,10 +84,11 @@ func (w *caller) noteError(err error) {
 	}
 }
 
-// sample is what one run measured.
+// sample is what one run measured, for one of its loads.
 type sample struct {
 	elapsed    time.Duration
 	lat        []time.Duration // sorted
+	events     []time.Duration // sorted
 	errs       int
 	warmupErrs int
 	errTexts   map[string]int
@@ -95,22 +116,27 @@ func readCPU(pid int) cpuTimes {
 	return t
 }
 
-// measure runs sc against c: a warm-up, then a window of length d during
-// which completed requests and both processes' CPU time are counted.
-func measure(ctx context.Context, cfg config, sc scenario, c *benchClient, serverPID int) (sample, error) {
-	body := makeBody(sc.Size)
+// measure runs loads against one server: a warm-up, then a window of
+// length cfg.duration during which completed requests and both processes'
+// CPU time are counted. It returns one sample per load, each with the
+// window's length and CPU times of both processes (shared by all loads).
+func measure(ctx context.Context, cfg config, name string, loads []load, serverPID int) ([]sample, error) {
 	runCtx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	var phase atomic.Int32
-	callers := make([]*caller, sc.Conc)
+	callers := make([][]*caller, len(loads))
 	var wg sync.WaitGroup
-	for i := range callers {
-		callers[i] = newCaller(latencyCap(sc.Conc, cfg.duration))
-		wg.Add(1)
-		go func(w *caller) {
-			defer wg.Done()
-			w.loop(runCtx, c, body, &phase)
-		}(callers[i])
+	for i, ld := range loads {
+		callers[i] = make([]*caller, ld.conc)
+		for j := range callers[i] {
+			w := newCaller(&phase, latencyCap(ld.conc, cfg.duration))
+			callers[i][j] = w
+			wg.Add(1)
+			go func(op op) {
+				defer wg.Done()
+				w.loop(runCtx, op)
+			}(ld.op)
+		}
 	}
 
 	sleepErr := sleep(ctx, cfg.warmup)
@@ -127,31 +153,37 @@ func measure(ctx context.Context, cfg config, sc scenario, c *benchClient, serve
 	// Requests still in flight are abandoned; they are not counted.
 	cancel()
 	if !waitTimeout(&wg, cfg.timeout+5*time.Second) {
-		return sample{}, fmt.Errorf("%s: callers still blocked %v after their context was cancelled",
-			sc, cfg.timeout+5*time.Second)
+		return nil, fmt.Errorf("%s: callers still blocked %v after their context was cancelled",
+			name, cfg.timeout+5*time.Second)
 	}
 	if sleepErr != nil {
-		return sample{}, sleepErr
+		return nil, sleepErr
 	}
-	s := merge(callers)
-	s.elapsed = elapsed
-	s.cpuClient, s.cpuServer = after.client-before.client, after.server-before.server
-	s.cpuErr = before.err
-	if s.cpuErr == nil {
-		s.cpuErr = after.err
+	samples := make([]sample, len(loads))
+	for i := range loads {
+		s := merge(callers[i])
+		s.elapsed = elapsed
+		s.cpuClient, s.cpuServer = after.client-before.client, after.server-before.server
+		s.cpuErr = before.err
+		if s.cpuErr == nil {
+			s.cpuErr = after.err
+		}
+		samples[i] = s
 	}
-	return s, nil
+	return samples, nil
 }
 
 // merge pools the callers' records.
 func merge(callers []*caller) sample {
-	n := 0
+	n, m := 0, 0
 	for _, w := range callers {
 		n += len(w.lat)
+		m += len(w.events)
 	}
-	s := sample{lat: make([]time.Duration, 0, n), errTexts: map[string]int{}}
+	s := sample{lat: make([]time.Duration, 0, n), events: make([]time.Duration, 0, m), errTexts: map[string]int{}}
 	for _, w := range callers {
 		s.lat = append(s.lat, w.lat...)
+		s.events = append(s.events, w.events...)
 		s.errs += w.errs
 		s.warmupErrs += w.warmupErrs
 		for msg, k := range w.errTexts {
@@ -159,6 +191,7 @@ func merge(callers []*caller) sample {
 		}
 	}
 	slices.Sort(s.lat)
+	slices.Sort(s.events)
 	return s
 }
 

@@ -1,17 +1,20 @@
 // Command zmqhttp-bench compares zmqhttp with plain net/http on the same
-// machine: the same echo handler (it reads the request body and writes it
-// back) is served (a) by an http.Server on a zmqhttp.Listener, reached
-// through one shared zmqhttp.Transport, and (b) by an http.Server on a TCP
-// loopback listener, reached through an http.Transport that keeps one
-// HTTP/1.1 keep-alive connection per caller.
+// machine: the same handlers are served (a) by an http.Server on a
+// zmqhttp.Listener, reached through one shared zmqhttp.Transport, and (b)
+// by an http.Server on a TCP loopback listener, reached through an
+// http.Transport that keeps one HTTP/1.1 keep-alive connection per caller.
 //
 // Each server runs in a child process (the command re-executes itself as
 // "zmqhttp-bench serve -proto http|zmqhttp"; the child prints its endpoint
 // on one line and exits when its stdin closes or it is killed). The parent
-// runs N goroutines that POST fixed-size bodies back to back, first for a
-// warm-up that is not counted, then for a measured window. For every
-// scenario (concurrency × body size) both protocols run back to back and
-// the command reports:
+// runs N goroutines that send requests back to back, first for a warm-up
+// that is not counted, then for a measured window. Every scenario runs
+// with both protocols back to back. Scenarios come in groups, chosen with
+// -scenarios, each printed as its own table:
+//
+// rr: callers POST fixed-size bodies to an echo handler (it reads the
+// request body and writes it back), for each concurrency × body size. The
+// table reports
 //
 //   - req/s: requests completed in the window / window length;
 //   - p50, p99: latency of those requests, each one recorded;
@@ -22,15 +25,36 @@
 //     whole body echoed back; distinct error texts are listed below the table;
 //   - ratio: zmqhttp / http for req/s, p50, p99 and CPU/req.
 //
+// download: 4 callers GET 16 MiB bodies, which the handler writes from a
+// preallocated buffer with a Content-Length. Reported as rr, plus MiB/s,
+// body bytes received per second.
+//
+// sse: 4 callers open event streams back to back; the handler writes 5
+// events 100 ms apart, each followed by http.Flusher.Flush, each carrying
+// the server's wall clock when written. The client reads events as they
+// arrive and records arrival minus send time (one machine, one clock). The
+// table reports the p50, p99 and max of that delay over the events that
+// arrived in the window.
+//
+// hol: head-of-line blocking. 16 callers GET 128-byte bodies, measured
+// alone, then again in a second window while 2 callers download 64 MiB
+// bodies back to back through the same client (the same zmqhttp.Transport
+// or http.Client). The table reports the small requests' p50 and p99 alone
+// and under load, the p99 growth (under load / alone) and the downloads'
+// MiB/s. The zmqhttp server and Transport of this group get a 128 MiB
+// Limits.MaxBodyBytes (see holMaxBody).
+//
 // Usage:
 //
-//	go run ./cmd/zmqhttp-bench                   # default scenarios, ~40 s
-//	go run ./cmd/zmqhttp-bench -c 1,64 -size 128,64K -d 5s
+//	go run ./cmd/zmqhttp-bench                   # every group, ~75 s
+//	go run ./cmd/zmqhttp-bench -scenarios download,sse,hol
+//	go run ./cmd/zmqhttp-bench -scenarios rr -c 1,64 -size 128,64K -d 5s
 //	go run ./cmd/zmqhttp-bench -proto zmqhttp -json
 //
-// By default it runs concurrency 1, 16, 64 and 256 with 128-byte bodies and
-// concurrency 16 with 64 KiB bodies; -c and -size replace them with their
-// cross product. See -h for all flags.
+// By default the rr group runs concurrency 1, 16, 64 and 256 with 128-byte
+// bodies and concurrency 16 with 64 KiB bodies; -c and -size replace them
+// with their cross product. -d, -warmup and -timeout apply to every run
+// (hol has two windows per protocol). See -h for all flags.
 package main
 
 import (
@@ -41,6 +65,7 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 	"time"
 )
@@ -52,10 +77,11 @@ const (
 
 // config is what the command-line flags ask for.
 type config struct {
-	duration  time.Duration // measured window per run
-	warmup    time.Duration // uncounted run before the window
-	timeout   time.Duration // per-request timeout
-	scenarios []scenario
+	duration  time.Duration   // measured window per run
+	warmup    time.Duration   // uncounted run before the window
+	timeout   time.Duration   // per-request timeout
+	scenarios []scenario      // the rr group's echo scenarios
+	groups    map[string]bool // scenario groups to run
 	protos    []string
 	json      bool
 }
@@ -107,12 +133,18 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 	conc := fs.String("c", "1,16,64,256", "comma-separated concurrency `list`")
 	sizes := fs.String("size", "128", "comma-separated body size `list` (128, 4K, 64KiB, 1M)")
 	protos := fs.String("proto", protoHTTP+","+protoZMQ, "protocols to run: http, zmqhttp or both")
+	groupList := fs.String("scenarios", strings.Join(groupNames(), ","),
+		"scenario `groups` to run: rr (echo, -c × -size), download, sse, hol, or all")
 	fs.BoolVar(&cfg.json, "json", false, "print results as JSON instead of a table")
 	fs.Usage = func() {
 		fmt.Fprintln(fs.Output(), "usage: zmqhttp-bench [flags]\n\n"+
-			"Compares zmqhttp with net/http HTTP/1.1 keep-alive on an echo handler.\n"+
-			"Default scenarios: c=1,16,64,256 with 128B bodies, and c=16 with 64KiB.\n"+
-			"-c or -size replace them with their cross product.")
+			"Compares zmqhttp with net/http HTTP/1.1 keep-alive. Scenario groups:\n"+
+			"  rr        echo POSTs: c=1,16,64,256 with 128B bodies, and c=16 with 64KiB;\n"+
+			"            -c or -size replace them with their cross product\n"+
+			"  download  4 callers GET 16MiB bodies\n"+
+			"  sse       4 streams of 5 flushed events 100ms apart: delay of each event\n"+
+			"  hol       16 callers GET 128B, alone and beside 2 callers GETting 64MiB\n"+
+			"\nFlags:")
 		fs.PrintDefaults()
 	}
 	if err := fs.Parse(args); err != nil {
@@ -126,6 +158,9 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 	}
 	var err error
 	if cfg.protos, err = parseProtos(*protos); err != nil {
+		return cfg, err
+	}
+	if cfg.groups, err = parseGroups(*groupList); err != nil {
 		return cfg, err
 	}
 	cfg.scenarios = defaultScenarios

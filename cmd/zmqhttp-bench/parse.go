@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 )
@@ -24,6 +25,38 @@ func parseProtos(s string) ([]string, error) {
 	}
 	if len(out) == 0 {
 		return nil, fmt.Errorf("-proto: no protocol given")
+	}
+	return out, nil
+}
+
+// groupNames lists the scenario groups in the order they run.
+func groupNames() []string {
+	names := make([]string, len(groups))
+	for i, g := range groups {
+		names[i] = g.name
+	}
+	return names
+}
+
+// parseGroups parses "rr,download,sse,hol" (any subset; "all" is every
+// group).
+func parseGroups(s string) (map[string]bool, error) {
+	known := groupNames()
+	out := map[string]bool{}
+	for _, g := range splitList(s) {
+		switch {
+		case g == "all":
+			for _, name := range known {
+				out[name] = true
+			}
+		case slices.Contains(known, g):
+			out[g] = true
+		default:
+			return nil, fmt.Errorf("-scenarios: unknown group %q (want some of %s, or all)", g, strings.Join(known, ","))
+		}
+	}
+	if len(out) == 0 {
+		return nil, fmt.Errorf("-scenarios: no group given")
 	}
 	return out, nil
 }

@@ -11,8 +11,11 @@ import (
 
 const rowFormat = "%-15s %-8s %9s %9s %9s %9s %7s  %s"
 
-func writeRow(w io.Writer, cols ...any) {
-	fmt.Fprintln(w, strings.TrimRight(fmt.Sprintf(rowFormat, cols...), " "))
+func writeRow(w io.Writer, cols ...any) { writeRowf(w, rowFormat, cols...) }
+
+// writeRowf prints one table row in format, without trailing blanks.
+func writeRowf(w io.Writer, format string, cols ...any) {
+	fmt.Fprintln(w, strings.TrimRight(fmt.Sprintf(format, cols...), " "))
 }
 
 // writeTable prints one row per result and, after each scenario run with
@@ -48,8 +51,19 @@ func pairAt(results []result, i int) (h, z result, ok bool) {
 	return h, z, false
 }
 
+// writeErrors lists, below a table, the error texts and client stats of
+// results and of their parts (hol's UnderLoad and Bulk).
 func writeErrors(w io.Writer, results []result) {
+	var all []result
 	for _, r := range results {
+		all = append(all, r)
+		for _, part := range []*result{r.UnderLoad, r.Bulk} {
+			if part != nil {
+				all = append(all, *part)
+			}
+		}
+	}
+	for _, r := range all {
 		if len(r.ErrorTexts) == 0 && r.ClientStats == "" {
 			continue
 		}
@@ -78,11 +92,20 @@ func writeJSON(w io.Writer, results []result) error {
 	return enc.Encode(results)
 }
 
+// ratio prints num/den as 1.23x, or n/a when either is 0.
 func ratio(num, den float64) string {
 	if den == 0 || num == 0 {
 		return "n/a"
 	}
 	return fmt.Sprintf("%.2fx", num/den)
+}
+
+// formatRate prints bytes per second in MiB/s.
+func formatRate(bytesPerSec float64) string {
+	if bytesPerSec <= 0 {
+		return "-"
+	}
+	return fmt.Sprintf("%.0f", bytesPerSec/(1<<20))
 }
 
 func formatCPU(d time.Duration, cpuErr string) string {

@@ -1,0 +1,136 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"strconv"
+
+	"github.com/zmqhttp/zmqhttp"
+)
+
+// The hol (head-of-line) scenario: holConc callers GET holSize bytes back
+// to back, alone, then while holBulkConc more callers GET holBulkSize bytes
+// back to back through the same client (the same zmqhttp.Transport, the
+// same http.Client).
+const (
+	holConc     = 16
+	holSize     = 128
+	holBulkConc = 2
+	holBulkSize = 64 << 20
+)
+
+// holMaxBody is the Limits.MaxBodyBytes both zmqhttp sides get in the hol
+// scenario, whose downloads exceed the default 32 MiB. Set it to 0 to run
+// the scenario with the library's default limits.
+const holMaxBody = 128 << 20
+
+// holServerArgs are the extra serve flags of the hol scenario's server.
+func holServerArgs(proto string) []string {
+	if proto != protoZMQ || holMaxBody == 0 {
+		return nil
+	}
+	return []string{"-max-body", strconv.Itoa(holMaxBody)}
+}
+
+// holClientOptions are the zmqhttp Transport options of the hol scenario.
+func holClientOptions() []zmqhttp.Option {
+	if holMaxBody == 0 {
+		return nil
+	}
+	return []zmqhttp.Option{zmqhttp.WithLimits(zmqhttp.Limits{MaxBodyBytes: holMaxBody})}
+}
+
+// runHOL measures how much bulk downloads delay small requests that share
+// their client, with each protocol.
+func runHOL(ctx context.Context, cfg config, srv *servers, stderr io.Writer) ([]result, error) {
+	name := fmt.Sprintf("c=%d %s +%d×%s", holConc, formatSize(holSize), holBulkConc, formatSize(holBulkSize))
+	var results []result
+	for _, p := range cfg.protos {
+		server, err := srv.get(p, holServerArgs(p)...)
+		if err != nil {
+			return results, err
+		}
+		fmt.Fprintf(stderr, "running %-12s %-8s ...", name, p)
+		r, err := holOne(ctx, cfg, name, p, server)
+		if err != nil {
+			fmt.Fprintln(stderr, " failed")
+			return results, err
+		}
+		fmt.Fprintf(stderr, " p99 %s alone, %s under load, %d errors\n",
+			formatDuration(r.P99), formatDuration(r.UnderLoad.P99), r.Errors+r.UnderLoad.Errors+r.Bulk.Errors)
+		results = append(results, r)
+	}
+	return results, nil
+}
+
+func holOne(ctx context.Context, cfg config, name, proto string, server *child) (result, error) {
+	c, err := newClient(proto, server.endpoint, holConc+holBulkConc, cfg.timeout, holClientOptions()...)
+	if err != nil {
+		return result{}, err
+	}
+	defer c.close()
+	small := load{holConc, func(ctx context.Context, _ *caller) error { return c.get(ctx, holSize) }}
+	bulk := load{holBulkConc, func(ctx context.Context, _ *caller) error { return c.get(ctx, holBulkSize) }}
+
+	alone, err := window(ctx, cfg, name+" alone", proto, server, []load{small})
+	if err != nil {
+		return result{}, err
+	}
+	loaded, err := window(ctx, cfg, name+" under load", proto, server, []load{small, bulk})
+	if err != nil {
+		return result{}, err
+	}
+	label := result{Group: groupHOL, Concurrency: holConc, BodyBytes: holSize, Proto: proto}
+	r := label
+	r.Scenario = name
+	r = summarize(r, alone[0])
+	addStats(&r, c)
+	under := label
+	under.Scenario = name + ": under load"
+	under = summarize(under, loaded[0])
+	addStats(&under, c)
+	b := result{Group: groupHOL, Scenario: name + ": bulk", Concurrency: holBulkConc, BodyBytes: holBulkSize, Proto: proto}
+	b = summarize(b, loaded[1])
+	b.BytesPerSec = b.ReqPerSec * holBulkSize
+	addStats(&b, c)
+	// The loaded window's CPU is spent on both loads and cannot be split
+	// per request; CPUClient and CPUServer keep the window's totals.
+	under.CPUPerReq, b.CPUPerReq = 0, 0
+	r.UnderLoad, r.Bulk = &under, &b
+	if r.P99 > 0 {
+		r.P99Growth = float64(under.P99) / float64(r.P99)
+	}
+	return r, nil
+}
+
+const holFormat = "%-20s %-8s %9s %9s %9s %9s %10s %10s %7s"
+
+// writeHOLTable prints the small requests' latency alone and under load,
+// the growth of their p99 (the head-of-line cost), and the bulk downloads'
+// throughput.
+func writeHOLTable(w io.Writer, results []result) {
+	writeRowf(w, holFormat, "head-of-line", "proto", "alone p50", "p99", "load p50", "p99", "p99 growth", "bulk MiB/s", "errors")
+	for i, r := range results {
+		u, b := r.UnderLoad, r.Bulk
+		writeRowf(w, holFormat, r.Scenario, r.Proto, formatDuration(r.P50), formatDuration(r.P99),
+			formatDuration(u.P50), formatDuration(u.P99), growth(r.P99Growth), formatRate(b.BytesPerSec),
+			fmt.Sprint(r.Errors+u.Errors+b.Errors))
+		if h, z, ok := pairAt(results, i); ok {
+			writeRowf(w, holFormat, r.Scenario, "ratio",
+				ratio(float64(z.P50), float64(h.P50)), ratio(float64(z.P99), float64(h.P99)),
+				ratio(float64(z.UnderLoad.P50), float64(h.UnderLoad.P50)),
+				ratio(float64(z.UnderLoad.P99), float64(h.UnderLoad.P99)),
+				ratio(z.P99Growth, h.P99Growth), ratio(z.Bulk.BytesPerSec, h.Bulk.BytesPerSec), "")
+		}
+	}
+	writeErrors(w, results)
+}
+
+// growth prints a p99 growth factor, or n/a.
+func growth(g float64) string {
+	if g <= 0 {
+		return "n/a"
+	}
+	return fmt.Sprintf("%.2fx", g)
+}
