@@ -59,69 +59,6 @@ const (
 	streamBodyLimit = 4 << 30
 )
 
-// streamPatternPeriod is prime, so that no chunk size lines up with the
-// pattern and a lost, repeated or reordered chunk changes the CRC.
-const streamPatternPeriod = 65521
-
-// streamPattern holds the pattern twice, so that any run of up to
-// streamPatternPeriod bytes starting anywhere in it is one slice.
-var streamPattern = func() []byte {
-	b := make([]byte, 2*streamPatternPeriod)
-	x := uint32(2463534242)
-	for i := 0; i < streamPatternPeriod; i++ {
-		x ^= x << 13
-		x ^= x >> 17
-		x ^= x << 5
-		b[i] = byte(x)
-	}
-	copy(b[streamPatternPeriod:], b[:streamPatternPeriod])
-	return b
-}()
-
-var streamCRCTable = crc32.MakeTable(crc32.Castagnoli)
-
-// patternReader generates n bytes of the pattern, never holding them: the
-// body of a streamed upload. onRead, if set, is called with the running
-// total after each Read.
-type patternReader struct {
-	n, read int64
-	pos     int
-	onRead  func(total int64)
-	closed  chan struct{} // closed by Close, if not nil
-}
-
-func (r *patternReader) Read(p []byte) (int, error) {
-	if r.read >= r.n {
-		return 0, io.EOF
-	}
-	k := min(int64(len(p)), int64(streamPatternPeriod), r.n-r.read)
-	copy(p, streamPattern[r.pos:r.pos+int(k)])
-	r.pos = (r.pos + int(k)) % streamPatternPeriod
-	r.read += k
-	if r.onRead != nil {
-		r.onRead(r.read)
-	}
-	return int(k), nil
-}
-
-func (r *patternReader) Close() error {
-	if r.closed != nil {
-		select {
-		case <-r.closed:
-		default:
-			close(r.closed)
-		}
-	}
-	return nil
-}
-
-// patternCRC is the CRC-32C of the first n bytes of the pattern.
-func patternCRC(n int64) uint32 {
-	h := crc32.New(streamCRCTable)
-	io.Copy(h, &patternReader{n: n})
-	return h.Sum32()
-}
-
 // vmKB reads a "Vm...:" line of /proc/PID/status ("self" for this process)
 // in kB.
 func vmKB(pid, field string) (int64, error) {
@@ -266,7 +203,7 @@ func streamClientMain() {
 		start := time.Now()
 		resp, err := client.Do(req)
 		if err != nil {
-			fail("%s: %v (after the Transport read %d bytes of the body)", name, err, body.read)
+			fail("%s: %v (after the Transport read %d bytes of the body)", name, err, body.read.Load())
 		}
 		got, err := io.ReadAll(resp.Body)
 		resp.Body.Close()
