@@ -16,6 +16,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -670,16 +671,35 @@ func (p *rawPeer) recvEnvelope(t *testing.T) envelope {
 }
 
 // TestBadInputFromNetwork: malformed messages get an error reply or are
-// dropped and counted; an oversized frame closes only that connection;
-// no input panics the server or disturbs another client.
+// dropped and counted, and the connection carries on; an oversized frame
+// makes the server close only that connection; no input panics the server
+// or disturbs another client. Each step checks what the server did, not
+// merely that a read ended.
 func TestBadInputFromNetwork(t *testing.T) {
 	ts := startServer(t, "tcp", echoHandler())
 	client, _ := newClient(t, ts.L.Endpoint())
+	// The other client is connected before the raw peer comes.
+	if resp, err := client.Get("http://svc/"); err != nil {
+		t.Fatal(err)
+	} else {
+		resp.Body.Close()
+	}
 	p := dialRaw(t, ts.L)
+	waitFor(t, 5*time.Second, "the raw peer to be counted", func() bool { return ts.L.Stats().Peers == 2 })
+	checkCounts := func(step string, bad, rejected uint64) {
+		t.Helper()
+		st := ts.L.Stats()
+		if st.BadMessages != bad || st.Rejected != rejected || st.Peers != 2 {
+			t.Fatalf("after %s: BadMessages %d, Rejected %d, Peers %d; want %d, %d, 2 (stats %+v)",
+				step, st.BadMessages, st.Rejected, st.Peers, bad, rejected, st)
+		}
+	}
 
-	// Not msgpack at all: dropped, counted.
+	// Not msgpack at all: dropped (no reply: the next reply read below is
+	// the next step's), counted, the connection kept.
 	p.send(t, nil, []byte("GET / HTTP/1.1\r\n"))
 	waitFor(t, 5*time.Second, "the bad message to be counted", func() bool { return ts.L.Stats().BadMessages == 1 })
+	checkCounts("a message that is not msgpack", 1, 0)
 
 	// Another version: answered with an error envelope naming it.
 	p.send(t, nil, []byte{0x93, 0x02, 0x01, 0x2a})
@@ -687,13 +707,16 @@ func TestBadInputFromNetwork(t *testing.T) {
 	if e.Kind != KindError || e.ID != 42 || e.Status != errCodeUnsupported || !strings.Contains(e.Message, "version") {
 		t.Fatalf("version 2: got %+v", e)
 	}
-	// A reserved kind (cancel) is not misread as anything else.
+	checkCounts("an envelope of version 2", 1, 1)
+	// A reserved kind (chunk) is not misread as anything else.
 	p.send(t, nil, []byte{0x93, 0x01, byte(KindChunk), 0x07})
 	e = p.recvEnvelope(t)
 	if e.Kind != KindError || e.ID != 7 || e.Status != errCodeUnsupported {
 		t.Fatalf("unknown kind: got %+v", e)
 	}
-	// Header injection attempt.
+	checkCounts("an envelope of a reserved kind", 1, 2)
+	// Header injection attempt: answered 400 without running the handler
+	// (the echo handler would answer 200).
 	bad := envelope{Version: 1, Kind: KindRequest, ID: 9, Method: "GET", URI: "/", Host: "h",
 		Header: []string{"X-A", "1\r\nX-Injected: yes"}}
 	b, _ := appendEnvelope(nil, &bad)
@@ -702,13 +725,40 @@ func TestBadInputFromNetwork(t *testing.T) {
 	if e.Kind != KindResponse || e.ID != 9 || e.Status != http.StatusBadRequest {
 		t.Fatalf("header injection: got %+v", e)
 	}
-	// A frame that announces 2^50 bytes: this connection is dropped.
-	hdr := []byte{flagLong, 0, 0x04, 0, 0, 0, 0, 0, 0}
-	p.nc.Write(hdr)
-	p.nc.SetReadDeadline(time.Now().Add(5 * time.Second))
-	if _, err := p.br.ReadByte(); err == nil {
-		t.Fatal("connection still open after an oversized frame")
+	checkCounts("a header injection attempt", 1, 3)
+	// The connection still works after all that: a good request on it is
+	// answered.
+	good := envelope{Version: 1, Kind: KindRequest, ID: 10, Method: "POST", URI: "/", Host: "h",
+		Body: []byte("ok"), ContentLength: 2}
+	b, _ = appendEnvelope(nil, &good)
+	p.send(t, nil, b)
+	e = p.recvEnvelope(t)
+	if e.Kind != KindResponse || e.ID != 10 || e.Status != http.StatusOK || string(e.Body) != "ok" {
+		t.Fatalf("a good request after the bad ones: got kind %s id %d status %d body %q", e.Kind, e.ID, e.Status, e.Body)
 	}
+
+	// A frame that announces 2^50 bytes: the server closes this
+	// connection. The read must end with EOF or a reset from the server,
+	// not with our own deadline.
+	hdr := []byte{flagLong, 0, 0x04, 0, 0, 0, 0, 0, 0}
+	if _, err := p.nc.Write(hdr); err != nil {
+		t.Fatal(err)
+	}
+	sent := time.Now()
+	p.nc.SetReadDeadline(time.Now().Add(5 * time.Second))
+	n, err := io.Copy(io.Discard, p.br)
+	switch {
+	case err == nil, errors.Is(err, syscall.ECONNRESET):
+		t.Logf("the server closed the connection %v after the oversized frame header (%d bytes before the close; read error %v)",
+			time.Since(sent).Round(time.Microsecond), n, err)
+	case errors.Is(err, os.ErrDeadlineExceeded):
+		t.Fatalf("the server did not close the connection within 5s of a frame announcing 2^50 bytes (stats %+v)", ts.L.Stats())
+	default:
+		t.Fatalf("reading after the oversized frame: %v, want EOF or a connection reset", err)
+	}
+	waitFor(t, 5*time.Second, "the closed connection to leave the Listener's peers", func() bool { return ts.L.Stats().Peers == 1 })
+	t.Logf("Listener stats after the oversized frame: %+v", ts.L.Stats())
+
 	// Other clients are unaffected.
 	resp, err := client.Post("http://svc/", "text/plain", strings.NewReader("still here"))
 	if err != nil {
