@@ -97,6 +97,7 @@ type link struct {
 	once       sync.Once
 	err        error // why the link died; set once, before dead is closed
 
+	heard       atomic.Bool   // the reader has read a message
 	reqsRead    atomic.Uint64 // written by the reader goroutine: request envelopes read
 	reqsWritten uint64        // the writer goroutine's: request envelopes written
 
@@ -523,6 +524,9 @@ func (l *link) readLoop() {
 			l.h.handle(l, &env)
 		default:
 			l.h.handle(l, &env)
+		}
+		if !l.heard.Load() {
+			l.heard.Store(true) // after HELLO's capabilities are recorded
 		}
 	}
 }

@@ -47,17 +47,22 @@ type Listener struct {
 	// it together with inflight and the queue; hot paths read it without
 	// mu.
 	closed atomic.Bool
+	// closing is set first thing in Close, closeDone last.
+	closing   atomic.Bool
+	closeDone atomic.Bool
 
 	// mu guards the following fields.
 	mu           sync.Mutex
 	peers        map[*peer]struct{}
-	inflight     int    // requests received and not yet answered
-	running      int    // requests holding a worker slot
-	queue        []*job // requests waiting for a worker slot, oldest first
-	acceptQ      []*job // requests holding a slot, waiting for Accept
-	peersClosing bool   // maybeClosePeers has closed (or scheduled closing) every peer
-	drainGiven   bool   // Accept has returned the drain connection
-	peersLeft    chan struct{} // closed when the Listener is closed and every peer has gone
+	inflight     int                 // requests received and not yet answered
+	running      int                 // requests holding a worker slot
+	queue        []*job              // requests waiting for a worker slot, oldest first
+	acceptQ      []*job              // requests holding a slot, waiting for Accept
+	peersClosing bool                // maybeClosePeers has closed (or scheduled closing) every peer
+	drainGiven   bool                // Accept has returned the drain connection
+	conns        map[*vconn]struct{} // open connections handed to the server
+	held         []*job              // requests awaiting their verdict (holdVerdict)
+	peersLeft    chan struct{}       // closed when the Listener is closed and every peer has gone
 }
 
 // listenerCounters are updated atomically.
@@ -137,6 +142,7 @@ func Listen(endpoint string, opts ...Option) (*Listener, error) {
 		acceptDone: make(chan struct{}),
 		hsSlots:    make(chan struct{}, 64),
 		peers:      make(map[*peer]struct{}),
+		conns:      make(map[*vconn]struct{}),
 	}
 	l.wg.Add(1)
 	go l.acceptLoop()
@@ -226,6 +232,14 @@ func (l *Listener) isDone() bool {
 func (l *Listener) Close() error {
 	var err error
 	l.closeOnce.Do(func() {
+		l.mu.Lock()
+		l.closing.Store(true)
+		held := l.held
+		l.held = nil
+		l.mu.Unlock()
+		for _, j := range held {
+			l.verdict(j, true)
+		}
 		close(l.done)
 		err = l.ln.Close() // a unix listener also removes its socket file
 		<-l.acceptDone
@@ -254,10 +268,45 @@ func (l *Listener) Close() error {
 			}
 			l.finished(j)
 		}
+		l.settle()
+		l.closeDone.Store(true)
 		l.maybeClosePeers()
 		l.peerGone()
 	})
 	return err
+}
+
+// settleMax bounds how long Close waits in settle.
+const settleMax = 50 * time.Millisecond
+
+// settle waits, briefly, for every connection whose request head the
+// server has read but not yet acted on (no read or write since) to show
+// what it does with it. http.Server marks itself shutting down before it
+// closes its listeners (this Close), and drops unanswered a request whose
+// head it finishes reading after that: such a connection closes within
+// microseconds, while Close is still here, and its request goes back to
+// the client as not processed (notRunLocked). A connection that reads or
+// writes ran its handler. One still silent when settle returns is taken
+// to be running a handler that has not touched its request yet: if it
+// later closes without a response, that request may have run and gets an
+// error.
+func (l *Listener) settle() {
+	deadline := time.Now().Add(settleMax)
+	for time.Now().Before(deadline) {
+		l.mu.Lock()
+		waiting := false
+		for c := range l.conns {
+			if c.undecided() {
+				waiting = true
+				break
+			}
+		}
+		l.mu.Unlock()
+		if !waiting {
+			return
+		}
+		time.Sleep(200 * time.Microsecond)
+	}
 }
 
 func (l *Listener) isClosed() bool { return l.closed.Load() }
@@ -285,14 +334,22 @@ func (l *Listener) maybeClosePeers() {
 		ps = append(ps, p)
 	}
 	l.mu.Unlock()
-	_, grace := l.cfg.heartbeat()
 	for _, p := range ps {
-		if p.has(capDrain) {
-			time.AfterFunc(grace, p.finish)
-		} else {
-			p.finish()
-		}
+		l.finishPeer(p)
 	}
+}
+
+// finishPeer closes p's connection once its replies are written: a
+// client that was told to drain gets a heartbeat timeout to leave by
+// itself first, and so does one not heard from yet (its HELLO may be on
+// its way).
+func (l *Listener) finishPeer(p *peer) {
+	if !p.has(capDrain) && p.heard.Load() {
+		p.finish()
+		return
+	}
+	_, grace := l.cfg.heartbeat()
+	time.AfterFunc(grace, p.finish)
 }
 
 // peerGone is told that a peer left; once the Listener is closed and none
@@ -410,15 +467,18 @@ func (l *Listener) startPeer(raw net.Conn) {
 		window:     l.cfg.streamWindow(),
 		server:     true,
 	})
+	// A peer that arrives while the Listener closes is served as a
+	// draining one: told so (after its HELLO), its requests returned
+	// unprocessed; closing its connection at once would lose what it
+	// sent already.
 	l.mu.Lock()
-	if l.closed.Load() && l.inflight == 0 {
-		l.mu.Unlock()
-		nc.Close()
-		return
-	}
 	l.peers[p] = struct{}{}
+	late := l.peersClosing
 	l.mu.Unlock()
 	p.start()
+	if late {
+		l.finishPeer(p)
+	}
 	<-p.dead
 	p.ended()
 	p.wait()

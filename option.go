@@ -140,8 +140,7 @@ func (c *config) retryAfterSeconds() int {
 }
 
 // Internal bounds, not options.
-const (
-)
+const ()
 
 // WithHeartbeat sets how often each side sends a heartbeat (PING) on a
 // connection whose peer speaks the heartbeat protocol, and how long a

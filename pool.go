@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"slices"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -213,7 +214,19 @@ func newVConn(l *Listener, j *job) *vconn {
 	c := &vconn{l: l, peer: j.peer, wake: make(chan struct{}, 1)}
 	c.local = &connAddr{Addr: l.ln.Addr(), c: c}
 	c.assign(j)
+	l.mu.Lock()
+	l.conns[c] = struct{}{}
+	l.mu.Unlock()
 	return c
+}
+
+// undecided reports whether the server has read c's request head and
+// done nothing since (see Listener.settle).
+func (c *vconn) undecided() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	j := c.cur
+	return !c.closed && j != nil && !j.sent && j.headDone && !j.entered
 }
 
 // assign makes j the connection's current request, unless the connection
@@ -358,7 +371,7 @@ func (c *vconn) copyParts(j *job, p []byte) int {
 			// closed already, the server was shutting down before it:
 			// it will close the connection without running the handler.
 			j.headDone = true
-			j.closedAtHead = c.l.isClosed()
+			j.closedAtHead = c.l.closing.Load()
 			break
 		}
 	}
@@ -757,7 +770,7 @@ func (c *vconn) Close() error {
 	c.cur = nil
 	var whole, errEnv *envelope
 	var out *sendStream
-	finish, notRun := false, false
+	finish, notRun, hold := false, false, false
 	if j != nil && !j.sent {
 		j.sent = true
 		out = j.out
@@ -775,7 +788,12 @@ func (c *vconn) Close() error {
 			}
 		case c.notRunLocked(j):
 			notRun = true
+		case j.headDone && !j.entered && out == nil:
+			hold = true
 		default:
+			if debugClose {
+				println("DBG close", j.env.Method, j.read, j.headLen, j.headDone, j.entered, j.closedAtHead, c.l.closing.Load(), c.l.closeDone.Load(), j.resp.written, j.bodyless)
+			}
 			c.l.stats.noResponse.Add(1)
 			errEnv = errorEnvelope(j.env.ID, errCodeInternal, "the server closed the connection without a complete response")
 			if out != nil {
@@ -786,6 +804,11 @@ func (c *vconn) Close() error {
 	c.mu.Unlock()
 	switch {
 	case j == nil:
+	case hold:
+		if debugClose {
+			println("DBG hold", j.env.Method, j.read, j.headLen, j.headDone, j.entered, j.closedAtHead, c.l.closing.Load(), c.l.closeDone.Load(), j.resp.written, j.bodyless)
+		}
+		c.l.holdVerdict(j)
 	case finish:
 		for _, d := range j.resp.out {
 			out.write(d, j.abort)
@@ -805,31 +828,91 @@ func (c *vconn) Close() error {
 		c.l.finished(j) // answered before, or aborted
 	}
 	c.peer.removeIdle(c)
+	c.l.mu.Lock()
+	delete(c.l.conns, c)
+	c.l.mu.Unlock()
 	c.signal()
 	return nil
 }
 
 // notRunLocked reports whether the server provably never ran j's handler,
 // so that the client may send it again whatever its method:
-//   - the server never read a byte of it; or
+//   - the server never read all of its head; or
 //   - it read the whole head and did nothing more (no read, no write)
 //     before closing, and either the request has no body — net/http
-//     starts its one-byte background read right before it calls the
-//     handler of such a request, so without that read the handler was
-//     not called — or the Listener was already closed when the head was
-//     read: http.Server marks itself shutting down before it closes its
-//     listeners, and drops a request it reads while shutting down.
+//     sets up its background read right before it calls the handler of
+//     such a request, and a handler that ends waits for that read, so
+//     without it the handler was not called — or the server was shutting
+//     down when it read the head: http.Server marks itself shutting down
+//     before it closes its listeners (Listener.Close) and drops a request
+//     whose head it reads after that. That is the case when the head was
+//     read after Close began, or when the connection closes while Close
+//     runs (the server's own connection loop closes it at once; the
+//     server closes connections itself only after Close returns).
 //
 // Everything else may have run and gets an error, never a second run.
 // c.mu is held.
 func (c *vconn) notRunLocked(j *job) bool {
 	switch {
-	case j.read == 0:
+	case !j.headDone:
 		return true
-	case !j.headDone || j.entered:
+	case j.entered:
 		return false
 	}
-	return j.bodyless || j.closedAtHead
+	return j.bodyless || j.closedAtHead || (c.l.closing.Load() && !c.l.closeDone.Load())
+}
+
+// verdictWait is how long a request whose connection closed right after
+// its head was read, with nothing done since, waits for the Listener to
+// close (see holdVerdict).
+const verdictWait = 50 * time.Millisecond
+
+// holdVerdict answers j, whose connection the server closed after reading
+// its head and doing nothing more, once it is known why: http.Server
+// marks itself shutting down a moment before it closes the Listener, and
+// drops a request whose head it reads in between; if the Listener closes
+// within verdictWait, that is what happened and j goes back as not
+// processed. Otherwise the handler may have run (it panicked, or the
+// server was closed, before it touched the request) and j gets an error.
+func (l *Listener) holdVerdict(j *job) {
+	l.mu.Lock()
+	switch {
+	case l.closeDone.Load():
+		// Closed by the server after Close: it may have run.
+		l.mu.Unlock()
+		l.verdict(j, false)
+		return
+	case l.closing.Load():
+		l.mu.Unlock()
+		l.verdict(j, true)
+		return
+	}
+	l.held = append(l.held, j)
+	l.mu.Unlock()
+	time.AfterFunc(verdictWait, func() {
+		l.mu.Lock()
+		i := slices.Index(l.held, j)
+		if i >= 0 {
+			l.held = slices.Delete(l.held, i, i+1)
+		}
+		l.mu.Unlock()
+		if i >= 0 {
+			l.verdict(j, false)
+		}
+	})
+}
+
+// verdict answers a held job.
+func (l *Listener) verdict(j *job, notRun bool) {
+	switch {
+	case j.canceled():
+	case notRun:
+		j.peer.notProcessed(j.env.ID, "zmqhttp: server shutting down")
+	default:
+		l.stats.noResponse.Add(1)
+		j.peer.replyCtrl(errorEnvelope(j.env.ID, errCodeInternal, "the server closed the connection without a complete response"))
+	}
+	l.finished(j)
 }
 
 // LocalAddr returns the Listener's address.
@@ -862,3 +945,5 @@ func (c *vconn) SetWriteDeadline(t time.Time) error {
 	c.mu.Unlock()
 	return nil
 }
+
+var debugClose = os.Getenv("ZMQHTTP_DEBUG") != ""

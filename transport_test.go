@@ -709,7 +709,7 @@ func TestBadInputFromNetwork(t *testing.T) {
 	}
 	checkCounts("an envelope of version 2", 1, 1)
 	// A reserved kind (chunk) is not misread as anything else.
-	p.send(t, nil, []byte{0x93, 0x01, byte(KindChunk), 0x07})
+	p.send(t, nil, []byte{0x93, 0x01, byte(maxKnownKind + 1), 0x07})
 	e = p.recvEnvelope(t)
 	if e.Kind != KindError || e.ID != 7 || e.Status != errCodeUnsupported {
 		t.Fatalf("unknown kind: got %+v", e)

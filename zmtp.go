@@ -36,6 +36,10 @@ const maxFramesPerMessage = 8
 // (delimiter and routing frames).
 const routingAllowance = 4096
 
+// maxDiscard bounds an oversized frame the receiver reads and drops while
+// keeping the connection; a larger one closes it.
+const maxDiscard = 1 << 30
+
 // handshakeReadLimit bounds what a peer may send during the handshake.
 const handshakeReadLimit = 16 << 10
 
@@ -192,6 +196,11 @@ func readMessage(br *bufio.Reader, maxFrame int64, frames [][]byte) (_ [][]byte,
 		if size > uint64(maxFrame) || total > uint64(maxFrame)+routingAllowance {
 			if flags&flagCommand != 0 {
 				return frames, false, protoErr(reasonFraming, "command frame of %d bytes", size)
+			}
+			if size > maxDiscard {
+				// Not a body somebody meant to send: reading it to the
+				// end would keep the connection busy for ever.
+				return frames, false, protoErr(reasonFraming, "frame of %d bytes", size)
 			}
 			return frames, false, discardOversized(br, flags, size, maxFrame)
 		}
