@@ -39,7 +39,8 @@ type call struct {
 
 	// Guarded by Transport.mu.
 	link     *clientLink // the link it was queued on; nil while waiting for one
-	attempts int         // times it was sent again
+	attempts int         // times it was replayed (it may have run)
+	resends  int         // times it was sent again after it provably did not run
 	upload   *sendStream // a streamed body's sending half
 }
 
@@ -61,6 +62,11 @@ func (c *call) refreshTimeout() {
 		c.msg, c.encodedAt = msg, now
 	}
 }
+
+// maxResends bounds how many times one request that servers returned
+// unprocessed (they were draining) is sent again: it never ran, so this is
+// no replay, but a server that keeps refusing must not hold it for ever.
+const maxResends = 16
 
 // staleAfter is how long an encoded request may wait for a connection
 // before its Timeout field is brought up to date.
@@ -224,7 +230,12 @@ func (t *Transport) linkEnded(cl *clientLink) {
 		case seq == 0:
 			again = append(again, c) // never written: not a resend
 			continue
-		case (notRun || c.replayable) && c.attempts < maxReplays:
+		case notRun && c.resends < maxResends:
+			c.resends++
+			t.stats.replays.Add(1)
+			again = append(again, c)
+			continue
+		case c.replayable && c.attempts < maxReplays:
 			c.attempts++
 			t.stats.replays.Add(1)
 			again = append(again, c)
@@ -455,10 +466,10 @@ func (t *Transport) sendAgain(cl *clientLink, id uint64) {
 	switch {
 	case c.streamed:
 		err = ErrNotProcessed // its body is gone; RoundTrip may start over with GetBody
-	case c.attempts >= t.cfg.maxReplaysOrDefault():
+	case c.resends >= maxResends:
 		err = ErrNotProcessed
 	default:
-		c.attempts++
+		c.resends++
 		t.stats.replays.Add(1)
 		c.seq.Store(0)
 		c.refreshTimeout()

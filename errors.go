@@ -21,9 +21,10 @@ var (
 	// run it.
 	ErrConnectionLost = errors.New("zmqhttp: connection lost before the reply; the request may or may not have been processed")
 
-	// ErrNotProcessed fails a request that servers kept returning
-	// unprocessed (they were draining) more than WithMaxReplays times. The
-	// request did not run; it is safe to send again.
+	// ErrNotProcessed fails a request that provably did not run but could
+	// not be sent again: servers kept returning it unprocessed (they were
+	// draining) 16 times, or its body was streamed and cannot be sent
+	// twice (no GetBody). It is safe to send again.
 	ErrNotProcessed = errors.New("zmqhttp: the server returned the request unprocessed (draining)")
 
 	// ErrTooManyPending is returned at once by RoundTrip when the

@@ -162,11 +162,14 @@ func (c *config) heartbeat() (interval, timeout time.Duration) {
 	return interval, timeout
 }
 
-// WithMaxReplays bounds how many times a Transport sends one request
-// again: a replayable request (GET, HEAD, OPTIONS, TRACE, or one with an
-// Idempotency-Key header) in flight on a connection that broke, or any
-// request a draining server returned unprocessed. Past it the call fails.
-// Transport only. Default 3; a negative n disables replay.
+// WithMaxReplays bounds how many times a Transport replays one request: a
+// replayable request (GET, HEAD, OPTIONS, TRACE, or one with an
+// Idempotency-Key header, whose body is in memory) in flight on a
+// connection that broke, when it may have run. Past it the call fails with
+// ErrConnectionLost. A request that provably did not run (a draining
+// server returned it, or it was written after DRAINING's watermark) is
+// sent again up to 16 times whatever this says. Transport only. Default 3;
+// a negative n disables replay.
 func WithMaxReplays(n int) Option { return func(c *config) { c.maxReplays = n } }
 
 func (c *config) maxReplaysOrDefault() int {

@@ -182,7 +182,7 @@ func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 		// A streamed request the server provably did not run is started
 		// again with a fresh body, if the request can make one.
 		if err == nil || !errors.Is(err, ErrNotProcessed) || req.GetBody == nil ||
-			attempt >= t.cfg.maxReplaysOrDefault() || req.Context().Err() != nil ||
+			attempt >= maxResends || req.Context().Err() != nil ||
 			!streamsBody(req) {
 			return resp, err
 		}
