@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"io"
 	"net/http"
+	"strconv"
 	"testing"
 )
 
@@ -46,6 +47,38 @@ func benchRoundTrip(b *testing.B, network string, size, par int) {
 			}
 			if n != int64(size) {
 				b.Errorf("echoed %d bytes, want %d", n, size)
+				return
+			}
+		}
+	})
+}
+
+// BenchmarkDownload16MiB measures one 16 MiB streamed response through
+// Transport, Listener and http.Server in one process, 4 callers.
+func BenchmarkDownload16MiB(b *testing.B) {
+	payload := bytes.Repeat([]byte("z"), 16<<20)
+	h := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Length", strconv.Itoa(len(payload)))
+		w.Write(payload)
+	})
+	ts := startServer(b, "tcp", h)
+	client, _ := newClient(b, ts.L.Endpoint())
+	b.SetBytes(int64(len(payload)))
+	b.ReportAllocs()
+	b.SetParallelism(2)
+	b.ResetTimer()
+	b.RunParallel(func(pb *testing.PB) {
+		buf := make([]byte, 32<<10)
+		for pb.Next() {
+			resp, err := client.Get("http://svc/")
+			if err != nil {
+				b.Error(err)
+				return
+			}
+			n, _ := io.CopyBuffer(io.Discard, struct{ io.Reader }{resp.Body}, buf)
+			resp.Body.Close()
+			if n != int64(len(payload)) {
+				b.Errorf("got %d bytes", n)
 				return
 			}
 		}

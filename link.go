@@ -33,10 +33,10 @@ const (
 const (
 	// defaultStreamWindow is the credit a receiver grants each stream
 	// when it announces none (and the window this package announces).
-	defaultStreamWindow = 256 << 10
+	defaultStreamWindow = 1 << 20
 	// maxChunk bounds the body bytes of one CHUNK envelope; the writer
 	// takes at most this much of one stream before turning to the next.
-	maxChunk = 64 << 10
+	maxChunk = 256 << 10
 	// wholeBodyMax is the largest body sent in one message to a peer that
 	// streams; larger bodies, and bodies of unknown length, are streamed.
 	wholeBodyMax = 64 << 10
@@ -83,12 +83,13 @@ type link struct {
 	// Set by newLink, read-only after.
 	nc       *liveConn
 	br       *bufio.Reader // the reader goroutine's
-	bw       *bufio.Writer // the writer goroutine's
+	fw       frameWriter   // the writer goroutine's
 	peerType zmq4.SocketType
 	h        linkHandler
 	cfg      linkConfig
-	dead     chan struct{} // closed by close
-	ready    chan struct{} // closed once the peer's capabilities are known
+	dead       chan struct{} // closed by close
+	writerDone chan struct{} // closed when the writer goroutine returns
+	ready      chan struct{} // closed once the peer's capabilities are known
 	wg       sync.WaitGroup
 
 	caps       atomic.Uint64 // the peer's capabilities, from its HELLO; 0 until then
@@ -130,17 +131,18 @@ func newLink(nc *liveConn, br *bufio.Reader, peerType zmq4.SocketType, h linkHan
 	l := &link{
 		nc:       nc,
 		br:       br,
-		bw:       bufio.NewWriterSize(nc, 64<<10),
 		peerType: peerType,
 		h:        h,
 		cfg:      cfg,
-		dead:     make(chan struct{}),
-		ready:    make(chan struct{}),
+		dead:       make(chan struct{}),
+		writerDone: make(chan struct{}),
+		ready:      make(chan struct{}),
 		wake:     make(chan struct{}, 1),
 		space:    make(chan struct{}),
 		sends:    make(map[uint64]*sendStream),
 		recvs:    make(map[uint64]*recvStream),
 	}
+	l.fw.nc = nc
 	l.peerWindow.Store(defaultStreamWindow)
 	if !cfg.sendHello {
 		l.markReady() // a REP peer, or the server side: nothing to wait for
@@ -293,7 +295,8 @@ type writeItem struct {
 	s     *sendStream // a stream's head and/or chunk
 	head  []byte
 	onW   func(uint64)
-	data  []byte
+	data  [][]byte // the chunk's body, in the producer's pieces
+	n     int      // its length
 	seq   uint64
 	chunk bool // a CHUNK envelope is due (data, possibly empty, with last)
 	last  bool
@@ -302,17 +305,15 @@ type writeItem struct {
 
 func (l *link) writeLoop() {
 	defer l.wg.Done()
+	defer close(l.writerDone)
 	ticker := time.NewTicker(l.cfg.hbInterval)
 	defer ticker.Stop()
 	if l.cfg.sendHello {
 		hello := envelope{Version: ProtocolVersion, Kind: KindHello, Flags: ourCaps,
 			Timeout: int64(l.cfg.hbInterval / time.Microsecond), Credit: uint64(l.cfg.window)}
 		b, _ := appendEnvelope(nil, &hello)
-		if err := l.writeMsg(b); err != nil {
-			l.close(err)
-			return
-		}
-		if err := l.bw.Flush(); err != nil {
+		l.fw.envelopeMsg(b)
+		if err := l.fw.flush(); err != nil {
 			l.close(err)
 			return
 		}
@@ -347,9 +348,6 @@ func (l *link) writeLoop() {
 		l.mu.Unlock()
 		err := l.writeItems(items)
 		clear(items)
-		if err == nil {
-			err = l.bw.Flush()
-		}
 		if err != nil {
 			if isTimeout(err) {
 				err = errHeartbeatTimeout
@@ -407,20 +405,42 @@ func (l *link) takeLocked(items []writeItem) []writeItem {
 	return items
 }
 
+// writeItems writes one round with one vectored write (or a few, for a
+// large round). Buffers go back to the pool once written.
 func (l *link) writeItems(items []writeItem) error {
+	w := &l.fw
+	var recycle [][]byte
+	done := 0 // items before this one are written once flush returns
+	flush := func(upto int) error {
+		err := w.flush()
+		for _, b := range recycle {
+			putBuf(b)
+		}
+		recycle = recycle[:0]
+		if err == nil {
+			// The producers may have their bytes back.
+			l.mu.Lock()
+			for _, it := range items[done:upto] {
+				if it.s != nil && it.n > 0 {
+					it.s.wroteLocked(it.n)
+				}
+			}
+			l.mu.Unlock()
+			done = upto
+		}
+		return err
+	}
 	for i := range items {
 		it := &items[i]
 		switch {
 		case it.s != nil:
 			if it.head != nil {
-				if err := l.writeMsg(it.head); err != nil {
-					return err
-				}
+				w.envelopeMsg(it.head)
 				l.countRequest(it.onW)
-				putBuf(it.head)
+				recycle = append(recycle, it.head)
 			}
 			if it.chunk {
-				e := envelope{Version: ProtocolVersion, Kind: KindChunk, ID: it.s.id, Seq: it.seq, Body: it.data, Trailer: it.trl}
+				e := envelope{Version: ProtocolVersion, Kind: KindChunk, ID: it.s.id, Seq: it.seq, Trailer: it.trl}
 				if it.last {
 					e.Flags = flagLast
 				}
@@ -428,26 +448,59 @@ func (l *link) writeItems(items []writeItem) error {
 				if err != nil {
 					return err
 				}
-				if err := l.writeMsg(b); err != nil {
-					return err
+				// The envelope with a nil body, and the body spliced in
+				// its place: the chunk's bytes are not copied.
+				at := bodyOffset(b)
+				var bin [5]byte
+				hdr := appendBinHeader(bin[:0], it.n)
+				w.frame(flagMore, nil)
+				w.header(0, len(b)-1+len(hdr)+it.n)
+				w.copy(b[:at])
+				w.copy(hdr)
+				for _, d := range it.data {
+					w.ref(d)
 				}
-				putBuf(b)
+				w.copy(b[at+1:])
+				recycle = append(recycle, b)
 			}
 		case it.m.pong:
-			if err := writeCommand(l.bw, "PONG", it.m.b); err != nil {
-				return err
-			}
+			w.command("PONG", it.m.b)
 		default:
-			if err := l.writeMsg(it.m.b); err != nil {
-				return err
-			}
+			w.envelopeMsg(it.m.b)
 			l.countRequest(it.m.onWrite)
 			if it.m.pooled {
-				putBuf(it.m.b)
+				recycle = append(recycle, it.m.b)
+			}
+		}
+		if w.n >= 4<<20 {
+			if err := flush(i + 1); err != nil {
+				return err
 			}
 		}
 	}
-	return nil
+	return flush(len(items))
+}
+
+// bodyOffset returns the offset of the body field (index 8) in an
+// envelope encoded with a nil body (one byte, c0).
+func bodyOffset(b []byte) int {
+	p := 3 // dc 00 10: an array of 16
+	for i := 0; i < 8; i++ {
+		n, _ := walk(b[p:], 1, 1<<30)
+		p += n
+	}
+	return p
+}
+
+// appendBinHeader appends the msgpack bin header for n bytes.
+func appendBinHeader(dst []byte, n int) []byte {
+	switch {
+	case n < 1<<8:
+		return append(dst, 0xc4, byte(n))
+	case n < 1<<16:
+		return append(dst, 0xc5, byte(n>>8), byte(n))
+	}
+	return append(dst, 0xc6, byte(n>>24), byte(n>>16), byte(n>>8), byte(n))
 }
 
 // countRequest numbers a request just written, for DRAINING's watermark.
@@ -458,7 +511,6 @@ func (l *link) countRequest(onWrite func(uint64)) {
 	}
 }
 
-func (l *link) writeMsg(b []byte) error { return writeEnvelopeMsg(l.bw, b) }
 
 // readLoop reads messages until the connection ends.
 func (l *link) readLoop() {
@@ -512,7 +564,7 @@ func (l *link) readLoop() {
 		}
 		switch env.Kind {
 		case KindChunk:
-			l.recvChunk(&env)
+			l.recvChunk(&env, frame)
 		case KindCredit:
 			l.addCredit(env.ID, env.Credit)
 		case KindPing:
@@ -554,7 +606,7 @@ func (l *link) gotHello(env *envelope) {
 
 // recvChunk hands a CHUNK to its stream; one for no stream (cancelled,
 // answered) is dropped.
-func (l *link) recvChunk(env *envelope) {
+func (l *link) recvChunk(env *envelope, frame []byte) {
 	l.mu.Lock()
 	r := l.recvs[env.ID]
 	l.mu.Unlock()
@@ -562,7 +614,7 @@ func (l *link) recvChunk(env *envelope) {
 		l.h.bad(l, errUnknownStream)
 		return
 	}
-	if err := r.push(env); err != nil {
+	if err := r.push(env, frame); err != nil {
 		// Over its window or out of order: the stream is broken, the
 		// connection and the other streams are not.
 		l.removeRecv(r)
@@ -596,7 +648,7 @@ func (l *link) addCredit(id uint64, n uint64) {
 // onWrite, if not nil, is told the head's request number when written.
 func (l *link) newSendStream(id uint64, head []byte, onWrite func(uint64)) (*sendStream, error) {
 	s := &sendStream{l: l, id: id, head: head, onWrite: onWrite, credit: l.peerWindow.Load(),
-		space: make(chan struct{}, 1), max: int(min(l.peerWindow.Load(), 1<<20))}
+		space: make(chan struct{}, 1)}
 	l.mu.Lock()
 	if l.isDead() {
 		l.mu.Unlock()

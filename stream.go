@@ -16,21 +16,27 @@ import (
 
 // sendStream is the sending half of a streamed body. Its producer (a
 // caller's upload goroutine, or a handler's writes) calls write, finish and
-// abort; the link's writer takes from it.
+// abort; the link's writer takes from it. The producer's bytes are not
+// copied: write hands them over and returns once the writer has written
+// them to the connection (as a TCP write returns once the kernel has
+// them), so a stream holds no buffer of its own.
 type sendStream struct {
 	// Set by newSendStream, read-only after.
 	l     *link
 	id    uint64
-	max   int           // bytes the producer may have waiting
-	space chan struct{} // room for one token: data was taken, or the stream ended
+	space chan struct{} // room for one token: bytes were written, or the stream ended
 
 	// Guarded by l.mu.
 	head     []byte       // the encoded head envelope, until written
 	onWrite  func(uint64) // told the head's request number
-	buf      []byte       // data not yet taken
+	pieces   [][]byte     // the producer's bytes not yet taken
+	pending  int          // bytes in pieces
+	handed   int64        // bytes the producer handed over, in all
+	taken    int64        // bytes the writer took
+	written  int64        // bytes the writer has written to the connection
 	credit   int64        // bytes the receiver allows beyond what was taken
 	seq      uint64       // chunks taken
-	closed   bool         // the producer is done: the last chunk follows buf
+	closed   bool         // the producer is done: the last chunk follows
 	trailer  []string     // sent with the last chunk
 	lastSent bool
 	err      error // the stream failed or was abandoned
@@ -41,7 +47,7 @@ func (s *sendStream) hasWorkLocked() bool {
 	if s.err != nil || s.lastSent {
 		return false
 	}
-	return s.head != nil || (len(s.buf) > 0 && s.credit > 0) || (s.closed && len(s.buf) == 0)
+	return s.head != nil || (s.pending > 0 && s.credit > 0) || (s.closed && s.pending == 0)
 }
 
 func (s *sendStream) activateLocked() {
@@ -56,69 +62,116 @@ func (s *sendStream) activateLocked() {
 func (s *sendStream) takeLocked() writeItem {
 	it := writeItem{s: s, head: s.head, onW: s.onWrite}
 	s.head, s.onWrite = nil, nil
-	n := min(len(s.buf), maxChunk, int(max(s.credit, 0)))
-	if n > 0 || (s.closed && len(s.buf) == 0) {
-		it.chunk = true
-		it.data = s.buf[:n:n]
-		s.buf = s.buf[n:]
-		if len(s.buf) == 0 {
-			s.buf = nil
+	n := min(s.pending, maxChunk, int(max(s.credit, 0)))
+	if n == 0 && !(s.closed && s.pending == 0) {
+		return it
+	}
+	it.chunk = true
+	for left := n; left > 0; {
+		p := s.pieces[0]
+		if len(p) <= left {
+			it.data = append(it.data, p)
+			left -= len(p)
+			s.pieces[0] = nil
+			s.pieces = s.pieces[1:]
+			continue
 		}
-		s.credit -= int64(n)
-		s.seq++
-		it.seq = s.seq
-		if s.closed && len(s.buf) == 0 {
-			it.last, it.trl = true, s.trailer
-			s.lastSent = true
-			delete(s.l.sends, s.id)
-		}
-		select {
-		case s.space <- struct{}{}:
-		default:
-		}
+		it.data = append(it.data, p[:left:left])
+		s.pieces[0] = p[left:]
+		left = 0
+	}
+	if len(s.pieces) == 0 {
+		s.pieces = nil
+	}
+	it.n = n
+	s.pending -= n
+	s.taken += int64(n)
+	s.credit -= int64(n)
+	s.seq++
+	it.seq = s.seq
+	if s.closed && s.pending == 0 {
+		it.last, it.trl = true, s.trailer
+		s.lastSent = true
+		delete(s.l.sends, s.id)
 	}
 	return it
 }
 
-// write queues p, waiting while max bytes are queued already, until stop
-// is closed (errStop) or the stream fails.
+// wroteLocked records that the writer has written n more bytes of the
+// stream. l.mu is held.
+func (s *sendStream) wroteLocked(n int) {
+	s.written += int64(n)
+	s.wake()
+}
+
+func (s *sendStream) wake() {
+	select {
+	case s.space <- struct{}{}:
+	default:
+	}
+}
+
+// write hands p to the writer and waits until it is written, until stop
+// is closed (errStop: the stream fails) or the stream fails. It never
+// returns while the writer may still read p.
 func (s *sendStream) write(p []byte, stop <-chan struct{}) (int, error) {
-	done := 0
-	for done < len(p) {
+	if len(p) == 0 {
+		return 0, nil
+	}
+	s.l.mu.Lock()
+	switch {
+	case s.err != nil:
+		err := s.err
+		s.l.mu.Unlock()
+		return 0, err
+	case s.closed:
+		s.l.mu.Unlock()
+		return 0, errors.New("zmqhttp: write after the end of a streamed body")
+	}
+	start := s.handed
+	s.pieces = append(s.pieces, p)
+	s.pending += len(p)
+	s.handed += int64(len(p))
+	end := s.handed
+	s.activateLocked()
+	s.l.mu.Unlock()
+	s.l.signal()
+	for {
 		s.l.mu.Lock()
+		if s.written >= end {
+			s.l.mu.Unlock()
+			return len(p), nil
+		}
 		if s.err != nil {
+			// Failed: what was not taken is dropped; what was taken may
+			// be in the writer's hands until it has written it.
 			err := s.err
+			busy := s.written < s.taken
+			n := int(max(s.written-start, 0))
 			s.l.mu.Unlock()
-			return done, err
-		}
-		if s.closed {
-			s.l.mu.Unlock()
-			return done, errors.New("zmqhttp: write after the end of a streamed body")
-		}
-		if room := s.max - len(s.buf); room > 0 {
-			n := min(room, len(p)-done)
-			s.buf = append(s.buf, p[done:done+n]...)
-			done += n
-			s.activateLocked()
-			s.l.mu.Unlock()
-			s.l.signal()
+			if !busy {
+				return n, err
+			}
+			select {
+			case <-s.space:
+			case <-s.l.writerDone:
+				return n, err
+			}
 			continue
 		}
 		s.l.mu.Unlock()
 		select {
 		case <-s.space:
 		case <-stop:
-			return done, errStop
+			s.abort(errStop)
 		case <-s.l.dead:
-			// failLocked has run (close holds l.mu while failing
-			// every stream), so the next turn returns its error.
+			// close has failed every stream: the next turn returns.
 		}
 	}
-	return done, nil
 }
 
-// finish ends the body: a last chunk, carrying trailer, follows what is
-// queued.
+// finish ends the body: a last chunk, carrying trailer, follows what was
+// written.
 func (s *sendStream) finish(trailer []string) {
 	s.l.mu.Lock()
 	if s.err == nil && !s.closed {
@@ -137,27 +190,16 @@ func (s *sendStream) abort(err error) {
 	s.l.mu.Unlock()
 }
 
-// flushed reports whether everything, the last chunk included, was taken
-// by the writer.
-func (s *sendStream) flushed() bool {
-	s.l.mu.Lock()
-	defer s.l.mu.Unlock()
-	return s.lastSent
-}
-
 func (s *sendStream) failLocked(err error) {
 	if s.err != nil || s.lastSent {
 		return
 	}
 	s.err = err
-	s.buf, s.head = nil, nil
+	s.pieces, s.pending, s.head = nil, 0, nil
 	if s.l.sends[s.id] == s {
 		delete(s.l.sends, s.id)
 	}
-	select {
-	case s.space <- struct{}{}:
-	default:
-	}
+	s.wake()
 }
 
 // recvStream is the receiving half of a streamed body. The link's reader
@@ -173,6 +215,7 @@ type recvStream struct {
 	// mu guards the following fields.
 	mu       sync.Mutex
 	bufs     [][]byte // received, not yet read
+	frames   [][]byte // the frame each of bufs lies in, to recycle once read (nil: keep)
 	buffered int64
 	seq      uint64 // last chunk number received
 	total    int64  // body bytes received
@@ -184,7 +227,7 @@ type recvStream struct {
 
 // push adds a CHUNK's data. It fails the stream when the sender overran
 // its credit, skipped a number, or passed the body limit.
-func (r *recvStream) push(env *envelope) error {
+func (r *recvStream) push(env *envelope, frame []byte) error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	switch {
@@ -199,6 +242,10 @@ func (r *recvStream) push(env *envelope) error {
 	}
 	r.seq = env.Seq
 	if len(env.Body) > 0 {
+		if len(env.Trailer) > 0 {
+			frame = nil // the trailer strings lie in it too
+		}
+		r.frames = append(r.frames, frame)
 		r.bufs = append(r.bufs, env.Body)
 		r.buffered += int64(len(env.Body))
 		r.total += int64(len(env.Body))
@@ -223,7 +270,7 @@ func (r *recvStream) fail(err error) {
 	r.mu.Lock()
 	if !r.done && r.err == nil {
 		r.err = err
-		r.bufs, r.buffered = nil, 0
+		r.bufs, r.frames, r.buffered = nil, nil, 0
 	}
 	r.mu.Unlock()
 	r.signal()
@@ -239,6 +286,9 @@ func (r *recvStream) readSome(p []byte) (int, error) {
 		m := copy(p[n:], r.bufs[0])
 		n += m
 		if m == len(r.bufs[0]) {
+			putFrame(r.frames[0])
+			r.frames[0] = nil
+			r.frames = r.frames[1:]
 			r.bufs[0] = nil
 			r.bufs = r.bufs[1:]
 		} else {

@@ -8,6 +8,7 @@ import (
 	"io"
 	"net"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -275,6 +276,15 @@ func readFrameHeader(br *bufio.Reader) (flags byte, size uint64, err error) {
 // announces a large frame and sends little costs little memory.
 func readFrameBody(br *bufio.Reader, size uint64) ([]byte, error) {
 	const step = 1 << 20
+	if size >= refMin && size <= poolFrameCap {
+		// Chunk-sized: from the pool, to which the stream that reads
+		// the chunk returns it.
+		buf := getFrame()[:size]
+		if _, err := io.ReadFull(br, buf); err != nil {
+			return nil, unexpectedEOF(err)
+		}
+		return buf, nil
+	}
 	if size <= step {
 		buf := make([]byte, size)
 		if _, err := io.ReadFull(br, buf); err != nil {
@@ -335,19 +345,105 @@ func writeCommand(w *bufio.Writer, name string, body []byte) error {
 // the body needs it).
 func writeFlagged(w *bufio.Writer, flags byte, b []byte) error {
 	var hdr [9]byte
-	n := 2
-	if len(b) > 255 {
-		hdr[0] = flags | flagLong
-		binary.BigEndian.PutUint64(hdr[1:], uint64(len(b)))
-		n = 9
-	} else {
-		hdr[0] = flags
-		hdr[1] = byte(len(b))
-	}
-	if _, err := w.Write(hdr[:n]); err != nil {
+	if _, err := w.Write(appendFrameHeader(hdr[:0], flags, len(b))); err != nil {
 		return err
 	}
 	_, err := w.Write(b)
+	return err
+}
+
+// appendFrameHeader appends the header of a frame of n bytes with flags
+// (LONG added when needed).
+func appendFrameHeader(dst []byte, flags byte, n int) []byte {
+	if n > 255 {
+		dst = append(dst, flags|flagLong, 0, 0, 0, 0, 0, 0, 0, 0)
+		binary.BigEndian.PutUint64(dst[len(dst)-8:], uint64(n))
+		return dst
+	}
+	return append(dst, flags, byte(n))
+}
+
+// frameWriter gathers the frames of one writer round and writes them with
+// one vectored write: small pieces are copied into its buffer, large ones
+// (bodies) are referenced where they are, so a body is copied only by the
+// kernel. Referenced bytes must stay unchanged until flush returns.
+type frameWriter struct {
+	nc   *liveConn
+	buf  []byte      // copied bytes; vec's pieces of it are before mark
+	mark int         // start of the bytes of buf not yet in vec
+	vec  net.Buffers // the pieces to write, in order
+	n    int         // bytes gathered
+}
+
+// refMin is the size from which a piece is referenced, not copied.
+const refMin = 16 << 10
+
+func (w *frameWriter) copy(b []byte) {
+	w.buf = append(w.buf, b...)
+	w.n += len(b)
+}
+
+func (w *frameWriter) ref(b []byte) {
+	if len(b) < refMin {
+		w.copy(b)
+		return
+	}
+	if w.mark < len(w.buf) {
+		w.vec = append(w.vec, w.buf[w.mark:len(w.buf):len(w.buf)])
+	}
+	w.vec = append(w.vec, b)
+	w.mark = len(w.buf)
+	w.n += len(b)
+}
+
+// frame adds one frame.
+func (w *frameWriter) frame(flags byte, b []byte) {
+	w.header(flags, len(b))
+	w.ref(b)
+}
+
+// header adds the header of a frame of n bytes, which the caller adds.
+func (w *frameWriter) header(flags byte, n int) {
+	w.buf = appendFrameHeader(w.buf, flags, n)
+	w.n += frameHeaderLen(n)
+}
+
+func frameHeaderLen(n int) int {
+	if n > 255 {
+		return 9
+	}
+	return 2
+}
+
+// envelopeMsg adds one REQ/REP-style message: an empty delimiter frame,
+// then the envelope frame.
+func (w *frameWriter) envelopeMsg(env []byte) {
+	w.frame(flagMore, nil)
+	w.frame(0, env)
+}
+
+// command adds a ZMTP command frame (e.g. PONG).
+func (w *frameWriter) command(name string, body []byte) {
+	w.buf = appendFrameHeader(w.buf, flagCommand, 1+len(name)+len(body))
+	w.buf = append(w.buf, byte(len(name)))
+	w.buf = append(w.buf, name...)
+	w.buf = append(w.buf, body...)
+	w.n += frameHeaderLen(1+len(name)+len(body)) + 1 + len(name) + len(body)
+}
+
+// flush writes what was gathered.
+func (w *frameWriter) flush() error {
+	if w.mark < len(w.buf) {
+		w.vec = append(w.vec, w.buf[w.mark:])
+	}
+	base := w.vec
+	err := w.nc.writeBuffers(&w.vec) // consumes w.vec
+	clear(base)
+	w.vec = base[:0]
+	if cap(w.buf) > 1<<20 {
+		w.buf = nil // do not keep a large buffer for ever
+	}
+	w.buf, w.mark, w.n = w.buf[:0], 0, 0
 	return err
 }
 
@@ -437,6 +533,26 @@ func (c *liveConn) Read(p []byte) (int, error) {
 	return c.Conn.Read(p)
 }
 
+// writeBuffers writes v with one vectored write (as few as it takes). On
+// an armed connection each write may take the timeout; one that moved
+// bytes before it timed out goes on.
+func (c *liveConn) writeBuffers(v *net.Buffers) error {
+	to := c.timeout.Load()
+	for len(*v) > 0 {
+		if to > 0 {
+			c.Conn.SetWriteDeadline(time.Now().Add(time.Duration(to)))
+		}
+		n, err := v.WriteTo(c.Conn)
+		if err != nil {
+			if to > 0 && n > 0 && isTimeout(err) {
+				continue // progress: a slow link, not a dead peer
+			}
+			return err
+		}
+	}
+	return nil
+}
+
 func (c *liveConn) Write(p []byte) (int, error) {
 	to := c.timeout.Load()
 	if to == 0 {
@@ -452,4 +568,25 @@ func (c *liveConn) Write(p []byte) (int, error) {
 		}
 	}
 	return written, nil
+}
+
+// poolFrameCap is the capacity of the pooled frame buffers: a full chunk
+// and its envelope.
+const poolFrameCap = maxChunk + 8<<10
+
+var framePool sync.Pool
+
+func getFrame() []byte {
+	if b, ok := framePool.Get().(*[]byte); ok {
+		return *b
+	}
+	return make([]byte, poolFrameCap)
+}
+
+// putFrame returns a frame buffer that nothing refers to any more.
+func putFrame(b []byte) {
+	if cap(b) == poolFrameCap {
+		b = b[:cap(b)]
+		framePool.Put(&b)
+	}
 }
