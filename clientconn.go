@@ -29,7 +29,8 @@ type call struct {
 
 	// Owned by whoever queues the call (RoundTrip, then the Transport
 	// under mu when it requeues).
-	msg       []byte    // the encoded request envelope (whole body, or streamed head)
+	msg       []byte    // the encoded request envelope (a streamed head, or with body spliced in)
+	body      []byte    // a whole body, sent in msg's nil body field; nil if none
 	env       *envelope // for re-encoding the Timeout of a call that waited
 	deadline  time.Time
 	encodedAt time.Time
@@ -292,7 +293,7 @@ func (t *Transport) assignLocked(cl *clientLink, c *call) {
 // while the caller waits for the reply. If cl dies meanwhile, linkEnded
 // takes care of c.
 func (t *Transport) sendOn(cl *clientLink, c *call) {
-	cl.send(outMsg{b: c.msg, onWrite: func(seq uint64) { c.seq.Store(seq) }}, c.stop, 0)
+	cl.send(outMsg{b: c.msg, body: c.body, onWrite: func(seq uint64) { c.seq.Store(seq) }}, c.stop, 0)
 }
 
 // enqueue registers c and queues it on the live link, or keeps it until

@@ -119,6 +119,7 @@ type link struct {
 // outMsg is one queued message.
 type outMsg struct {
 	b       []byte           // an encoded envelope, or a PONG's context
+	body    []byte           // if not nil, b was encoded with a nil body and this goes in its place
 	pong    bool             // b is the context of a ZMTP PONG command
 	onWrite func(seq uint64) // a request: told its number among the requests written on the link
 	pooled  bool             // b goes back to the buffer pool once written
@@ -448,23 +449,19 @@ func (l *link) writeItems(items []writeItem) error {
 				if err != nil {
 					return err
 				}
-				// The envelope with a nil body, and the body spliced in
-				// its place: the chunk's bytes are not copied.
-				at := bodyOffset(b)
-				var bin [5]byte
-				hdr := appendBinHeader(bin[:0], it.n)
 				w.frame(flagMore, nil)
-				w.header(0, len(b)-1+len(hdr)+it.n)
-				w.copy(b[:at])
-				w.copy(hdr)
-				for _, d := range it.data {
-					w.ref(d)
-				}
-				w.copy(b[at+1:])
+				w.splice(b, it.data, it.n)
 				recycle = append(recycle, b)
 			}
 		case it.m.pong:
 			w.command("PONG", it.m.b)
+		case it.m.body != nil:
+			w.frame(flagMore, nil)
+			w.splice(it.m.b, [][]byte{it.m.body}, len(it.m.body))
+			l.countRequest(it.m.onWrite)
+			if it.m.pooled {
+				recycle = append(recycle, it.m.b)
+			}
 		default:
 			w.envelopeMsg(it.m.b)
 			l.countRequest(it.m.onWrite)
@@ -479,6 +476,21 @@ func (l *link) writeItems(items []writeItem) error {
 		}
 	}
 	return flush(len(items))
+}
+
+// splice adds an envelope frame: env, encoded with a nil body, with the n
+// bytes of body (in pieces) in the body's place, referenced, not copied.
+func (w *frameWriter) splice(env []byte, body [][]byte, n int) {
+	at := bodyOffset(env)
+	var bin [5]byte
+	hdr := appendBinHeader(bin[:0], n)
+	w.header(0, len(env)-1+len(hdr)+n)
+	w.copy(env[:at])
+	w.copy(hdr)
+	for _, d := range body {
+		w.ref(d)
+	}
+	w.copy(env[at+1:])
 }
 
 // bodyOffset returns the offset of the body field (index 8) in an

@@ -96,11 +96,17 @@ func (p *peer) ensureDrainingLocked() {
 // reply queues a whole reply, waiting for room in the link's queue (the
 // peer reads too slowly) until the link dies.
 func (p *peer) reply(e *envelope) {
+	var body []byte
+	if len(e.Body) >= refMin {
+		// Spliced in by the writer rather than copied into the encoding.
+		body, e.Body = e.Body, nil
+	}
 	b, err := appendEnvelope(getBuf(), e)
 	if err != nil {
 		b, _ = appendEnvelope(b[:0], errorEnvelope(e.ID, errCodeInternal, err.Error()))
+		body = nil
 	}
-	p.send(outMsg{b: b, pooled: true}, nil, p.cfg.hbTimeout)
+	p.send(outMsg{b: b, body: body, pooled: true}, nil, p.cfg.hbTimeout)
 }
 
 // replyCtrl queues a small reply that must not wait (the reader

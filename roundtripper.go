@@ -249,6 +249,11 @@ func (t *Transport) roundTrip(req *http.Request) (*http.Response, error) {
 		c.env, c.deadline = env, dl
 		env.Timeout = timeoutMicros(dl, time.Now())
 	}
+	if len(env.Body) >= refMin {
+		// The body goes into the message as it is, not copied into the
+		// encoding (see outMsg.body).
+		c.body, env.Body = env.Body, nil
+	}
 	c.msg, err = appendEnvelope(nil, env)
 	c.encodedAt = time.Now()
 	if err != nil {

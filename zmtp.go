@@ -276,7 +276,7 @@ func readFrameHeader(br *bufio.Reader) (flags byte, size uint64, err error) {
 // announces a large frame and sends little costs little memory.
 func readFrameBody(br *bufio.Reader, size uint64) ([]byte, error) {
 	const step = 1 << 20
-	if size >= refMin && size <= poolFrameCap {
+	if size >= refMin && size <= poolFrameCap && isChunkFrame(br) {
 		// Chunk-sized: from the pool, to which the stream that reads
 		// the chunk returns it.
 		buf := getFrame()[:size]
@@ -568,6 +568,13 @@ func (c *liveConn) Write(p []byte) (int, error) {
 		}
 	}
 	return written, nil
+}
+
+// isChunkFrame reports whether the frame whose body br is about to read
+// holds a CHUNK envelope (an array of 16, version 1, kind 8).
+func isChunkFrame(br *bufio.Reader) bool {
+	b, err := br.Peek(5)
+	return err == nil && b[0] == 0xdc && b[1] == 0 && b[2] == envelopeFields && b[3] == ProtocolVersion && b[4] == byte(KindChunk)
 }
 
 // poolFrameCap is the capacity of the pooled frame buffers: a full chunk
