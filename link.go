@@ -81,16 +81,16 @@ var (
 // link is one established connection.
 type link struct {
 	// Set by newLink, read-only after.
-	nc       *liveConn
-	br       *bufio.Reader // the reader goroutine's
-	fw       frameWriter   // the writer goroutine's
-	peerType zmq4.SocketType
-	h        linkHandler
-	cfg      linkConfig
+	nc         *liveConn
+	br         *bufio.Reader // the reader goroutine's
+	fw         frameWriter   // the writer goroutine's
+	peerType   zmq4.SocketType
+	h          linkHandler
+	cfg        linkConfig
 	dead       chan struct{} // closed by close
 	writerDone chan struct{} // closed when the writer goroutine returns
 	ready      chan struct{} // closed once the peer's capabilities are known
-	wg       sync.WaitGroup
+	wg         sync.WaitGroup
 
 	caps       atomic.Uint64 // the peer's capabilities, from its HELLO; 0 until then
 	peerWindow atomic.Int64  // the credit the peer grants each stream we send
@@ -130,18 +130,18 @@ func newLink(nc *liveConn, br *bufio.Reader, peerType zmq4.SocketType, h linkHan
 		cfg.window = defaultStreamWindow
 	}
 	l := &link{
-		nc:       nc,
-		br:       br,
-		peerType: peerType,
-		h:        h,
-		cfg:      cfg,
+		nc:         nc,
+		br:         br,
+		peerType:   peerType,
+		h:          h,
+		cfg:        cfg,
 		dead:       make(chan struct{}),
 		writerDone: make(chan struct{}),
 		ready:      make(chan struct{}),
-		wake:     make(chan struct{}, 1),
-		space:    make(chan struct{}),
-		sends:    make(map[uint64]*sendStream),
-		recvs:    make(map[uint64]*recvStream),
+		wake:       make(chan struct{}, 1),
+		space:      make(chan struct{}),
+		sends:      make(map[uint64]*sendStream),
+		recvs:      make(map[uint64]*recvStream),
 	}
 	l.fw.nc = nc
 	l.peerWindow.Store(defaultStreamWindow)
@@ -522,7 +522,6 @@ func (l *link) countRequest(onWrite func(uint64)) {
 		onWrite(l.reqsWritten)
 	}
 }
-
 
 // readLoop reads messages until the connection ends.
 func (l *link) readLoop() {
