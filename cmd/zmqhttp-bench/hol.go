@@ -21,9 +21,9 @@ const (
 )
 
 // holMaxBody is the Limits.MaxBodyBytes both zmqhttp sides get in the hol
-// scenario, whose downloads exceed the default 32 MiB. Set it to 0 to run
-// the scenario with the library's default limits.
-const holMaxBody = 128 << 20
+// scenario; 0 runs it with the library's defaults (streamed bodies are
+// unbounded).
+const holMaxBody = 0
 
 // holServerArgs are the extra serve flags of the hol scenario's server.
 func holServerArgs(proto string) []string {

@@ -41,8 +41,7 @@
 // bodies back to back through the same client (the same zmqhttp.Transport
 // or http.Client). The table reports the small requests' p50 and p99 alone
 // and under load, the p99 growth (under load / alone) and the downloads'
-// MiB/s. The zmqhttp server and Transport of this group get a 128 MiB
-// Limits.MaxBodyBytes (see holMaxBody).
+// MiB/s.
 //
 // Usage:
 //
