@@ -226,3 +226,25 @@ func TestSlowReaderStallsOnlyItself(t *testing.T) {
 		t.Fatalf("second download beside a stalled one: %d bytes, %v", n, err)
 	}
 }
+
+// TestBasicPeerGetsWholeBodies: a client that announced no streaming (a
+// plain DEALER without HELLO, like REQ or the Python peer) gets a large
+// chunked response as one whole response envelope.
+func TestBasicPeerGetsWholeBodies(t *testing.T) {
+	const size = 300 << 10
+	ts := startServer(t, "tcp", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		for i := 0; i < size/1024; i++ {
+			w.Write(make([]byte, 1024))
+			w.(http.Flusher).Flush()
+		}
+	}))
+	p := dialRaw(t, ts.L)
+	req := envelope{Version: 1, Kind: KindRequest, ID: 3, Method: "GET", URI: "/", Host: "h"}
+	b, _ := appendEnvelope(nil, &req)
+	p.send(t, nil, b)
+	e := p.recvEnvelope(t)
+	if e.Kind != KindResponse || e.ID != 3 || e.Status != 200 || e.Flags&flagStreamed != 0 || len(e.Body) != size || e.ContentLength != -1 {
+		t.Fatalf("got kind %v id %d status %d flags %d body %d bytes content_length %d; want one whole 200 of %d bytes",
+			e.Kind, e.ID, e.Status, e.Flags, len(e.Body), e.ContentLength, size)
+	}
+}

@@ -343,6 +343,16 @@ func TestGoTransportToPythonREP(t *testing.T) {
 				t.Errorf("POST: Content-Type = %q", got)
 			}
 
+			// A body a streaming server would get in chunks (300 KiB of
+			// unknown length): a REP peer announces no streaming, so it
+			// travels whole.
+			big := strings.Repeat("z", 300<<10)
+			req, _ = http.NewRequest("POST", "http://py.example/big", io.MultiReader(strings.NewReader(big)))
+			resp, e = pyDoEcho(t, c, req)
+			if resp.StatusCode != 200 || e.Body != big || e.ContentLength != -1 {
+				t.Errorf("300 KiB POST of unknown length: %s, body %d bytes, content_length %d", resp.Status, len(e.Body), e.ContentLength)
+			}
+
 			// A status chosen by the path, with its standard reason.
 			req, _ = http.NewRequest("GET", "http://py.example/status/418", nil)
 			resp, _ = pyDoEcho(t, c, req)
