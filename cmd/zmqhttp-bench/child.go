@@ -118,11 +118,17 @@ func (c *child) status() string {
 	}
 }
 
-// stop kills the process and waits for it. It is idempotent.
+// stop closes the process's stdin (it exits, writing its profile if it
+// makes one), kills it if it is still there 2 s later, and waits for it.
+// It is idempotent.
 func (c *child) stop() {
 	c.stopOnce.Do(func() {
 		c.stdin.Close()
-		c.cancel()
-		<-c.done
+		select {
+		case <-c.done:
+		case <-time.After(2 * time.Second):
+			c.cancel()
+			<-c.done
+		}
 	})
 }

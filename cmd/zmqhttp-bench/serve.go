@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"runtime/pprof"
 	"strconv"
 	"sync"
 	"time"
@@ -59,7 +60,8 @@ func serve(args []string, stdin io.Reader, out io.Writer) error {
 		Handler:  handler(),
 		ErrorLog: log.New(os.Stderr, "zmqhttp-bench serve "+*proto+": ", 0),
 	}
-	go exitOnEOF(stdin)
+	stopProfile := startProfile(*proto)
+	go exitOnEOF(stdin, stopProfile)
 	if _, err := fmt.Fprintln(out, endpoint); err != nil {
 		return err
 	}
@@ -98,9 +100,31 @@ func listen(proto, addr string, opts []zmqhttp.Option) (net.Listener, string, er
 
 // exitOnEOF ends the process when r reaches EOF, so a child never outlives
 // its parent even if the parent is killed without cleaning up.
-func exitOnEOF(r io.Reader) {
+func exitOnEOF(r io.Reader, before func()) {
 	io.Copy(io.Discard, r)
+	before()
 	os.Exit(0)
+}
+
+// startProfile writes a CPU profile of this server to
+// $ZMQHTTP_BENCH_CPUPROFILE.PROTO.pprof when that variable is set; the
+// returned function ends it.
+func startProfile(proto string) func() {
+	base := os.Getenv("ZMQHTTP_BENCH_CPUPROFILE")
+	if base == "" {
+		return func() {}
+	}
+	f, err := os.Create(base + "." + proto + ".pprof")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "zmqhttp-bench serve: cpu profile:", err)
+		return func() {}
+	}
+	if err := pprof.StartCPUProfile(f); err != nil {
+		fmt.Fprintln(os.Stderr, "zmqhttp-bench serve: cpu profile:", err)
+		f.Close()
+		return func() {}
+	}
+	return func() { pprof.StopCPUProfile(); f.Close() }
 }
 
 // handler routes the benchmark's requests:
