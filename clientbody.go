@@ -54,7 +54,7 @@ func (t *Transport) roundTripStreamed(req *http.Request, cl *clientLink) (*http.
 	t.assignLocked(cl, c)
 	s, err := cl.newSendStream(c.id, head, func(seq uint64) { c.seq.Store(seq) })
 	if err == nil {
-		c.upload = s
+		c.upload, c.ulink = s, cl
 	}
 	t.mu.Unlock()
 	if err != nil {
@@ -124,13 +124,14 @@ func (t *Transport) failUpload(c *call, s *sendStream, err error) {
 func (t *Transport) endUpload(c *call, err error) {
 	c.end()
 	t.mu.Lock()
-	s := c.upload
+	s, cl := c.upload, c.ulink
 	t.mu.Unlock()
 	if s != nil {
 		if err == nil {
 			err = errUploadDone
 		}
 		s.abort(err)
+		t.maybeCloseDrained(cl) // it may have been the last thing on a draining link
 	}
 }
 

@@ -40,6 +40,7 @@ type call struct {
 
 	// Guarded by Transport.mu.
 	link     *clientLink // the link it was queued on; nil while waiting for one
+	ulink    *clientLink // the link its streamed body goes on
 	attempts int         // times it was replayed (it may have run)
 	resends  int         // times it was sent again after it provably did not run
 	upload   *sendStream // a streamed body's sending half
@@ -183,7 +184,7 @@ func (t *Transport) serve(cl *clientLink) {
 	}
 	t.mu.Unlock()
 	for _, c := range waiting {
-		t.sendOn(cl, c)
+		t.sendOn(cl, c, nil)
 	}
 	if cl.peerType == zmq4.Router {
 		// A server that ignores HELLO never answers it: stop waiting
@@ -289,16 +290,17 @@ func (t *Transport) assignLocked(cl *clientLink, c *call) {
 	cl.inflight++
 }
 
-// sendOn hands c's message to cl's writer, waiting for room in its queue
-// while the caller waits for the reply. If cl dies meanwhile, linkEnded
-// takes care of c.
-func (t *Transport) sendOn(cl *clientLink, c *call) {
-	cl.send(outMsg{b: c.msg, body: c.body, onWrite: func(seq uint64) { c.seq.Store(seq) }}, c.stop, 0)
+// sendOn hands c's message to cl's writer. The caller's own send waits
+// for room in the queue until stop (its context) ends; a resend (stop nil,
+// from the reader or the connection loop, which must not wait) is queued
+// at once. If cl dies meanwhile, linkEnded takes care of c.
+func (t *Transport) sendOn(cl *clientLink, c *call, stop <-chan struct{}) {
+	cl.send(outMsg{b: c.msg, body: c.body, onWrite: func(seq uint64) { c.seq.Store(seq) }}, stop, 0)
 }
 
 // enqueue registers c and queues it on the live link, or keeps it until
 // one is up.
-func (t *Transport) enqueue(c *call) error {
+func (t *Transport) enqueue(c *call, stop <-chan struct{}) error {
 	t.mu.Lock()
 	if t.closed {
 		t.mu.Unlock()
@@ -317,7 +319,7 @@ func (t *Transport) enqueue(c *call) error {
 	}
 	t.assignLocked(cl, c)
 	t.mu.Unlock()
-	t.sendOn(cl, c)
+	t.sendOn(cl, c, stop)
 	return nil
 }
 
@@ -387,35 +389,34 @@ func (cl *clientLink) bad(_ *link, err error) {
 // gotResponse delivers a response. A streamed one gets its body stream
 // now, in the reader goroutine, so that the chunks that follow find it.
 func (t *Transport) gotResponse(cl *clientLink, env *envelope) {
+	r := callResult{env: *env, link: cl}
 	t.mu.Lock()
 	c, ok := t.pending[env.ID]
 	if ok {
+		if env.Flags&flagStreamed != 0 {
+			limit := t.cfg.limits.maxStreamBytes()
+			if limit > 0 && env.ContentLength > limit {
+				// Declared over the limit: fail now, as a whole one
+				// would.
+				r = callResult{err: fmt.Errorf("%w: response body of %d bytes, limit %d", ErrBodyTooLarge, env.ContentLength, limit)}
+			} else {
+				// Open before the call leaves the link, so that a
+				// draining link is not closed under the body.
+				r.body = cl.newRecvStream(env.ID, limit)
+			}
+		}
 		delete(t.pending, env.ID)
 		t.unlinkLocked(c)
 	}
 	t.mu.Unlock()
+	if (!ok || r.err != nil) && env.Flags&flagStreamed != 0 && cl.has(capCancel) {
+		cl.sendCtrl(&envelope{Version: ProtocolVersion, Kind: KindCancel, ID: env.ID})
+	}
 	if !ok {
 		t.stats.lateReplies.Add(1)
-		if env.Flags&flagStreamed != 0 && cl.has(capCancel) {
-			cl.sendCtrl(&envelope{Version: ProtocolVersion, Kind: KindCancel, ID: env.ID})
-		}
-		t.maybeCloseDrained(cl)
-		return
+	} else {
+		c.res <- r
 	}
-	r := callResult{env: *env, link: cl}
-	if env.Flags&flagStreamed != 0 {
-		limit := t.cfg.limits.maxStreamBytes()
-		if limit > 0 && env.ContentLength > limit {
-			// Declared over the limit: fail now, as a whole one would.
-			if cl.has(capCancel) {
-				cl.sendCtrl(&envelope{Version: ProtocolVersion, Kind: KindCancel, ID: env.ID})
-			}
-			r = callResult{err: fmt.Errorf("%w: response body of %d bytes, limit %d", ErrBodyTooLarge, env.ContentLength, limit)}
-		} else {
-			r.body = cl.newRecvStream(env.ID, limit)
-		}
-	}
-	c.res <- r
 	t.maybeCloseDrained(cl)
 }
 
@@ -477,7 +478,7 @@ func (t *Transport) sendAgain(cl *clientLink, id uint64) {
 		if nl := t.usableLocked(); nl != nil {
 			t.assignLocked(nl, c)
 			t.mu.Unlock()
-			t.sendOn(nl, c)
+			t.sendOn(nl, c, nil)
 		} else {
 			t.waiting = append([]*call{c}, t.waiting...)
 			t.mu.Unlock()

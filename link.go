@@ -31,9 +31,12 @@ const (
 
 // Stream parameters.
 const (
-	// defaultStreamWindow is the credit a receiver grants each stream
-	// when it announces none (and the window this package announces).
+	// defaultStreamWindow is the window this package grants each stream
+	// it receives, unless WithStreamWindow says otherwise.
 	defaultStreamWindow = 1 << 20
+	// protocolWindow is the window of a peer that announced none (a HELLO
+	// credit of 0), as PROTOCOL.md says.
+	protocolWindow = 256 << 10
 	// maxChunk bounds the body bytes of one CHUNK envelope; the writer
 	// takes at most this much of one stream before turning to the next.
 	maxChunk = 256 << 10
@@ -144,7 +147,7 @@ func newLink(nc *liveConn, br *bufio.Reader, peerType zmq4.SocketType, h linkHan
 		recvs:      make(map[uint64]*recvStream),
 	}
 	l.fw.nc = nc
-	l.peerWindow.Store(defaultStreamWindow)
+	l.peerWindow.Store(protocolWindow)
 	if !cfg.sendHello {
 		l.markReady() // a REP peer, or the server side: nothing to wait for
 	}
@@ -237,13 +240,13 @@ func (l *link) queueCtrl(m outMsg) {
 
 // send queues a whole message, waiting while the queue holds
 // linkQueueBytes or more, until stop is closed (then it returns errStop)
-// or the link dies. With stall > 0, a queue that makes no progress for
+// or the link dies. With stop nil it does not wait. With stall > 0, a queue that makes no progress for
 // that long means the peer does not read: the link is closed
 // (errSlowPeer), so that a client that stops reading holds no handler.
 func (l *link) send(m outMsg, stop <-chan struct{}, stall time.Duration) error {
 	l.mu.Lock()
 	var timer *time.Timer
-	for l.queued > 0 && l.queued+int64(len(m.b)) > linkQueueBytes {
+	for stop != nil && l.queued > 0 && l.queued+int64(len(m.b)+len(m.body)) > linkQueueBytes {
 		space := l.space
 		l.mu.Unlock()
 		var stalled <-chan time.Time
@@ -273,7 +276,7 @@ func (l *link) send(m outMsg, stop <-chan struct{}, stall time.Duration) error {
 		return l.err
 	}
 	l.msgs = append(l.msgs, m)
-	l.queued += int64(len(m.b))
+	l.queued += int64(len(m.b) + len(m.body))
 	l.mu.Unlock()
 	l.signal()
 	return nil
@@ -374,9 +377,9 @@ func (l *link) takeLocked(items []writeItem) []writeItem {
 	l.ctrl = l.ctrl[:0]
 	var took int64
 	n := 0
-	for n < len(l.msgs) && (n == 0 || took+int64(len(l.msgs[n].b)) <= linkQueueBytes) {
+	for n < len(l.msgs) && (n == 0 || took+int64(len(l.msgs[n].b)+len(l.msgs[n].body)) <= linkQueueBytes) {
 		items = append(items, writeItem{m: l.msgs[n]})
-		took += int64(len(l.msgs[n].b))
+		took += int64(len(l.msgs[n].b) + len(l.msgs[n].body))
 		n++
 	}
 	if n > 0 {

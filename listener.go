@@ -178,7 +178,7 @@ func (l *Listener) Accept() (net.Conn, error) {
 	for {
 		l.mu.Lock()
 		if l.closed.Load() || l.isDone() {
-			give := !l.drainGiven && l.closed.Load()
+			give := !l.drainGiven
 			l.drainGiven = true
 			l.mu.Unlock()
 			if give {
@@ -294,14 +294,18 @@ func (l *Listener) settle() {
 	deadline := time.Now().Add(settleMax)
 	for time.Now().Before(deadline) {
 		l.mu.Lock()
-		waiting := false
+		conns := make([]*vconn, 0, len(l.conns))
 		for c := range l.conns {
+			conns = append(conns, c)
+		}
+		l.mu.Unlock()
+		waiting := false
+		for _, c := range conns {
 			if c.undecided() {
 				waiting = true
 				break
 			}
 		}
-		l.mu.Unlock()
 		if !waiting {
 			return
 		}
@@ -310,11 +314,6 @@ func (l *Listener) settle() {
 }
 
 func (l *Listener) isClosed() bool { return l.closed.Load() }
-
-func (l *Listener) heartbeatInterval() time.Duration {
-	interval, _ := l.cfg.heartbeat()
-	return interval
-}
 
 // maybeClosePeers closes every peer connection once the Listener is closed
 // and no request is left to answer. A peer that was told it is draining

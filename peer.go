@@ -106,7 +106,7 @@ func (p *peer) reply(e *envelope) {
 		b, _ = appendEnvelope(b[:0], errorEnvelope(e.ID, errCodeInternal, err.Error()))
 		body = nil
 	}
-	p.send(outMsg{b: b, body: body, pooled: true}, nil, p.cfg.hbTimeout)
+	p.send(outMsg{b: b, body: body, pooled: true}, p.dead, p.cfg.hbTimeout)
 }
 
 // replyCtrl queues a small reply that must not wait (the reader
@@ -178,9 +178,11 @@ const transitAllowance = time.Millisecond
 func (p *peer) notProcessed(id uint64, why string) {
 	p.l.stats.drained.Add(1)
 	if p.has(capDrain) {
-		p.mu.Lock()
-		p.ensureDrainingLocked() // DRAINING first: the client sends nothing more here
-		p.mu.Unlock()
+		if p.l.closing.Load() {
+			p.mu.Lock()
+			p.ensureDrainingLocked() // DRAINING first: the client sends nothing more here
+			p.mu.Unlock()
+		}
 		p.replyCtrl(errorEnvelope(id, errCodeNotProcessed, why))
 		return
 	}

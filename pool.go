@@ -242,6 +242,9 @@ func (c *vconn) assign(j *job) bool {
 		return false
 	}
 	j.conn.Store(c)
+	// A job given back by a connection that closed before it took it
+	// starts afresh.
+	j.pendIn, j.read, j.headDone, j.closedAtHead, j.entered, j.bodyDone, j.out, j.sent = nil, 0, false, false, false, false, nil, false
 	j.parts = parts
 	j.headLen = len(parts[0])
 	j.chunkedIn = chunked && j.body != nil
@@ -621,6 +624,12 @@ func (c *vconn) Write(p []byte) (int, error) {
 			c.mu.Lock()
 			aborted := j.aborted
 			c.mu.Unlock()
+			if finish {
+				// The response was complete (sent is set): nobody else
+				// will end the job. Its body is cut short.
+				j.out.abort(err)
+				c.replyError(j, errorEnvelope(j.env.ID, errCodeInternal, "the response could not be written: "+err.Error()))
+			}
 			switch {
 			case err == errStop && !aborted:
 				return 0, os.ErrDeadlineExceeded
@@ -791,9 +800,6 @@ func (c *vconn) Close() error {
 		case j.headDone && !j.entered && out == nil:
 			hold = true
 		default:
-			if debugClose {
-				println("DBG close", j.env.Method, j.read, j.headLen, j.headDone, j.entered, j.closedAtHead, c.l.closing.Load(), c.l.closeDone.Load(), j.resp.written, j.bodyless)
-			}
 			c.l.stats.noResponse.Add(1)
 			errEnv = errorEnvelope(j.env.ID, errCodeInternal, "the server closed the connection without a complete response")
 			if out != nil {
@@ -805,9 +811,6 @@ func (c *vconn) Close() error {
 	switch {
 	case j == nil:
 	case hold:
-		if debugClose {
-			println("DBG hold", j.env.Method, j.read, j.headLen, j.headDone, j.entered, j.closedAtHead, c.l.closing.Load(), c.l.closeDone.Load(), j.resp.written, j.bodyless)
-		}
 		c.l.holdVerdict(j)
 	case finish:
 		for _, d := range j.resp.out {
@@ -817,6 +820,12 @@ func (c *vconn) Close() error {
 		c.l.finished(j)
 	case whole != nil:
 		c.reply(j, whole)
+	case notRun && !c.l.closing.Load():
+		// The server closed this connection for its own reasons (idle
+		// timeout, Connection: close) before it took the request: give
+		// the request to another connection; it holds its slot still.
+		j.conn.Store(nil)
+		c.l.start(j)
 	case notRun:
 		if !j.canceled() {
 			j.peer.notProcessed(j.env.ID, "zmqhttp: server shutting down")
@@ -839,16 +848,14 @@ func (c *vconn) Close() error {
 // so that the client may send it again whatever its method:
 //   - the server never read all of its head; or
 //   - it read the whole head and did nothing more (no read, no write)
-//     before closing, and either the request has no body — net/http
-//     sets up its background read right before it calls the handler of
-//     such a request, and a handler that ends waits for that read, so
-//     without it the handler was not called — or the server was shutting
-//     down when it read the head: http.Server marks itself shutting down
-//     before it closes its listeners (Listener.Close) and drops a request
-//     whose head it reads after that. That is the case when the head was
-//     read after Close began, or when the connection closes while Close
-//     runs (the server's own connection loop closes it at once; the
-//     server closes connections itself only after Close returns).
+//     before closing, and the server was shutting down when it read the
+//     head: http.Server marks itself shutting down before it closes its
+//     listeners (Listener.Close) and drops a request whose head it reads
+//     after that. That is the case when the head was read after Close
+//     began, or when the connection closes while Close runs (the
+//     server's own connection loop closes it at once; the server closes
+//     connections itself only after Close returns); holdVerdict covers a
+//     close just before Close.
 //
 // Everything else may have run and gets an error, never a second run.
 // c.mu is held.
@@ -859,7 +866,7 @@ func (c *vconn) notRunLocked(j *job) bool {
 	case j.entered:
 		return false
 	}
-	return j.bodyless || j.closedAtHead || (c.l.closing.Load() && !c.l.closeDone.Load())
+	return j.closedAtHead || (c.l.closing.Load() && !c.l.closeDone.Load())
 }
 
 // verdictWait is how long a request whose connection closed right after
@@ -945,5 +952,3 @@ func (c *vconn) SetWriteDeadline(t time.Time) error {
 	c.mu.Unlock()
 	return nil
 }
-
-var debugClose = os.Getenv("ZMQHTTP_DEBUG") != ""

@@ -177,8 +177,12 @@ func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 		}
 		return nil, errNotCreated
 	}
+	orig := req
 	for attempt := 0; ; attempt++ {
 		resp, err := t.roundTrip(req)
+		if resp != nil {
+			resp.Request = orig
+		}
 		// A streamed request the server provably did not run is started
 		// again with a fresh body, if the request can make one.
 		if err == nil || !errors.Is(err, ErrNotProcessed) || req.GetBody == nil ||
@@ -259,7 +263,7 @@ func (t *Transport) roundTrip(req *http.Request) (*http.Response, error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := t.enqueue(c); err != nil {
+	if err := t.enqueue(c, ctx.Done()); err != nil {
 		return nil, err
 	}
 	return t.await(req, c, gzipAsked)

@@ -276,9 +276,10 @@ func readFrameHeader(br *bufio.Reader) (flags byte, size uint64, err error) {
 // announces a large frame and sends little costs little memory.
 func readFrameBody(br *bufio.Reader, size uint64) ([]byte, error) {
 	const step = 1 << 20
-	if size >= refMin && size <= poolFrameCap && isChunkFrame(br) {
-		// Chunk-sized: from the pool, to which the stream that reads
-		// the chunk returns it.
+	if size >= poolFrameCap/2 && size <= poolFrameCap && isChunkFrame(br) {
+		// A large chunk: from the pool, to which the stream that reads
+		// it returns it. (Only large ones, so that a frame never holds
+		// more than twice the body bytes its window counts.)
 		buf := getFrame()[:size]
 		if _, err := io.ReadFull(br, buf); err != nil {
 			return nil, unexpectedEOF(err)
