@@ -121,11 +121,12 @@ type link struct {
 
 // outMsg is one queued message.
 type outMsg struct {
-	b       []byte           // an encoded envelope, or a PONG's context
-	body    []byte           // if not nil, b was encoded with a nil body and this goes in its place
-	pong    bool             // b is the context of a ZMTP PONG command
-	onWrite func(seq uint64) // a request: told its number among the requests written on the link
-	pooled  bool             // b goes back to the buffer pool once written
+	b          []byte           // an encoded envelope, or a PONG's context
+	body       []byte           // if not nil, b was encoded with a nil body and this goes in its place
+	pooledBody bool             // body goes back to the body pool once written
+	pong       bool             // b is the context of a ZMTP PONG command
+	onWrite    func(seq uint64) // a request: told its number among the requests written on the link
+	pooled     bool             // b goes back to the buffer pool once written
 }
 
 func newLink(nc *liveConn, br *bufio.Reader, peerType zmq4.SocketType, h linkHandler, cfg linkConfig) *link {
@@ -413,7 +414,7 @@ func (l *link) takeLocked(items []writeItem) []writeItem {
 // large round). Buffers go back to the pool once written.
 func (l *link) writeItems(items []writeItem) error {
 	w := &l.fw
-	var recycle [][]byte
+	var recycle, recycleBodies [][]byte
 	done := 0 // items before this one are written once flush returns
 	flush := func(upto int) error {
 		err := w.flush()
@@ -421,6 +422,12 @@ func (l *link) writeItems(items []writeItem) error {
 			putBuf(b)
 		}
 		recycle = recycle[:0]
+		if err == nil {
+			for _, b := range recycleBodies {
+				putBody(b)
+			}
+		}
+		recycleBodies = recycleBodies[:0]
 		if err == nil {
 			// The producers may have their bytes back.
 			l.mu.Lock()
@@ -464,6 +471,9 @@ func (l *link) writeItems(items []writeItem) error {
 			l.countRequest(it.m.onWrite)
 			if it.m.pooled {
 				recycle = append(recycle, it.m.b)
+			}
+			if it.m.pooledBody {
+				recycleBodies = append(recycleBodies, it.m.body)
 			}
 		default:
 			w.envelopeMsg(it.m.b)

@@ -95,7 +95,11 @@ func (p *peer) ensureDrainingLocked() {
 
 // reply queues a whole reply, waiting for room in the link's queue (the
 // peer reads too slowly) until the link dies.
-func (p *peer) reply(e *envelope) {
+func (p *peer) reply(e *envelope) { p.replyBody(e, false) }
+
+// replyBody is reply; with pooled set, e.Body came from getBody and goes
+// back to the pool once written.
+func (p *peer) replyBody(e *envelope, pooled bool) {
 	var body []byte
 	if len(e.Body) >= refMin {
 		// Spliced in by the writer rather than copied into the encoding.
@@ -106,7 +110,7 @@ func (p *peer) reply(e *envelope) {
 		b, _ = appendEnvelope(b[:0], errorEnvelope(e.ID, errCodeInternal, err.Error()))
 		body = nil
 	}
-	p.send(outMsg{b: b, body: body, pooled: true}, p.dead, p.cfg.hbTimeout)
+	p.send(outMsg{b: b, body: body, pooled: true, pooledBody: pooled && body != nil}, p.dead, p.cfg.hbTimeout)
 }
 
 // replyCtrl queues a small reply that must not wait (the reader

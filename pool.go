@@ -576,13 +576,15 @@ func (c *vconn) Write(p []byte) (int, error) {
 	var whole *envelope
 	var data [][]byte
 	var head []byte
-	finish, open := false, false
+	finish, open, pooled := false, false, false
 	switch {
 	case j.out != nil:
 		data, r.out = r.out, nil
 		finish = r.done()
 	case r.done():
 		whole = r.envelope(j.env.ID)
+		pooled = r.pooledBody()
+		r.body = nil // the reply has it now
 	case c.peer.has(capStream) && (r.chunked || r.state == psUntilClose || r.declared > wholeBodyMax || len(r.body) > wholeBodyMax):
 		open = true
 		r.streaming = true
@@ -597,7 +599,7 @@ func (c *vconn) Write(p []byte) (int, error) {
 	}
 	c.mu.Unlock()
 	if whole != nil {
-		c.reply(j, whole)
+		c.replyPooled(j, whole, pooled)
 		return len(p), nil
 	}
 	if open {
@@ -679,10 +681,13 @@ func (c *vconn) writeStop(j *job) (<-chan struct{}, func()) {
 // response completed at or after the job's deadline (the caller's, less a
 // transit allowance) is dropped too, so a handler that stopped because its
 // context ended never beats the caller's own timer with a half-done answer.
-func (c *vconn) reply(j *job, e *envelope) {
+func (c *vconn) reply(j *job, e *envelope) { c.replyPooled(j, e, false) }
+
+// replyPooled is reply; with pooled set, e.Body came from getBody.
+func (c *vconn) replyPooled(j *job, e *envelope, pooled bool) {
 	late := !j.deadline.IsZero() && !time.Now().Before(j.deadline)
 	if !j.canceled() && !late {
-		c.peer.reply(e)
+		c.peer.replyBody(e, pooled)
 	}
 	c.l.finished(j)
 	c.signal()
