@@ -179,6 +179,43 @@ func (b *streamBody) Read(p []byte) (int, error) {
 	}
 }
 
+// WriteTo writes the rest of the body to w as it arrives, handing w the
+// received chunks themselves (io.Copy uses it: no copy into a buffer).
+func (b *streamBody) WriteTo(w io.Writer) (int64, error) {
+	var n int64
+	for {
+		piece, release, err := b.rs.nextPiece()
+		if piece != nil {
+			m, werr := w.Write(piece)
+			release()
+			n += int64(m)
+			if werr == nil && m < len(piece) {
+				werr = io.ErrShortWrite
+			}
+			if werr != nil {
+				b.abandon(werr)
+				return n, werr
+			}
+			continue
+		}
+		switch {
+		case err == io.EOF:
+			b.done(nil)
+			return n, nil
+		case err != nil:
+			b.done(err)
+			return n, err
+		}
+		select {
+		case <-b.rs.notify:
+		case <-b.ctx.Done():
+			err := context.Cause(b.ctx)
+			b.abandon(err)
+			return n, err
+		}
+	}
+}
+
 // Close abandons the rest of the body: the server is told to stop.
 func (b *streamBody) Close() error {
 	b.abandon(errBodyClosed)

@@ -33,13 +33,13 @@ const (
 const (
 	// defaultStreamWindow is the window this package grants each stream
 	// it receives, unless WithStreamWindow says otherwise.
-	defaultStreamWindow = 1 << 20
+	defaultStreamWindow = 2 << 20
 	// protocolWindow is the window of a peer that announced none (a HELLO
 	// credit of 0), as PROTOCOL.md says.
 	protocolWindow = 256 << 10
 	// maxChunk bounds the body bytes of one CHUNK envelope; the writer
 	// takes at most this much of one stream before turning to the next.
-	maxChunk = 256 << 10
+	maxChunk = 512 << 10
 	// wholeBodyMax is the largest body sent in one message to a peer that
 	// streams; larger bodies, and bodies of unknown length, are streamed.
 	wholeBodyMax = 64 << 10

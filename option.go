@@ -186,7 +186,7 @@ func (c *config) maxReplaysOrDefault() int {
 // streamed body it receives: at most n bytes of one body are in flight or
 // waiting to be read, so a stream's memory is bounded by n on each side
 // and a reader that stops reading stalls only its own stream. Both sides.
-// Default 1 MiB.
+// Default 2 MiB.
 func WithStreamWindow(n int) Option { return func(c *config) { c.window = n } }
 
 func (c *config) streamWindow() int64 {

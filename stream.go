@@ -318,6 +318,42 @@ func (r *recvStream) readSome(p []byte) (int, error) {
 	return n, err
 }
 
+// nextPiece takes the next received piece whole, without copying it, for
+// a consumer that hands it on (WriteTo): it returns the piece and a
+// release function to call once the piece is no longer used. It returns
+// (nil, nil, nil) when nothing has arrived yet, and io.EOF or the
+// stream's error at the end.
+func (r *recvStream) nextPiece() ([]byte, func(), error) {
+	r.mu.Lock()
+	if len(r.bufs) == 0 {
+		var err error
+		switch {
+		case r.err != nil:
+			err = r.err
+		case r.done:
+			err = io.EOF
+		}
+		r.mu.Unlock()
+		return nil, nil, err
+	}
+	b, frame := r.bufs[0], r.frames[0]
+	r.bufs[0], r.frames[0] = nil, nil
+	r.bufs, r.frames = r.bufs[1:], r.frames[1:]
+	r.buffered -= int64(len(b))
+	grant := int64(0)
+	if !r.done && r.err == nil {
+		r.unacked += int64(len(b))
+		if r.unacked >= r.window/4 {
+			grant, r.unacked = r.unacked, 0
+		}
+	}
+	r.mu.Unlock()
+	if grant > 0 {
+		r.l.sendCtrl(&envelope{Version: ProtocolVersion, Kind: KindCredit, ID: r.id, Credit: uint64(grant)})
+	}
+	return b, func() { putFrame(frame) }, nil
+}
+
 // available reports whether readSome would return data or an end now.
 func (r *recvStream) available() bool {
 	r.mu.Lock()

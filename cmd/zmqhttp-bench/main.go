@@ -114,7 +114,9 @@ func main() {
 		os.Exit(2)
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	stopProfile := startProfile("client")
 	err = run(ctx, cfg, os.Stdout, os.Stderr)
+	stopProfile()
 	stop()
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "zmqhttp-bench:", err)

@@ -106,9 +106,10 @@ func exitOnEOF(r io.Reader, before func()) {
 	os.Exit(0)
 }
 
-// startProfile writes a CPU profile of this server to
-// $ZMQHTTP_BENCH_CPUPROFILE.PROTO.pprof when that variable is set; the
-// returned function ends it.
+// startProfile writes a CPU profile of this process to
+// $ZMQHTTP_BENCH_CPUPROFILE.NAME.pprof when that variable is set (NAME is
+// the served protocol for a server, "client" for the parent); the returned
+// function ends it.
 func startProfile(proto string) func() {
 	base := os.Getenv("ZMQHTTP_BENCH_CPUPROFILE")
 	if base == "" {
