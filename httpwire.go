@@ -210,31 +210,6 @@ func (p *respParser) addBody(b []byte) error {
 // trailerList returns the trailer fields read.
 func (p *respParser) trailerList() []string { return p.trailer }
 
-// headEnvelope renders the response head as the first envelope of a
-// streamed response.
-func (p *respParser) headEnvelope(id uint64) *envelope {
-	e := &envelope{
-		Version: ProtocolVersion,
-		Kind:    KindResponse,
-		ID:      id,
-		Status:  p.status,
-		Header:  skipFields(p.hdr, responseSkip),
-		Flags:   flagStreamed,
-	}
-	if p.reason != http.StatusText(p.status) {
-		e.Message = p.reason
-	}
-	switch {
-	case p.chunked:
-		e.ContentLength = -1
-	case p.state == psUntilClose:
-		e.ContentLength = -1
-		e.Flags |= flagBodyUntilClose
-	default:
-		e.ContentLength = p.declared
-	}
-	return e
-}
 
 // done reports whether a complete response has been read.
 func (p *respParser) done() bool { return p.state == psDone }
@@ -444,13 +419,18 @@ var responseSkip = map[string]bool{
 }
 
 // envelope renders the parsed response as a response envelope for id.
-func (p *respParser) envelope(id uint64) *envelope {
+func (p *respParser) envelope(id uint64) *envelope { return p.render(id, false) }
+
+// headEnvelope renders the response head as the first envelope of a
+// streamed response.
+func (p *respParser) headEnvelope(id uint64) *envelope { return p.render(id, true) }
+
+func (p *respParser) render(id uint64, streamed bool) *envelope {
 	e := &envelope{
 		Version: ProtocolVersion,
 		Kind:    KindResponse,
 		ID:      id,
 		Status:  p.status,
-		Body:    p.body,
 		Header:  skipFields(p.hdr, responseSkip),
 	}
 	if p.reason != http.StatusText(p.status) {
@@ -459,13 +439,19 @@ func (p *respParser) envelope(id uint64) *envelope {
 	switch {
 	case p.chunked:
 		e.ContentLength = -1
-	case p.untilClose:
+	case p.untilClose || p.state == psUntilClose:
 		e.ContentLength = -1
 		e.Flags |= flagBodyUntilClose
+	case streamed:
+		e.ContentLength = p.declared
 	default:
 		e.ContentLength = int64(len(p.body))
 	}
-	e.Trailer = p.trailer
+	if streamed {
+		e.Flags |= flagStreamed
+	} else {
+		e.Body, e.Trailer = p.body, p.trailer
+	}
 	return e
 }
 
