@@ -210,7 +210,6 @@ func (p *respParser) addBody(b []byte) error {
 // trailerList returns the trailer fields read.
 func (p *respParser) trailerList() []string { return p.trailer }
 
-
 // done reports whether a complete response has been read.
 func (p *respParser) done() bool { return p.state == psDone }
 

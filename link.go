@@ -241,7 +241,10 @@ func (l *link) queueCtrl(m outMsg) {
 
 // send queues a whole message, waiting while the queue holds
 // linkQueueBytes or more, until stop is closed (then it returns errStop)
-// or the link dies. With stop nil it does not wait. With stall > 0, a queue that makes no progress for
+// or the link dies. With stop nil it does not wait: the Transport's
+// resends (from its reader or connection loop, which must not block) and
+// the calls that waited for a connection go in at once; their callers hold
+// their memory anyway. With stall > 0, a queue that makes no progress for
 // that long means the peer does not read: the link is closed
 // (errSlowPeer), so that a client that stops reading holds no handler.
 func (l *link) send(m outMsg, stop <-chan struct{}, stall time.Duration) error {

@@ -40,6 +40,8 @@ type job struct {
 
 	started bool // guarded by Listener.mu: holds a worker slot
 
+	handoffs int // owned by whoever assigns the job: new connections (from Accept) it was given to
+
 	// Guarded by conn.mu once assigned (owned by the assigner before).
 	parts        [][]byte   // request bytes not yet read: the head, then a whole body
 	pendIn       []byte     // chunk framing of a streamed body, not yet read
@@ -213,6 +215,7 @@ type vconn struct {
 func newVConn(l *Listener, j *job) *vconn {
 	c := &vconn{l: l, peer: j.peer, wake: make(chan struct{}, 1)}
 	c.local = &connAddr{Addr: l.ln.Addr(), c: c}
+	j.handoffs++
 	c.assign(j)
 	l.mu.Lock()
 	l.conns[c] = struct{}{}
@@ -608,7 +611,8 @@ func (c *vconn) Write(p []byte) (int, error) {
 			return 0, err
 		}
 		c.mu.Lock()
-		if j.aborted {
+		if j.aborted || c.closed || c.cur != j {
+			// Cancelled, or answered by Close meanwhile.
 			c.mu.Unlock()
 			s.abort(errAborted)
 			return 0, errAborted
@@ -825,7 +829,7 @@ func (c *vconn) Close() error {
 		c.l.finished(j)
 	case whole != nil:
 		c.reply(j, whole)
-	case notRun && !c.l.closing.Load():
+	case notRun && !c.l.closing.Load() && j.handoffs < maxHandoffs:
 		// The server closed this connection for its own reasons (idle
 		// timeout, Connection: close) before it took the request: give
 		// the request to another connection; it holds its slot still.
@@ -873,6 +877,14 @@ func (c *vconn) notRunLocked(j *job) bool {
 	}
 	return j.closedAtHead || (c.l.closing.Load() && !c.l.closeDone.Load())
 }
+
+// maxHandoffs bounds the new connections (from Accept) one request is
+// given to: a server that keeps closing them unread (a listener wrapper
+// that drops connections, an http.Server without HTTP/1) gets it back as
+// not processed rather than for ever. Idle keep-alive connections that
+// close as a request reaches them (an idle timeout, Connection: close)
+// do not count: each closes once, and only served requests make them.
+const maxHandoffs = 3
 
 // verdictWait is how long a request whose connection closed right after
 // its head was read, with nothing done since, waits for the Listener to

@@ -263,7 +263,11 @@ func (t *Transport) roundTrip(req *http.Request) (*http.Response, error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := t.enqueue(c, ctx.Done()); err != nil {
+	stop := ctx.Done()
+	if stop == nil {
+		stop = c.stop // a context that never ends still waits for room in the queue
+	}
+	if err := t.enqueue(c, stop); err != nil {
 		return nil, err
 	}
 	return t.await(req, c, gzipAsked)
@@ -315,6 +319,7 @@ func (t *Transport) await(req *http.Request, c *call, gzipAsked bool) (*http.Res
 				if r.link.has(capCancel) {
 					r.link.sendCtrl(&envelope{Version: ProtocolVersion, Kind: KindCancel, ID: c.id})
 				}
+				t.maybeCloseDrained(r.link)
 			}
 		}
 		t.endUpload(c, ctx.Err())
