@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"io"
 	"net/http"
+	"net/http/httptest"
 	"strconv"
 	"testing"
 )
@@ -79,6 +80,36 @@ func BenchmarkDownload16MiB(b *testing.B) {
 			resp.Body.Close()
 			if n != int64(len(payload)) {
 				b.Errorf("got %d bytes", n)
+				return
+			}
+		}
+	})
+}
+
+// BenchmarkHTTPRoundTrip64KiB is the net/http HTTP/1.1 baseline of
+// BenchmarkRoundTrip/tcp-64KiB, in one process with the same handler.
+func BenchmarkHTTPRoundTrip64KiB(b *testing.B) {
+	ts := httptest.NewServer(echoHandler())
+	defer ts.Close()
+	tr := &http.Transport{MaxIdleConnsPerHost: 64}
+	defer tr.CloseIdleConnections()
+	client := &http.Client{Transport: tr}
+	body := bytes.Repeat([]byte("x"), 64<<10)
+	b.SetBytes(int64(len(body)))
+	b.ReportAllocs()
+	b.SetParallelism(8)
+	b.ResetTimer()
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			resp, err := client.Post(ts.URL, "application/octet-stream", bytes.NewReader(body))
+			if err != nil {
+				b.Error(err)
+				return
+			}
+			n, _ := io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+			if n != int64(len(body)) {
+				b.Errorf("echoed %d bytes", n)
 				return
 			}
 		}

@@ -277,7 +277,7 @@ func (l *Listener) Close() error {
 }
 
 // settleMax bounds how long Close waits in settle.
-const settleMax = 50 * time.Millisecond
+const settleMax = 500 * time.Millisecond
 
 // settle waits, briefly, for every connection whose request head the
 // server has read but not yet acted on (no read or write since) to show

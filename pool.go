@@ -889,7 +889,7 @@ const maxHandoffs = 3
 // verdictWait is how long a request whose connection closed right after
 // its head was read, with nothing done since, waits for the Listener to
 // close (see holdVerdict).
-const verdictWait = 50 * time.Millisecond
+const verdictWait = 250 * time.Millisecond
 
 // holdVerdict answers j, whose connection the server closed after reading
 // its head and doing nothing more, once it is known why: http.Server
