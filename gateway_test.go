@@ -248,3 +248,35 @@ func TestBasicPeerGetsWholeBodies(t *testing.T) {
 			e.Kind, e.ID, e.Status, e.Flags, len(e.Body), e.ContentLength, size)
 	}
 }
+
+// TestUnreadUploadFreesSlot: a handler that answers a large upload without
+// reading it frees its worker slot when its reply is queued, not after
+// net/http's 500 ms close delay: with one worker, the next request runs
+// at once.
+func TestUnreadUploadFreesSlot(t *testing.T) {
+	ts := startServer(t, "tcp", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/upload" {
+			http.Error(w, "no thanks", http.StatusRequestEntityTooLarge)
+			return
+		}
+		io.WriteString(w, "ok")
+	}), WithWorkers(1))
+	client, _ := newClient(t, ts.L.Endpoint())
+	resp, err := client.Post("http://svc/upload", "application/octet-stream", &patternReader{n: 10 << 20})
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusRequestEntityTooLarge {
+		t.Fatalf("upload: %d", resp.StatusCode)
+	}
+	start := time.Now()
+	resp, err = client.Get("http://svc/next")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if d := time.Since(start); d > 250*time.Millisecond {
+		t.Fatalf("the next request took %v with one worker: the slot was held after the reply", d)
+	}
+}
