@@ -75,7 +75,8 @@ const maxResends = 16
 const staleAfter = time.Millisecond
 
 type callResult struct {
-	env  envelope
+	env   envelope
+	frame []byte // a pooled frame env lies in (whole responses), or nil
 	body *recvStream // a streamed response body; nil for a whole one
 	link *clientLink // the link the response came on
 	err  error
@@ -390,6 +391,9 @@ func (cl *clientLink) bad(_ *link, err error) {
 // now, in the reader goroutine, so that the chunks that follow find it.
 func (t *Transport) gotResponse(cl *clientLink, env *envelope) {
 	r := callResult{env: *env, link: cl}
+	if cap(cl.frame) == reqFrameCap && env.Flags&flagStreamed == 0 {
+		r.frame = cl.frame
+	}
 	t.mu.Lock()
 	c, ok := t.pending[env.ID]
 	if ok {

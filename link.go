@@ -102,6 +102,7 @@ type link struct {
 	err        error // why the link died; set once, before dead is closed
 
 	heard       atomic.Bool   // the reader has read a message
+	frame       []byte        // the reader goroutine's: the frame of the envelope being handled
 	reqsRead    atomic.Uint64 // written by the reader goroutine: request envelopes read
 	reqsWritten uint64        // the writer goroutine's: request envelopes written
 
@@ -580,6 +581,7 @@ func (l *link) readLoop() {
 		if _, kind, _, ok := peekHead(frame); ok && Kind(kind) == KindRequest {
 			l.reqsRead.Add(1)
 		}
+		l.frame = frame
 		var env envelope
 		if err := decodeEnvelope(frame, l.cfg.limits, &env); err != nil {
 			var ie *idError

@@ -127,6 +127,9 @@ func (p *peer) receive(env *envelope, arrived time.Time) {
 	l := p.l
 	l.stats.requests.Add(1)
 	j := &job{peer: p, env: *env, abort: make(chan struct{})}
+	if cap(p.frame) == reqFrameCap {
+		j.frame = p.frame // env's strings and body lie in it
+	}
 	if env.Timeout > 0 {
 		// The caller's remaining time, counted from arrival, less an
 		// allowance for the message's transit, so that the server gives

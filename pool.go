@@ -31,6 +31,7 @@ type job struct {
 	env      envelope
 	deadline time.Time     // the caller's deadline; zero if none
 	body     *recvStream   // a streamed request body; nil if whole
+	frame    []byte        // a pooled frame env lies in: back to the pool once the server has read the request
 	abort    chan struct{} // closed by cancel: the caller is gone or late
 	timer    *time.Timer   // cancels the job at its deadline
 
@@ -303,8 +304,13 @@ func (c *vconn) Read(p []byte) (int, error) {
 			return 0, io.EOF
 		}
 		if j.sent && len(j.parts) == 0 && j.bodyDone {
-			// The server is looking for the next request.
+			// The server is looking for the next request: it has read
+			// all of this one, which is answered (and forgotten).
 			c.cur = nil
+			if j.frame != nil {
+				putReqFrame(j.frame)
+				j.frame = nil
+			}
 			continue
 		}
 		if j.headDone {

@@ -282,6 +282,12 @@ func (t *Transport) await(req *http.Request, c *call, gzipAsked bool) (*http.Res
 			t.endUpload(c, r.err)
 			return nil, fmt.Errorf("zmqhttp: %s %s: %w", req.Method, req.URL.Redacted(), r.err)
 		}
+		if c.body != nil {
+			// Answered: the server read all of it, so the writer is done
+			// with it, and it is not sent again.
+			putBody(c.body)
+			c.body = nil
+		}
 		return t.buildResponse(req, c, &r, gzipAsked)
 	case <-ctx.Done():
 		t.mu.Lock()
@@ -568,7 +574,12 @@ func (t *Transport) readBody(req *http.Request) ([]byte, error) {
 	if req.ContentLength > 0 && req.ContentLength <= limit {
 		// Known length: read exactly that much into one allocation, then
 		// make sure nothing follows.
-		body := make([]byte, req.ContentLength)
+		var body []byte
+		if req.ContentLength >= refMin && req.ContentLength <= wholeBodyMax {
+			body = getBody()[:req.ContentLength] // back to the pool once answered (await)
+		} else {
+			body = make([]byte, req.ContentLength)
+		}
 		n, err := io.ReadFull(req.Body, body)
 		if err == io.ErrUnexpectedEOF || err == io.EOF {
 			return body[:n], nil // shorter than declared: buildRequest reports it
@@ -597,6 +608,13 @@ func (t *Transport) readBody(req *http.Request) ([]byte, error) {
 // with the fields http.Transport would set for the same HTTP/1.1 reply.
 func (t *Transport) buildResponse(req *http.Request, c *call, r *callResult, gzipAsked bool) (*http.Response, error) {
 	env := &r.env
+	if r.frame != nil {
+		// The frame goes back to the pool once the body is read: keep
+		// nothing else that lies in it.
+		env.Header = cloneStrings(env.Header)
+		env.Trailer = cloneStrings(env.Trailer)
+		env.Message = strings.Clone(env.Message)
+	}
 	h := headerFromPairs(env.Header)
 	status := statusLine(env.Status)
 	if env.Message != "" {
@@ -663,10 +681,13 @@ func (t *Transport) buildResponse(req *http.Request, c *call, r *callResult, gzi
 	case len(env.Body) == 0:
 		t.endUpload(c, nil)
 		resp.Body = http.NoBody
+		if r.frame != nil {
+			putReqFrame(r.frame)
+		}
 	default:
 		t.endUpload(c, nil)
-		br := new(bodyReader)
-		br.Reset(env.Body)
+		br := &bodyReader{frame: r.frame}
+		br.r.Reset(env.Body)
 		resp.Body = br
 	}
 	if gzipAsked && (len(env.Body) > 0 || r.body != nil) && strings.EqualFold(h.Get("Content-Encoding"), "gzip") {
@@ -720,9 +741,68 @@ func statusLine(code int) string {
 }
 
 // bodyReader is a response body held in memory.
-type bodyReader struct{ bytes.Reader }
+type bodyReader struct {
+	mu    sync.Mutex
+	r     bytes.Reader
+	frame []byte // the pooled frame the body lies in; returned at the end
+}
 
-func (*bodyReader) Close() error { return nil }
+func (b *bodyReader) Read(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	n, err := b.r.Read(p)
+	if err == io.EOF {
+		b.releaseLocked()
+	}
+	return n, err
+}
+
+// WriteTo writes the rest of the body to w (io.Copy uses it).
+func (b *bodyReader) WriteTo(w io.Writer) (int64, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	n, err := b.r.WriteTo(w)
+	b.releaseLocked()
+	return n, err
+}
+
+// Close ends the body; a later Read returns io.EOF.
+func (b *bodyReader) Close() error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.releaseLocked()
+	return nil
+}
+
+func (b *bodyReader) releaseLocked() {
+	b.r.Reset(nil)
+	if b.frame != nil {
+		putReqFrame(b.frame)
+		b.frame = nil
+	}
+}
+
+// cloneStrings returns copies of ss, backed by one allocation.
+func cloneStrings(ss []string) []string {
+	if len(ss) == 0 {
+		return ss
+	}
+	n := 0
+	for _, s := range ss {
+		n += len(s)
+	}
+	var sb strings.Builder
+	sb.Grow(n)
+	for _, s := range ss {
+		sb.WriteString(s)
+	}
+	all := sb.String()
+	out := make([]string, len(ss))
+	for i, s := range ss {
+		out[i], all = all[:len(s)], all[len(s):]
+	}
+	return out
+}
 
 // gzipBody decompresses src lazily, on first Read, like http.Transport.
 type gzipBody struct {

@@ -276,7 +276,17 @@ func readFrameHeader(br *bufio.Reader) (flags byte, size uint64, err error) {
 // announces a large frame and sends little costs little memory.
 func readFrameBody(br *bufio.Reader, size uint64) ([]byte, error) {
 	const step = 1 << 20
-	if size >= poolFrameCap/2 && size <= poolFrameCap && isChunkFrame(br) {
+	if size >= refMin && size <= reqFrameCap && (isKindFrame(br, KindRequest) || isKindFrame(br, KindResponse)) {
+		// A request or response with a whole body: from the frame pool;
+		// the Listener returns a request's once the server has read it,
+		// the Transport a response's once its body is read or closed.
+		buf := getReqFrame()[:size]
+		if _, err := io.ReadFull(br, buf); err != nil {
+			return nil, unexpectedEOF(err)
+		}
+		return buf, nil
+	}
+	if size >= poolFrameCap/2 && size <= poolFrameCap && isKindFrame(br, KindChunk) {
 		// A large chunk: from the pool, to which the stream that reads
 		// it returns it. (Only large ones, so that a frame never holds
 		// more than twice the body bytes its window counts.)
@@ -571,11 +581,32 @@ func (c *liveConn) Write(p []byte) (int, error) {
 	return written, nil
 }
 
-// isChunkFrame reports whether the frame whose body br is about to read
-// holds a CHUNK envelope (an array of 16, version 1, kind 8).
-func isChunkFrame(br *bufio.Reader) bool {
+// isKindFrame reports whether the frame whose body br is about to read
+// holds an envelope of kind k (an array of 16, version 1).
+func isKindFrame(br *bufio.Reader, k Kind) bool {
 	b, err := br.Peek(5)
-	return err == nil && b[0] == 0xdc && b[1] == 0 && b[2] == envelopeFields && b[3] == ProtocolVersion && b[4] == byte(KindChunk)
+	return err == nil && b[0] == 0xdc && b[1] == 0 && b[2] == envelopeFields && b[3] == ProtocolVersion && b[4] == byte(k)
+}
+
+// reqFrameCap is the capacity of pooled request frames: a whole body of
+// up to wholeBodyMax and room for its head.
+const reqFrameCap = wholeBodyMax + 16<<10
+
+var reqFramePool sync.Pool
+
+func getReqFrame() []byte {
+	if b, ok := reqFramePool.Get().(*[]byte); ok {
+		return *b
+	}
+	return make([]byte, reqFrameCap)
+}
+
+// putReqFrame returns a request frame that nothing refers to any more.
+func putReqFrame(b []byte) {
+	if cap(b) == reqFrameCap {
+		b = b[:cap(b)]
+		reqFramePool.Put(&b)
+	}
 }
 
 // poolFrameCap is the capacity of the pooled frame buffers: a full chunk
