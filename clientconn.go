@@ -76,10 +76,10 @@ const staleAfter = time.Millisecond
 
 type callResult struct {
 	env   envelope
-	frame []byte // a pooled frame env lies in (whole responses), or nil
-	body *recvStream // a streamed response body; nil for a whole one
-	link *clientLink // the link the response came on
-	err  error
+	frame []byte      // a pooled frame env lies in (whole responses), or nil
+	body  *recvStream // a streamed response body; nil for a whole one
+	link  *clientLink // the link the response came on
+	err   error
 }
 
 // clientLink is one established connection of a Transport.
