@@ -168,8 +168,11 @@ var mh = func() *codec.MsgpackHandle {
 	h.WriteExt = true // new spec: str and bin are distinct types
 	h.RawToString = true
 	h.MaxInitLen = 4096
-	// Decoded strings and bytes point into the frame, which is allocated
-	// per message and never modified: no second copy of each body.
+	// Decoded strings and bytes point into the frame: no second copy of
+	// each body. A frame is never modified while anything decoded from it
+	// is in use; pooled frames (chunks, whole requests and responses) go
+	// back to their pool only once nothing refers to them (see putFrame,
+	// putReqFrame and their callers).
 	h.ZeroCopy = true
 	return h
 }()

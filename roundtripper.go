@@ -686,8 +686,7 @@ func (t *Transport) buildResponse(req *http.Request, c *call, r *callResult, gzi
 		}
 	default:
 		t.endUpload(c, nil)
-		br := &bodyReader{frame: r.frame}
-		br.r.Reset(env.Body)
+		br := &bodyReader{data: env.Body, frame: r.frame}
 		resp.Body = br
 	}
 	if gzipAsked && (len(env.Body) > 0 || r.body != nil) && strings.EqualFold(h.Get("Content-Encoding"), "gzip") {
@@ -740,46 +739,83 @@ func statusLine(code int) string {
 	return strconv.Itoa(code) + " " + http.StatusText(code)
 }
 
-// bodyReader is a response body held in memory.
+// bodyReader is a response body held in memory, possibly in a pooled
+// frame. The frame goes back to the pool at EOF or Close, but never while
+// a WriteTo is handing its bytes to a writer: mu is not held across that
+// Write (it may block for ever; Close must not wait for it), so busy
+// counts such writes and the last one out returns the frame.
 type bodyReader struct {
-	mu    sync.Mutex
-	r     bytes.Reader
-	frame []byte // the pooled frame the body lies in; returned at the end
+	mu     sync.Mutex
+	data   []byte // the unread rest is data[off:]
+	off    int
+	frame  []byte // the pooled frame data lies in; nil once returned
+	busy   int    // WriteTo calls writing from data
+	closed bool
 }
 
 func (b *bodyReader) Read(p []byte) (int, error) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	n, err := b.r.Read(p)
-	if err == io.EOF {
+	if b.off >= len(b.data) {
 		b.releaseLocked()
+		return 0, io.EOF
 	}
-	return n, err
+	n := copy(p, b.data[b.off:])
+	b.off += n
+	return n, nil
 }
 
-// WriteTo writes the rest of the body to w (io.Copy uses it).
+// WriteTo writes the rest of the body to w (io.Copy uses it). On a write
+// error the unwritten rest stays readable, as with bytes.Reader.
 func (b *bodyReader) WriteTo(w io.Writer) (int64, error) {
 	b.mu.Lock()
-	defer b.mu.Unlock()
-	n, err := b.r.WriteTo(w)
-	b.releaseLocked()
-	return n, err
+	rest := b.data[b.off:]
+	if len(rest) == 0 {
+		b.releaseLocked()
+		b.mu.Unlock()
+		return 0, nil
+	}
+	b.off = len(b.data) // a concurrent Read gets nothing of what this writes
+	b.busy++
+	b.mu.Unlock()
+	n, err := w.Write(rest)
+	if n > len(rest) || n < 0 {
+		panic("zmqhttp: invalid Write count")
+	}
+	if err == nil && n != len(rest) {
+		err = io.ErrShortWrite
+	}
+	b.mu.Lock()
+	b.busy--
+	if err != nil && !b.closed {
+		b.off -= len(rest) - n // the rest is still to be read
+	}
+	if b.off >= len(b.data) || b.closed {
+		b.releaseLocked()
+	}
+	b.mu.Unlock()
+	return int64(n), err
 }
 
 // Close ends the body; a later Read returns io.EOF.
 func (b *bodyReader) Close() error {
 	b.mu.Lock()
 	defer b.mu.Unlock()
+	b.closed = true
+	b.data, b.off = nil, 0
 	b.releaseLocked()
 	return nil
 }
 
+// releaseLocked returns the frame unless a WriteTo still writes from it
+// (that one returns it when done).
 func (b *bodyReader) releaseLocked() {
-	b.r.Reset(nil)
-	if b.frame != nil {
-		putReqFrame(b.frame)
-		b.frame = nil
+	if b.busy > 0 || b.frame == nil {
+		return
 	}
+	b.data, b.off = nil, 0
+	putReqFrame(b.frame)
+	b.frame = nil
 }
 
 // cloneStrings returns copies of ss, backed by one allocation.
