@@ -753,6 +753,8 @@ type bodyReader struct {
 	closed bool
 }
 
+// Read copies the next bytes of the body; at the end it returns io.EOF
+// and gives the frame back.
 func (b *bodyReader) Read(p []byte) (int, error) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
