@@ -82,7 +82,7 @@ func (t *Transport) upload(req *http.Request, c *call, s *sendStream) {
 				t.failUpload(c, s, fmt.Errorf("zmqhttp: ContentLength=%d with a longer Body", req.ContentLength))
 				return
 			}
-			if _, err := s.write(buf[:m], c.stop); err != nil {
+			if _, err := s.write(buf[:m], c.stop, time.Time{}); err != nil {
 				return // the call ended, or the link broke: both resolved elsewhere
 			}
 		}
@@ -112,8 +112,8 @@ func (t *Transport) failUpload(c *call, s *sendStream, err error) {
 	t.mu.Lock()
 	cl := c.link
 	t.mu.Unlock()
-	if cl != nil && cl.has(capCancel) {
-		cl.sendCtrl(&envelope{Version: ProtocolVersion, Kind: KindCancel, ID: c.id})
+	if cl != nil {
+		cl.cancel(c.id)
 	}
 	t.resolve(cl, c.id, callResult{err: err})
 }
@@ -231,9 +231,7 @@ func (b *streamBody) abandon(err error) {
 	}
 	b.rs.fail(err)
 	b.cl.removeRecv(b.rs)
-	if b.cl.has(capCancel) {
-		b.cl.sendCtrl(&envelope{Version: ProtocolVersion, Kind: KindCancel, ID: b.c.id})
-	}
+	b.cl.cancel(b.c.id)
 	b.done(err)
 }
 

@@ -325,11 +325,11 @@ func (t *Transport) enqueue(c *call, stop <-chan struct{}) error {
 }
 
 // handle acts on one decoded message from the server (reader goroutine).
-func (cl *clientLink) handle(_ *link, env *envelope) {
+func (cl *clientLink) handle(_ *link, env *envelope, frame []byte) {
 	t := cl.t
 	switch env.Kind {
 	case KindResponse:
-		t.gotResponse(cl, env)
+		t.gotResponse(cl, env, frame)
 	case KindError:
 		switch {
 		case env.ID == 0:
@@ -389,10 +389,10 @@ func (cl *clientLink) bad(_ *link, err error) {
 
 // gotResponse delivers a response. A streamed one gets its body stream
 // now, in the reader goroutine, so that the chunks that follow find it.
-func (t *Transport) gotResponse(cl *clientLink, env *envelope) {
+func (t *Transport) gotResponse(cl *clientLink, env *envelope, frame []byte) {
 	r := callResult{env: *env, link: cl}
-	if cap(cl.frame) == reqFrameCap && env.Flags&flagStreamed == 0 {
-		r.frame = cl.frame
+	if cap(frame) == wholeFrames.size && env.Flags&flagStreamed == 0 {
+		r.frame = frame
 	}
 	t.mu.Lock()
 	c, ok := t.pending[env.ID]
@@ -413,8 +413,8 @@ func (t *Transport) gotResponse(cl *clientLink, env *envelope) {
 		t.unlinkLocked(c)
 	}
 	t.mu.Unlock()
-	if (!ok || r.err != nil) && env.Flags&flagStreamed != 0 && cl.has(capCancel) {
-		cl.sendCtrl(&envelope{Version: ProtocolVersion, Kind: KindCancel, ID: env.ID})
+	if (!ok || r.err != nil) && env.Flags&flagStreamed != 0 {
+		cl.cancel(env.ID)
 	}
 	if !ok {
 		t.stats.lateReplies.Add(1)

@@ -171,8 +171,7 @@ var mh = func() *codec.MsgpackHandle {
 	// Decoded strings and bytes point into the frame: no second copy of
 	// each body. A frame is never modified while anything decoded from it
 	// is in use; pooled frames (chunks, whole requests and responses) go
-	// back to their pool only once nothing refers to them (see putFrame,
-	// putReqFrame and their callers).
+	// back to their pool only once nothing refers to them (bufpool.go).
 	h.ZeroCopy = true
 	return h
 }()

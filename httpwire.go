@@ -9,7 +9,6 @@ import (
 	"sort"
 	"strconv"
 	"strings"
-	"sync"
 )
 
 // This file converts between envelopes and the HTTP/1.1 bytes the user's
@@ -181,7 +180,7 @@ func (p *respParser) write(b []byte) error {
 	return err
 }
 
-// pooledBody reports whether the body buffer came from getBody.
+// pooledBody reports whether the body buffer came from wholeBodies.
 func (p *respParser) pooledBody() bool {
 	return cap(p.body) == wholeBodyMax && p.declared >= refMin && p.declared <= wholeBodyMax
 }
@@ -380,7 +379,7 @@ func (p *respParser) parseHeader(block []byte) error {
 		if size == 0 {
 			p.state = psDone
 		} else if size >= refMin && size <= wholeBodyMax {
-			p.body = getBody()
+			p.body = wholeBodies.get()[:0]
 		} else if size <= wholeBodyMax {
 			p.body = make([]byte, 0, size)
 		}
@@ -492,24 +491,5 @@ func sortPairs(kv []string) {
 	sort.SliceStable(ps, func(i, j int) bool { return ps[i].k < ps[j].k })
 	for i, p := range ps {
 		kv[2*i], kv[2*i+1] = p.k, p.v
-	}
-}
-
-// bodyPool recycles the buffers of whole response bodies of refMin to
-// wholeBodyMax bytes: the writer returns one once the reply is written.
-var bodyPool sync.Pool
-
-func getBody() []byte {
-	if b, ok := bodyPool.Get().(*[]byte); ok {
-		return (*b)[:0]
-	}
-	return make([]byte, 0, wholeBodyMax)
-}
-
-// putBody returns a buffer from getBody that nothing refers to any more.
-func putBody(b []byte) {
-	if cap(b) == wholeBodyMax {
-		b = b[:0]
-		bodyPool.Put(&b)
 	}
 }

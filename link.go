@@ -57,7 +57,9 @@ const (
 type linkHandler interface {
 	// handle acts on a decoded envelope of a kind other than CHUNK,
 	// CREDIT, PING and PONG (HELLO included, after the link recorded it).
-	handle(l *link, env *envelope)
+	// frame is the bytes env was decoded from (its strings and body
+	// alias it).
+	handle(l *link, env *envelope, frame []byte)
 	// bad is told of a message that was dropped: an *oversizeError,
 	// errNotEnvelope, or an error from decodeEnvelope.
 	bad(l *link, err error)
@@ -102,7 +104,6 @@ type link struct {
 	err        error // why the link died; set once, before dead is closed
 
 	heard       atomic.Bool   // the reader has read a message
-	frame       []byte        // the reader goroutine's: the frame of the envelope being handled
 	reqsRead    atomic.Uint64 // written by the reader goroutine: request envelopes read
 	reqsWritten uint64        // the writer goroutine's: request envelopes written
 
@@ -428,7 +429,7 @@ func (l *link) writeItems(items []writeItem) error {
 		recycle = recycle[:0]
 		if err == nil {
 			for _, b := range recycleBodies {
-				putBody(b)
+				wholeBodies.put(b)
 			}
 		}
 		recycleBodies = recycleBodies[:0]
@@ -469,21 +470,19 @@ func (l *link) writeItems(items []writeItem) error {
 			}
 		case it.m.pong:
 			w.command("PONG", it.m.b)
-		case it.m.body != nil:
-			w.frame(flagMore, nil)
-			w.splice(it.m.b, [][]byte{it.m.body}, len(it.m.body))
+		default:
+			if it.m.body != nil {
+				w.frame(flagMore, nil)
+				w.splice(it.m.b, [][]byte{it.m.body}, len(it.m.body))
+			} else {
+				w.envelopeMsg(it.m.b)
+			}
 			l.countRequest(it.m.onWrite)
 			if it.m.pooled {
 				recycle = append(recycle, it.m.b)
 			}
 			if it.m.pooledBody {
 				recycleBodies = append(recycleBodies, it.m.body)
-			}
-		default:
-			w.envelopeMsg(it.m.b)
-			l.countRequest(it.m.onWrite)
-			if it.m.pooled {
-				recycle = append(recycle, it.m.b)
 			}
 		}
 		if w.n >= 4<<20 {
@@ -578,18 +577,20 @@ func (l *link) readLoop() {
 			l.close(err)
 			return
 		}
-		if _, kind, _, ok := peekHead(frame); ok && Kind(kind) == KindRequest {
-			l.reqsRead.Add(1)
-		}
-		l.frame = frame
 		var env envelope
 		if err := decodeEnvelope(frame, l.cfg.limits, &env); err != nil {
 			var ie *idError
-			if errors.As(err, &ie) && ie.kind == KindChunk {
+			switch {
+			case errors.As(err, &ie) && ie.kind == KindRequest:
+				l.reqsRead.Add(1)
+			case ie != nil && ie.kind == KindChunk:
 				l.failRecv(ie.id, err)
 			}
 			l.h.bad(l, err)
 			continue
+		}
+		if env.Kind == KindRequest {
+			l.reqsRead.Add(1)
 		}
 		switch env.Kind {
 		case KindChunk:
@@ -602,9 +603,9 @@ func (l *link) readLoop() {
 			// Its arrival already counted as a sign of life.
 		case KindHello:
 			l.gotHello(&env)
-			l.h.handle(l, &env)
+			l.h.handle(l, &env, frame)
 		default:
-			l.h.handle(l, &env)
+			l.h.handle(l, &env, frame)
 		}
 		if !l.heard.Load() {
 			l.heard.Store(true) // after HELLO's capabilities are recorded
@@ -653,6 +654,14 @@ func (l *link) recvChunk(env *envelope, frame []byte) {
 	}
 	if env.Flags&flagLast != 0 {
 		l.removeRecv(r)
+	}
+}
+
+// cancel tells the server that the caller gave up on request id, if it
+// acts on CANCEL (client side).
+func (l *link) cancel(id uint64) {
+	if l.has(capCancel) {
+		l.sendCtrl(&envelope{Version: ProtocolVersion, Kind: KindCancel, ID: id})
 	}
 }
 
@@ -731,25 +740,6 @@ func (l *link) removeRecv(r *recvStream) {
 		delete(l.recvs, r.id)
 	}
 	l.mu.Unlock()
-}
-
-// bufPool recycles the buffers envelopes are encoded into.
-var bufPool sync.Pool
-
-// maxPooledBuf bounds the buffers kept for reuse.
-const maxPooledBuf = 256 << 10
-
-func getBuf() []byte {
-	if b, ok := bufPool.Get().(*[]byte); ok {
-		return (*b)[:0]
-	}
-	return nil
-}
-
-func putBuf(b []byte) {
-	if cap(b) > 0 && cap(b) <= maxPooledBuf {
-		bufPool.Put(&b)
-	}
 }
 
 // writeEnvelopeMsg writes one REQ/REP-style message: an empty delimiter

@@ -177,7 +177,7 @@ func (l *Listener) Endpoint() string {
 func (l *Listener) Accept() (net.Conn, error) {
 	for {
 		l.mu.Lock()
-		if l.closed.Load() || l.isDone() {
+		if l.closing.Load() {
 			give := !l.drainGiven
 			l.drainGiven = true
 			l.mu.Unlock()
@@ -205,15 +205,6 @@ func (l *Listener) Accept() (net.Conn, error) {
 		case <-l.acceptWake:
 		case <-l.done:
 		}
-	}
-}
-
-func (l *Listener) isDone() bool {
-	select {
-	case <-l.done:
-		return true
-	default:
-		return false
 	}
 }
 
@@ -263,10 +254,7 @@ func (l *Listener) Close() error {
 			}
 		}
 		for _, j := range queued {
-			if !j.canceled() {
-				j.peer.notProcessed(j.env.ID, "zmqhttp: server shutting down")
-			}
-			l.finished(j)
+			l.verdict(j, true)
 		}
 		l.settle()
 		l.closeDone.Store(true)

@@ -36,11 +36,11 @@ type peer struct {
 const maxIdlePerPeer = 64
 
 // handle acts on a request or control message (link reader goroutine).
-func (p *peer) handle(_ *link, env *envelope) {
+func (p *peer) handle(_ *link, env *envelope, frame []byte) {
 	l := p.l
 	switch env.Kind {
 	case KindRequest:
-		p.receive(env, time.Now())
+		p.receive(env, frame, time.Now())
 	case KindHello:
 		if l.isClosed() {
 			p.mu.Lock()
@@ -95,11 +95,9 @@ func (p *peer) ensureDrainingLocked() {
 
 // reply queues a whole reply, waiting for room in the link's queue (the
 // peer reads too slowly) until the link dies.
-func (p *peer) reply(e *envelope) { p.replyBody(e, false) }
-
-// replyBody is reply; with pooled set, e.Body came from getBody and goes
-// back to the pool once written.
-func (p *peer) replyBody(e *envelope, pooled bool) {
+// With pooled set, e.Body came from wholeBodies and goes back to the pool
+// once written.
+func (p *peer) reply(e *envelope, pooled bool) {
 	var body []byte
 	if len(e.Body) >= refMin {
 		// Spliced in by the writer rather than copied into the encoding.
@@ -123,12 +121,12 @@ func errorEnvelope(id uint64, code int, msg string) *envelope {
 
 // receive takes a request: it runs when a worker is free, or waits in the
 // queue, or is answered at once when the Listener is closed or overloaded.
-func (p *peer) receive(env *envelope, arrived time.Time) {
+func (p *peer) receive(env *envelope, frame []byte, arrived time.Time) {
 	l := p.l
 	l.stats.requests.Add(1)
 	j := &job{peer: p, env: *env, abort: make(chan struct{})}
-	if cap(p.frame) == reqFrameCap {
-		j.frame = p.frame // env's strings and body lie in it
+	if cap(frame) == wholeFrames.size {
+		j.frame = frame // env's strings and body lie in it
 	}
 	if env.Timeout > 0 {
 		// The caller's remaining time, counted from arrival, less an

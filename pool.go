@@ -51,7 +51,6 @@ type job struct {
 	headDone     bool       // the server has read the whole head
 	closedAtHead bool       // the Listener was closed when the server got the whole head
 	entered      bool       // the server read or wrote after the head: the handler ran (or runs)
-	bodyless     bool       // the request as the server sees it has no body
 	chunkedIn    bool       // the streamed body is rendered chunked
 	bodyLeft     int64      // of a streamed body with a length: bytes not yet delivered
 	bodyDone     bool       // the whole request was delivered
@@ -139,8 +138,7 @@ func (l *Listener) start(j *job) {
 	l.mu.Lock()
 	if l.closed.Load() {
 		l.mu.Unlock()
-		j.peer.notProcessed(j.env.ID, "zmqhttp: server shutting down")
-		l.finished(j)
+		l.verdict(j, true)
 		return
 	}
 	l.acceptQ = append(l.acceptQ, j)
@@ -252,7 +250,6 @@ func (c *vconn) assign(j *job) bool {
 	j.parts = parts
 	j.headLen = len(parts[0])
 	j.chunkedIn = chunked && j.body != nil
-	j.bodyless = j.body == nil && !chunked && len(j.env.Body) == 0
 	if j.body != nil && !chunked {
 		j.bodyLeft = j.env.ContentLength
 	}
@@ -308,7 +305,7 @@ func (c *vconn) Read(p []byte) (int, error) {
 			// all of this one, which is answered (and forgotten).
 			c.cur = nil
 			if j.frame != nil {
-				putReqFrame(j.frame)
+				wholeFrames.put(j.frame)
 				j.frame = nil
 			}
 			continue
@@ -608,7 +605,7 @@ func (c *vconn) Write(p []byte) (int, error) {
 	}
 	c.mu.Unlock()
 	if whole != nil {
-		c.replyPooled(j, whole, pooled)
+		c.reply(j, whole, pooled)
 		return len(p), nil
 	}
 	if open {
@@ -629,10 +626,11 @@ func (c *vconn) Write(p []byte) (int, error) {
 	if j.out == nil {
 		return len(p), nil // buffering a small response
 	}
-	stop, release := c.writeStop(j)
-	defer release()
+	c.mu.Lock()
+	deadline := c.writeDeadline
+	c.mu.Unlock()
 	for _, d := range data {
-		if _, err := j.out.write(d, stop); err != nil {
+		if _, err := j.out.write(d, j.abort, deadline); err != nil {
 			c.mu.Lock()
 			aborted := j.aborted
 			c.mu.Unlock()
@@ -658,46 +656,17 @@ func (c *vconn) Write(p []byte) (int, error) {
 	return len(p), nil
 }
 
-// writeStop returns a channel closed when j is cancelled or the write
-// deadline passes, and a function to release its timer.
-func (c *vconn) writeStop(j *job) (<-chan struct{}, func()) {
-	c.mu.Lock()
-	dl := c.writeDeadline
-	c.mu.Unlock()
-	if dl.IsZero() {
-		return j.abort, func() {}
-	}
-	stop := make(chan struct{})
-	t := time.AfterFunc(time.Until(dl), func() { close(stop) })
-	done := make(chan struct{})
-	go func() {
-		select {
-		case <-j.abort:
-			t.Stop()
-			select {
-			case <-stop:
-			default:
-				close(stop)
-			}
-		case <-done:
-		}
-	}()
-	return stop, func() { t.Stop(); close(done) }
-}
-
 // reply queues a whole response for j and frees its worker slot. A request
 // whose caller gave up (cancelled, or past its deadline) is answered with
 // nothing, as over TCP where the response goes to a closed connection; a
 // response completed at or after the job's deadline (the caller's, less a
 // transit allowance) is dropped too, so a handler that stopped because its
 // context ended never beats the caller's own timer with a half-done answer.
-func (c *vconn) reply(j *job, e *envelope) { c.replyPooled(j, e, false) }
-
-// replyPooled is reply; with pooled set, e.Body came from getBody.
-func (c *vconn) replyPooled(j *job, e *envelope, pooled bool) {
+// With pooled set, e.Body came from wholeBodies.
+func (c *vconn) reply(j *job, e *envelope, pooled bool) {
 	late := !j.deadline.IsZero() && !time.Now().Before(j.deadline)
 	if !j.canceled() && !late {
-		c.peer.replyBody(e, pooled)
+		c.peer.reply(e, pooled)
 	}
 	c.l.finished(j)
 	c.signal()
@@ -792,9 +761,9 @@ func (c *vconn) Close() error {
 	c.closed = true
 	j := c.cur
 	c.cur = nil
-	var whole, errEnv *envelope
+	var whole *envelope
 	var out *sendStream
-	finish, notRun, hold := false, false, false
+	finish, notRun, hold, noResponse := false, false, false, false
 	if j != nil && !j.sent {
 		j.sent = true
 		out = j.out
@@ -815,8 +784,7 @@ func (c *vconn) Close() error {
 		case j.headDone && !j.entered && out == nil:
 			hold = true
 		default:
-			c.l.stats.noResponse.Add(1)
-			errEnv = errorEnvelope(j.env.ID, errCodeInternal, "the server closed the connection without a complete response")
+			noResponse = true
 			if out != nil {
 				out.abort(errAborted)
 			}
@@ -829,25 +797,20 @@ func (c *vconn) Close() error {
 		c.l.holdVerdict(j)
 	case finish:
 		for _, d := range j.resp.out {
-			out.write(d, j.abort)
+			out.write(d, j.abort, time.Time{})
 		}
 		out.finish(j.resp.trailerList())
 		c.l.finished(j)
 	case whole != nil:
-		c.reply(j, whole)
+		c.reply(j, whole, false)
 	case notRun && !c.l.closing.Load() && j.handoffs < maxHandoffs:
 		// The server closed this connection for its own reasons (idle
 		// timeout, Connection: close) before it took the request: give
 		// the request to another connection; it holds its slot still.
 		j.conn.Store(nil)
 		c.l.start(j)
-	case notRun:
-		if !j.canceled() {
-			j.peer.notProcessed(j.env.ID, "zmqhttp: server shutting down")
-		}
-		c.l.finished(j)
-	case errEnv != nil:
-		c.replyError(j, errEnv)
+	case notRun, noResponse:
+		c.l.verdict(j, notRun)
 	default:
 		c.l.finished(j) // answered before, or aborted
 	}
@@ -932,14 +895,17 @@ func (l *Listener) holdVerdict(j *job) {
 	})
 }
 
-// verdict answers a held job.
+// verdict answers j, which the server will not answer: as not processed,
+// or with an error (it may have run).
 func (l *Listener) verdict(j *job, notRun bool) {
+	if !notRun {
+		l.stats.noResponse.Add(1)
+	}
 	switch {
 	case j.canceled():
 	case notRun:
 		j.peer.notProcessed(j.env.ID, "zmqhttp: server shutting down")
 	default:
-		l.stats.noResponse.Add(1)
 		j.peer.replyCtrl(errorEnvelope(j.env.ID, errCodeInternal, "the server closed the connection without a complete response"))
 	}
 	l.finished(j)

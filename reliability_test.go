@@ -267,48 +267,12 @@ func (c *relChild) output() string {
 // listening. Cleanup kills it if it is still running.
 func relStartChild(t *testing.T, name, ep, logPath string) (*relChild, error) {
 	t.Helper()
-	cmd := exec.Command(os.Args[0], "-test.run=^TestRelServerProcess$", "-test.count=1", "-test.timeout=5m")
-	// A -race binary sleeps 1s at exit (GORACE atexit_sleep_ms) unless told
-	// otherwise; the child's exit time after SIGTERM is measured.
-	gorace := strings.TrimSpace(os.Getenv("GORACE") + " atexit_sleep_ms=0")
-	cmd.Env = append(os.Environ(), relEnvServer+"=1", relEnvEndpoint+"="+ep, relEnvLog+"="+logPath, "GORACE="+gorace)
-	c := &relChild{
-		name: name, ep: ep, logPath: logPath, cmd: cmd,
-		stdout: &relOutput{ready: make(chan struct{})},
-		stderr: &relOutput{},
-		done:   make(chan struct{}),
+	c, err := startTestProcess(t, name, "TestRelServerProcess",
+		[]string{relEnvServer + "=1", relEnvEndpoint + "=" + ep, relEnvLog + "=" + logPath}, true)
+	if c != nil {
+		c.ep, c.logPath = ep, logPath
 	}
-	cmd.Stdout, cmd.Stderr = c.stdout, c.stderr
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	var err error
-	if c.stdin, err = cmd.StdinPipe(); err != nil {
-		return nil, err
-	}
-	if err := cmd.Start(); err != nil {
-		return nil, fmt.Errorf("start %s: %w", name, err)
-	}
-	go func() {
-		c.waitErr = cmd.Wait()
-		close(c.done)
-	}()
-	t.Cleanup(func() {
-		if !c.exited() {
-			if err := c.kill(); err != nil {
-				t.Error(err)
-			}
-		}
-		c.stdin.Close()
-	})
-	select {
-	case <-c.stdout.ready:
-		c.readyAt = time.Now()
-		return c, nil
-	case <-c.done:
-		return nil, fmt.Errorf("%s exited (%v) before it was ready\n%s", name, c.waitErr, c.output())
-	case <-time.After(30 * time.Second):
-		c.kill()
-		return nil, fmt.Errorf("%s not ready after 30s\n%s", name, c.output())
-	}
+	return c, err
 }
 
 // relFreeEndpoint returns a tcp endpoint on 127.0.0.1 with a port that was

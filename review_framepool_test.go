@@ -7,10 +7,10 @@ import (
 	"time"
 )
 
-// Chunk frames of 16 KiB and more are read into pooled buffers of
-// poolFrameCap (264 KiB) whatever their size, and the recvStream keeps the
+// Chunk frames of 16 KiB and more used to be read into pooled buffers of a
+// full chunk's size whatever their size, and the recvStream keeps the
 // whole frame until its body is read; the window counts only body bytes.
-// A stream of ~20 KiB flushes that is not read holds ~13x its window.
+// A stream of ~20 KiB flushes that was not read held ~13x its window.
 func TestReviewChunkFrameAmplification(t *testing.T) {
 	h := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		ev := make([]byte, 20<<10+512)

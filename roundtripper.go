@@ -285,7 +285,7 @@ func (t *Transport) await(req *http.Request, c *call, gzipAsked bool) (*http.Res
 		if c.body != nil {
 			// Answered: the server read all of it, so the writer is done
 			// with it, and it is not sent again.
-			putBody(c.body)
+			wholeBodies.put(c.body)
 			c.body = nil
 		}
 		return t.buildResponse(req, c, &r, gzipAsked)
@@ -307,11 +307,10 @@ func (t *Transport) await(req *http.Request, c *call, gzipAsked bool) (*http.Res
 		}
 		t.mu.Unlock()
 		c.end()
-		if sentOn != nil && sentOn.has(capCancel) && c.seq.Load() != 0 {
-			// Tell the server, so the handler's r.Context() ends too.
-			sentOn.sendCtrl(&envelope{Version: ProtocolVersion, Kind: KindCancel, ID: c.id})
-		}
 		if sentOn != nil {
+			if c.seq.Load() != 0 {
+				sentOn.cancel(c.id) // so the handler's r.Context() ends too
+			}
 			t.maybeCloseDrained(sentOn)
 		}
 		if !mine { // resolved meanwhile: the result is ours after all
@@ -320,12 +319,8 @@ func (t *Transport) await(req *http.Request, c *call, gzipAsked bool) (*http.Res
 				if r.body == nil {
 					return t.buildResponse(req, c, &r, gzipAsked)
 				}
-				r.body.fail(context.Cause(ctx))
-				r.link.removeRecv(r.body)
-				if r.link.has(capCancel) {
-					r.link.sendCtrl(&envelope{Version: ProtocolVersion, Kind: KindCancel, ID: c.id})
-				}
-				t.maybeCloseDrained(r.link)
+				// A streamed response nobody will read.
+				(&streamBody{t: t, c: c, cl: r.link, rs: r.body, ctx: ctx, trailer: http.Header{}}).abandon(context.Cause(ctx))
 			}
 		}
 		t.endUpload(c, ctx.Err())
@@ -576,7 +571,7 @@ func (t *Transport) readBody(req *http.Request) ([]byte, error) {
 		// make sure nothing follows.
 		var body []byte
 		if req.ContentLength >= refMin && req.ContentLength <= wholeBodyMax {
-			body = getBody()[:req.ContentLength] // back to the pool once answered (await)
+			body = wholeBodies.get()[:req.ContentLength] // back to the pool once answered (await)
 		} else {
 			body = make([]byte, req.ContentLength)
 		}
@@ -682,7 +677,7 @@ func (t *Transport) buildResponse(req *http.Request, c *call, r *callResult, gzi
 		t.endUpload(c, nil)
 		resp.Body = http.NoBody
 		if r.frame != nil {
-			putReqFrame(r.frame)
+			wholeFrames.put(r.frame)
 		}
 	default:
 		t.endUpload(c, nil)
@@ -816,7 +811,7 @@ func (b *bodyReader) releaseLocked() {
 		return
 	}
 	b.data, b.off = nil, 0
-	putReqFrame(b.frame)
+	wholeFrames.put(b.frame)
 	b.frame = nil
 }
 

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"sync"
+	"time"
 )
 
 // This file holds the two halves of a streamed body (PROTOCOL.md 4.6). The
@@ -112,9 +113,10 @@ func (s *sendStream) wake() {
 }
 
 // write hands p to the writer and waits until it is written, until stop
-// is closed (errStop: the stream fails) or the stream fails. It never
-// returns while the writer may still read p.
-func (s *sendStream) write(p []byte, stop <-chan struct{}) (int, error) {
+// is closed or the deadline (if not zero) passes (errStop: the stream
+// fails), or the stream fails. It never returns while the writer may
+// still read p.
+func (s *sendStream) write(p []byte, stop <-chan struct{}, deadline time.Time) (int, error) {
 	if len(p) == 0 {
 		return 0, nil
 	}
@@ -136,6 +138,12 @@ func (s *sendStream) write(p []byte, stop <-chan struct{}) (int, error) {
 	s.activateLocked()
 	s.l.mu.Unlock()
 	s.l.signal()
+	var expired <-chan time.Time
+	if !deadline.IsZero() {
+		t := time.NewTimer(time.Until(deadline))
+		defer t.Stop()
+		expired = t.C
+	}
 	for {
 		s.l.mu.Lock()
 		if s.written >= end {
@@ -163,6 +171,8 @@ func (s *sendStream) write(p []byte, stop <-chan struct{}) (int, error) {
 		select {
 		case <-s.space:
 		case <-stop:
+			s.abort(errStop)
+		case <-expired:
 			s.abort(errStop)
 		case <-s.l.dead:
 			// close has failed every stream: the next turn returns.
@@ -214,12 +224,11 @@ type recvStream struct {
 
 	// mu guards the following fields.
 	mu       sync.Mutex
-	bufs     [][]byte // received, not yet read
-	frames   [][]byte // the frame each of bufs lies in, to recycle once read (nil: keep)
-	buffered int64
-	seq      uint64 // last chunk number received
-	total    int64  // body bytes received
-	done     bool   // the last chunk arrived
+	pieces   []piece // received, not yet read
+	buffered int64   // bytes in pieces
+	seq      uint64  // last chunk number received
+	total    int64   // body bytes received
+	done     bool    // the last chunk arrived
 	trailer  []string
 	err      error // the stream failed
 	unacked  int64 // bytes read and not yet granted back
@@ -245,8 +254,7 @@ func (r *recvStream) push(env *envelope, frame []byte) error {
 		if len(env.Trailer) > 0 {
 			frame = nil // the trailer strings lie in it too
 		}
-		r.frames = append(r.frames, frame)
-		r.bufs = append(r.bufs, env.Body)
+		r.pieces = append(r.pieces, piece{data: env.Body, frame: frame})
 		r.buffered += int64(len(env.Body))
 		r.total += int64(len(env.Body))
 	}
@@ -270,10 +278,17 @@ func (r *recvStream) fail(err error) {
 	r.mu.Lock()
 	if !r.done && r.err == nil {
 		r.err = err
-		r.bufs, r.frames, r.buffered = nil, nil, 0
+		r.pieces, r.buffered = nil, 0
 	}
 	r.mu.Unlock()
 	r.signal()
+}
+
+// piece is one received chunk body, not yet read, and the pooled frame
+// it lies in (nil if none, or if the frame holds more that is in use).
+type piece struct {
+	data  []byte
+	frame []byte
 }
 
 // readSome copies what has arrived into p. It returns (0, nil) when
@@ -282,28 +297,60 @@ func (r *recvStream) fail(err error) {
 func (r *recvStream) readSome(p []byte) (int, error) {
 	r.mu.Lock()
 	n := 0
-	for n < len(p) && len(r.bufs) > 0 {
-		m := copy(p[n:], r.bufs[0])
+	for n < len(p) && len(r.pieces) > 0 {
+		m := copy(p[n:], r.pieces[0].data)
 		n += m
-		if m == len(r.bufs[0]) {
-			putFrame(r.frames[0])
-			r.frames[0] = nil
-			r.frames = r.frames[1:]
-			r.bufs[0] = nil
-			r.bufs = r.bufs[1:]
+		if m == len(r.pieces[0].data) {
+			chunkFrames.put(r.pieces[0].frame)
+			r.pieces[0] = piece{}
+			r.pieces = r.pieces[1:]
 		} else {
-			r.bufs[0] = r.bufs[0][m:]
+			r.pieces[0].data = r.pieces[0].data[m:]
 		}
 	}
-	r.buffered -= int64(n)
-	var err error
+	err := r.endLocked(n)
+	r.consumed(n) // unlocks
+	return n, err
+}
+
+// nextPiece takes the next received piece whole, without copying it, for
+// a consumer that hands it on (WriteTo): it returns the piece and a
+// release function to call once the piece is no longer used. It returns
+// (nil, nil, nil) when nothing has arrived yet, and io.EOF or the
+// stream's error at the end.
+func (r *recvStream) nextPiece() ([]byte, func(), error) {
+	r.mu.Lock()
+	if len(r.pieces) == 0 {
+		err := r.endLocked(0)
+		r.mu.Unlock()
+		return nil, nil, err
+	}
+	pc := r.pieces[0]
+	r.pieces[0] = piece{}
+	r.pieces = r.pieces[1:]
+	r.consumed(len(pc.data)) // unlocks
+	return pc.data, func() { chunkFrames.put(pc.frame) }, nil
+}
+
+// endLocked is the error a read that got n bytes returns: none if it got
+// some, else the stream's failure or io.EOF at its end. r.mu is held.
+func (r *recvStream) endLocked(n int) error {
 	switch {
 	case n > 0:
+		return nil
 	case r.err != nil:
-		err = r.err
+		return r.err
 	case r.done:
-		err = io.EOF
+		return io.EOF
 	}
+	return nil
+}
+
+// consumed records that n bytes were taken by the reader and unlocks
+// r.mu; once a quarter of the window was taken, it is granted back to the
+// sender.
+func (r *recvStream) consumed(n int) {
+	r.buffered -= int64(n)
 	grant := int64(0)
 	if n > 0 && !r.done && r.err == nil {
 		r.unacked += int64(n)
@@ -315,50 +362,13 @@ func (r *recvStream) readSome(p []byte) (int, error) {
 	if grant > 0 {
 		r.l.sendCtrl(&envelope{Version: ProtocolVersion, Kind: KindCredit, ID: r.id, Credit: uint64(grant)})
 	}
-	return n, err
-}
-
-// nextPiece takes the next received piece whole, without copying it, for
-// a consumer that hands it on (WriteTo): it returns the piece and a
-// release function to call once the piece is no longer used. It returns
-// (nil, nil, nil) when nothing has arrived yet, and io.EOF or the
-// stream's error at the end.
-func (r *recvStream) nextPiece() ([]byte, func(), error) {
-	r.mu.Lock()
-	if len(r.bufs) == 0 {
-		var err error
-		switch {
-		case r.err != nil:
-			err = r.err
-		case r.done:
-			err = io.EOF
-		}
-		r.mu.Unlock()
-		return nil, nil, err
-	}
-	b, frame := r.bufs[0], r.frames[0]
-	r.bufs[0], r.frames[0] = nil, nil
-	r.bufs, r.frames = r.bufs[1:], r.frames[1:]
-	r.buffered -= int64(len(b))
-	grant := int64(0)
-	if !r.done && r.err == nil {
-		r.unacked += int64(len(b))
-		if r.unacked >= r.window/4 {
-			grant, r.unacked = r.unacked, 0
-		}
-	}
-	r.mu.Unlock()
-	if grant > 0 {
-		r.l.sendCtrl(&envelope{Version: ProtocolVersion, Kind: KindCredit, ID: r.id, Credit: uint64(grant)})
-	}
-	return b, func() { putFrame(frame) }, nil
 }
 
 // available reports whether readSome would return data or an end now.
 func (r *recvStream) available() bool {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	return len(r.bufs) > 0 || r.done || r.err != nil
+	return len(r.pieces) > 0 || r.done || r.err != nil
 }
 
 // trailers returns the trailer fields of the last chunk, once read.

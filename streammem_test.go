@@ -253,8 +253,10 @@ func streamClientMain() {
 // Parent side.
 
 // startTestProcess re-executes the test binary to run only testName, with
-// env added, like relStartChild. If waitReady it waits for relReadyLine on
-// stdout. Cleanup kills the process if it still runs.
+// env added. If waitReady it waits for relReadyLine on stdout. Cleanup
+// kills the process if it still runs. A -race binary sleeps 1s at exit
+// (GORACE atexit_sleep_ms) unless told otherwise; a child's exit time
+// after SIGTERM is measured, so it is told.
 func startTestProcess(t *testing.T, name, testName string, env []string, waitReady bool) (*relChild, error) {
 	t.Helper()
 	cmd := exec.Command(os.Args[0], "-test.run=^"+testName+"$", "-test.count=1", "-test.timeout=5m")

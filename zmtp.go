@@ -8,7 +8,6 @@ import (
 	"io"
 	"net"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"time"
 
@@ -276,21 +275,8 @@ func readFrameHeader(br *bufio.Reader) (flags byte, size uint64, err error) {
 // announces a large frame and sends little costs little memory.
 func readFrameBody(br *bufio.Reader, size uint64) ([]byte, error) {
 	const step = 1 << 20
-	if size >= refMin && size <= reqFrameCap && (isKindFrame(br, KindRequest) || isKindFrame(br, KindResponse)) {
-		// A request or response with a whole body: from the frame pool;
-		// the Listener returns a request's once the server has read it,
-		// the Transport a response's once its body is read or closed.
-		buf := getReqFrame()[:size]
-		if _, err := io.ReadFull(br, buf); err != nil {
-			return nil, unexpectedEOF(err)
-		}
-		return buf, nil
-	}
-	if size >= poolFrameCap/2 && size <= poolFrameCap && isKindFrame(br, KindChunk) {
-		// A large chunk: from the pool, to which the stream that reads
-		// it returns it. (Only large ones, so that a frame never holds
-		// more than twice the body bytes its window counts.)
-		buf := getFrame()[:size]
+	if pool := framePool(br, size); pool != nil {
+		buf := pool.get()[:size]
 		if _, err := io.ReadFull(br, buf); err != nil {
 			return nil, unexpectedEOF(err)
 		}
@@ -579,53 +565,4 @@ func (c *liveConn) Write(p []byte) (int, error) {
 		}
 	}
 	return written, nil
-}
-
-// isKindFrame reports whether the frame whose body br is about to read
-// holds an envelope of kind k (an array of 16, version 1).
-func isKindFrame(br *bufio.Reader, k Kind) bool {
-	b, err := br.Peek(5)
-	return err == nil && b[0] == 0xdc && b[1] == 0 && b[2] == envelopeFields && b[3] == ProtocolVersion && b[4] == byte(k)
-}
-
-// reqFrameCap is the capacity of pooled request frames: a whole body of
-// up to wholeBodyMax and room for its head.
-const reqFrameCap = wholeBodyMax + 16<<10
-
-var reqFramePool sync.Pool
-
-func getReqFrame() []byte {
-	if b, ok := reqFramePool.Get().(*[]byte); ok {
-		return *b
-	}
-	return make([]byte, reqFrameCap)
-}
-
-// putReqFrame returns a request frame that nothing refers to any more.
-func putReqFrame(b []byte) {
-	if cap(b) == reqFrameCap {
-		b = b[:cap(b)]
-		reqFramePool.Put(&b)
-	}
-}
-
-// poolFrameCap is the capacity of the pooled frame buffers: a full chunk
-// and its envelope.
-const poolFrameCap = maxChunk + 8<<10
-
-var framePool sync.Pool
-
-func getFrame() []byte {
-	if b, ok := framePool.Get().(*[]byte); ok {
-		return *b
-	}
-	return make([]byte, poolFrameCap)
-}
-
-// putFrame returns a frame buffer that nothing refers to any more.
-func putFrame(b []byte) {
-	if cap(b) == poolFrameCap {
-		b = b[:cap(b)]
-		framePool.Put(&b)
-	}
 }

@@ -28,9 +28,9 @@ type child struct {
 // startChild re-executes exe as a server for proto, with extra serve
 // flags args, and waits for the endpoint it prints. The child dies with
 // ctx, with stop, or when the parent's end of its stdin closes.
-func startChild(ctx context.Context, exe, proto string, wait time.Duration, args ...string) (*child, error) {
+func startChild(ctx context.Context, exe, proto string, wait time.Duration) (*child, error) {
 	ctx, cancel := context.WithCancel(ctx)
-	cmd := exec.CommandContext(ctx, exe, append([]string{serveCmd, "-proto", proto}, args...)...)
+	cmd := exec.CommandContext(ctx, exe, serveCmd, "-proto", proto)
 	cmd.Stderr = os.Stderr
 	cmd.WaitDelay = 2 * time.Second
 	stdin, err := cmd.StdinPipe()

@@ -25,13 +25,13 @@ type benchClient struct {
 }
 
 // newClient builds the client for proto talking to endpoint with conns
-// concurrent callers. zopts apply to the zmqhttp Transport only.
-func newClient(proto, endpoint string, conns int, timeout time.Duration, zopts ...zmqhttp.Option) (*benchClient, error) {
+// concurrent callers.
+func newClient(proto, endpoint string, conns int, timeout time.Duration) (*benchClient, error) {
 	switch proto {
 	case protoHTTP:
 		return newHTTPClient(endpoint, conns, timeout), nil
 	case protoZMQ:
-		return newZMQClient(endpoint, timeout, zopts...)
+		return newZMQClient(endpoint, timeout)
 	}
 	return nil, fmt.Errorf("unknown protocol %q", proto)
 }
@@ -55,8 +55,8 @@ func newHTTPClient(hostport string, conns int, timeout time.Duration) *benchClie
 
 // newZMQClient shares one zmqhttp.Transport, hence one connection, between
 // all callers.
-func newZMQClient(endpoint string, timeout time.Duration, opts ...zmqhttp.Option) (*benchClient, error) {
-	tr, err := zmqhttp.NewTransport(endpoint, opts...)
+func newZMQClient(endpoint string, timeout time.Duration) (*benchClient, error) {
+	tr, err := zmqhttp.NewTransport(endpoint)
 	if err != nil {
 		return nil, err
 	}

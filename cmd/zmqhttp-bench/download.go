@@ -16,22 +16,9 @@ const (
 // runDownload measures large downloads with each protocol.
 func runDownload(ctx context.Context, cfg config, srv *servers, stderr io.Writer) ([]result, error) {
 	name := fmt.Sprintf("c=%d %s GET", downloadConc, formatSize(downloadSize))
-	var results []result
-	for _, p := range cfg.protos {
-		server, err := srv.get(p)
-		if err != nil {
-			return results, err
-		}
-		fmt.Fprintf(stderr, "running %-12s %-8s ...", name, p)
-		r, err := downloadOne(ctx, cfg, name, p, server)
-		if err != nil {
-			fmt.Fprintln(stderr, " failed")
-			return results, err
-		}
-		fmt.Fprintf(stderr, " %s MiB/s, %d errors\n", formatRate(r.BytesPerSec), r.Errors)
-		results = append(results, r)
-	}
-	return results, nil
+	return eachProto(ctx, cfg, srv, stderr, name, downloadOne, func(r result) string {
+		return fmt.Sprintf("%s MiB/s, %d errors", formatRate(r.BytesPerSec), r.Errors)
+	})
 }
 
 func downloadOne(ctx context.Context, cfg config, name, proto string, server *child) (result, error) {

@@ -4,9 +4,6 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"strconv"
-
-	"github.com/zmqhttp/zmqhttp"
 )
 
 // The hol (head-of-line) scenario: holConc callers GET holSize bytes back
@@ -20,52 +17,18 @@ const (
 	holBulkSize = 64 << 20
 )
 
-// holMaxBody is the Limits.MaxBodyBytes both zmqhttp sides get in the hol
-// scenario; 0 runs it with the library's defaults (streamed bodies are
-// unbounded).
-const holMaxBody = 0
-
-// holServerArgs are the extra serve flags of the hol scenario's server.
-func holServerArgs(proto string) []string {
-	if proto != protoZMQ || holMaxBody == 0 {
-		return nil
-	}
-	return []string{"-max-body", strconv.Itoa(holMaxBody)}
-}
-
-// holClientOptions are the zmqhttp Transport options of the hol scenario.
-func holClientOptions() []zmqhttp.Option {
-	if holMaxBody == 0 {
-		return nil
-	}
-	return []zmqhttp.Option{zmqhttp.WithLimits(zmqhttp.Limits{MaxBodyBytes: holMaxBody})}
-}
-
 // runHOL measures how much bulk downloads delay small requests that share
 // their client, with each protocol.
 func runHOL(ctx context.Context, cfg config, srv *servers, stderr io.Writer) ([]result, error) {
 	name := fmt.Sprintf("c=%d %s +%d×%s", holConc, formatSize(holSize), holBulkConc, formatSize(holBulkSize))
-	var results []result
-	for _, p := range cfg.protos {
-		server, err := srv.get(p, holServerArgs(p)...)
-		if err != nil {
-			return results, err
-		}
-		fmt.Fprintf(stderr, "running %-12s %-8s ...", name, p)
-		r, err := holOne(ctx, cfg, name, p, server)
-		if err != nil {
-			fmt.Fprintln(stderr, " failed")
-			return results, err
-		}
-		fmt.Fprintf(stderr, " p99 %s alone, %s under load, %d errors\n",
+	return eachProto(ctx, cfg, srv, stderr, name, holOne, func(r result) string {
+		return fmt.Sprintf("p99 %s alone, %s under load, %d errors",
 			formatDuration(r.P99), formatDuration(r.UnderLoad.P99), r.Errors+r.UnderLoad.Errors+r.Bulk.Errors)
-		results = append(results, r)
-	}
-	return results, nil
+	})
 }
 
 func holOne(ctx context.Context, cfg config, name, proto string, server *child) (result, error) {
-	c, err := newClient(proto, server.endpoint, holConc+holBulkConc, cfg.timeout, holClientOptions()...)
+	c, err := newClient(proto, server.endpoint, holConc+holBulkConc, cfg.timeout)
 	if err != nil {
 		return result{}, err
 	}

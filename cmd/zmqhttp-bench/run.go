@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"strings"
 	"time"
 )
 
@@ -80,7 +79,7 @@ func run(ctx context.Context, cfg config, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	srv := &servers{ctx: ctx, exe: exe, stderr: stderr, byKey: map[string]*child{}}
+	srv := &servers{ctx: ctx, exe: exe, stderr: stderr, byProto: map[string]*child{}}
 	defer srv.stopAll()
 	var results []result
 	for _, g := range groups {
@@ -123,32 +122,53 @@ func run(ctx context.Context, cfg config, stdout, stderr io.Writer) error {
 // servers starts the server children on first use, one per protocol and
 // set of extra serve flags, and keeps them until stopAll.
 type servers struct {
-	ctx    context.Context
-	exe    string
-	stderr io.Writer
-	byKey  map[string]*child
+	ctx     context.Context
+	exe     string
+	stderr  io.Writer
+	byProto map[string]*child
 }
 
-// get returns the running server for proto started with args, starting
-// it if need be.
-func (s *servers) get(proto string, args ...string) (*child, error) {
-	key := strings.Join(append([]string{proto}, args...), " ")
-	if c, ok := s.byKey[key]; ok {
+// get returns the running server for proto, starting it if need be.
+func (s *servers) get(proto string) (*child, error) {
+	if c, ok := s.byProto[proto]; ok {
 		return c, c.exited()
 	}
-	c, err := startChild(s.ctx, s.exe, proto, 10*time.Second, args...)
+	c, err := startChild(s.ctx, s.exe, proto, 10*time.Second)
 	if err != nil {
 		return nil, err
 	}
-	s.byKey[key] = c
-	fmt.Fprintf(s.stderr, "%s server: pid %d, endpoint %s\n", key, c.pid(), c.endpoint)
+	s.byProto[proto] = c
+	fmt.Fprintf(s.stderr, "%s server: pid %d, endpoint %s\n", proto, c.pid(), c.endpoint)
 	return c, nil
 }
 
 func (s *servers) stopAll() {
-	for _, c := range s.byKey {
+	for _, c := range s.byProto {
 		c.stop()
 	}
+}
+
+// eachProto runs one scenario with each protocol, one after the other,
+// printing a line per run on stderr (summary tells the figures).
+func eachProto(ctx context.Context, cfg config, srv *servers, stderr io.Writer, name string,
+	one func(ctx context.Context, cfg config, name, proto string, server *child) (result, error),
+	summary func(result) string) ([]result, error) {
+	var results []result
+	for _, p := range cfg.protos {
+		server, err := srv.get(p)
+		if err != nil {
+			return results, err
+		}
+		fmt.Fprintf(stderr, "running %-12s %-8s ...", name, p)
+		r, err := one(ctx, cfg, name, p, server)
+		if err != nil {
+			fmt.Fprintln(stderr, " failed")
+			return results, err
+		}
+		fmt.Fprintf(stderr, " %s\n", summary(r))
+		results = append(results, r)
+	}
+	return results, nil
 }
 
 // window measures loads against server after letting both processes

@@ -18,22 +18,9 @@ const (
 // runSSE measures the delay of flushed events with each protocol.
 func runSSE(ctx context.Context, cfg config, srv *servers, stderr io.Writer) ([]result, error) {
 	name := fmt.Sprintf("c=%d %d events/%v", sseStreams, sseEvents, sseInterval)
-	var results []result
-	for _, p := range cfg.protos {
-		server, err := srv.get(p)
-		if err != nil {
-			return results, err
-		}
-		fmt.Fprintf(stderr, "running %-12s %-8s ...", name, p)
-		r, err := sseOne(ctx, cfg, name, p, server)
-		if err != nil {
-			fmt.Fprintln(stderr, " failed")
-			return results, err
-		}
-		fmt.Fprintf(stderr, " event p99 %s, %d errors\n", formatDuration(r.EventP99), r.Errors)
-		results = append(results, r)
-	}
-	return results, nil
+	return eachProto(ctx, cfg, srv, stderr, name, sseOne, func(r result) string {
+		return fmt.Sprintf("event p99 %s, %d errors", formatDuration(r.EventP99), r.Errors)
+	})
 }
 
 func sseOne(ctx context.Context, cfg config, name, proto string, server *child) (result, error) {

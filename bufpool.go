@@ -1,0 +1,94 @@
+package zmqhttp
+
+import (
+	"bufio"
+	"sync"
+)
+
+// This file holds the buffer pools of the hot paths. A pooled buffer goes
+// back only once nothing refers to it: decoded envelopes alias their frame
+// (zero-copy decoding), and the writer references bodies in its vectored
+// writes until they are written.
+
+// bytePool recycles buffers of one capacity.
+type bytePool struct {
+	size int
+	p    sync.Pool
+}
+
+// get returns a buffer of length and capacity size.
+func (bp *bytePool) get() []byte {
+	if b, ok := bp.p.Get().(*[]byte); ok {
+		return (*b)[:bp.size]
+	}
+	return make([]byte, bp.size)
+}
+
+// put takes back b, from get, once nothing refers to it. Any other
+// buffer (another capacity, nil) is left to the garbage collector.
+func (bp *bytePool) put(b []byte) {
+	if cap(b) == bp.size {
+		b = b[:bp.size]
+		bp.p.Put(&b)
+	}
+}
+
+var (
+	// chunkFrames holds frames of large chunks (half a chunk or more, so
+	// that a frame never holds more than twice the body bytes its
+	// window counts). The recvStream that reads a chunk returns its frame.
+	chunkFrames = bytePool{size: maxChunk + 8<<10}
+	// wholeFrames holds frames of requests and responses with whole
+	// bodies of refMin bytes or more. The Listener returns a request's
+	// once the server has read the request; the Transport returns a
+	// response's once its body is read or closed.
+	wholeFrames = bytePool{size: wholeBodyMax + 16<<10}
+	// wholeBodies holds whole bodies of refMin to wholeBodyMax bytes: a
+	// handler's response (returned once written) and a caller's request
+	// (returned once answered).
+	wholeBodies = bytePool{size: wholeBodyMax}
+)
+
+// framePool returns the pool for the frame of size bytes whose body br is
+// about to read, or nil for a frame allocated on its own.
+func framePool(br *bufio.Reader, size uint64) *bytePool {
+	if size < refMin {
+		return nil
+	}
+	b, err := br.Peek(5)
+	// An envelope is an array of 16 (dc 00 10), version 1, then its kind.
+	if err != nil || b[0] != 0xdc || b[1] != 0 || b[2] != envelopeFields || b[3] != ProtocolVersion {
+		return nil
+	}
+	switch Kind(b[4]) {
+	case KindRequest, KindResponse:
+		if size <= uint64(wholeFrames.size) {
+			return &wholeFrames
+		}
+	case KindChunk:
+		if size >= uint64(chunkFrames.size/2) && size <= uint64(chunkFrames.size) {
+			return &chunkFrames
+		}
+	}
+	return nil
+}
+
+// bufPool recycles the buffers envelopes are encoded into, of any size up
+// to maxPooledBuf.
+var bufPool sync.Pool
+
+// maxPooledBuf bounds the buffers kept for reuse.
+const maxPooledBuf = 256 << 10
+
+func getBuf() []byte {
+	if b, ok := bufPool.Get().(*[]byte); ok {
+		return (*b)[:0]
+	}
+	return nil
+}
+
+func putBuf(b []byte) {
+	if cap(b) > 0 && cap(b) <= maxPooledBuf {
+		bufPool.Put(&b)
+	}
+}
