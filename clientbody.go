@@ -52,7 +52,7 @@ func (t *Transport) roundTripStreamed(req *http.Request, cl *clientLink) (*http.
 	}
 	t.pending[c.id] = c
 	t.assignLocked(cl, c)
-	s, err := cl.newSendStream(c.id, head, func(seq uint64) { c.seq.Store(seq) })
+	s, err := cl.newSendStream(c.id, head, &c.seq)
 	if err == nil {
 		c.upload, c.ulink = s, cl
 	}

@@ -296,7 +296,7 @@ func (t *Transport) assignLocked(cl *clientLink, c *call) {
 // from the reader or the connection loop, which must not wait) is queued
 // at once. If cl dies meanwhile, linkEnded takes care of c.
 func (t *Transport) sendOn(cl *clientLink, c *call, stop <-chan struct{}) {
-	cl.send(outMsg{b: c.msg, body: c.body, onWrite: func(seq uint64) { c.seq.Store(seq) }}, stop, 0)
+	cl.send(outMsg{b: c.msg, body: c.body, reqNum: &c.seq}, stop, 0)
 }
 
 // enqueue registers c and queues it on the live link, or keeps it until

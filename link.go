@@ -123,12 +123,12 @@ type link struct {
 
 // outMsg is one queued message.
 type outMsg struct {
-	b          []byte           // an encoded envelope, or a PONG's context
-	body       []byte           // if not nil, b was encoded with a nil body and this goes in its place
-	pooledBody bool             // body goes back to the body pool once written
-	pong       bool             // b is the context of a ZMTP PONG command
-	onWrite    func(seq uint64) // a request: told its number among the requests written on the link
-	pooled     bool             // b goes back to the buffer pool once written
+	b          []byte         // an encoded envelope, or a PONG's context
+	body       []byte         // if not nil, b was encoded with a nil body and this goes in its place
+	pooledBody bool           // body goes back to the body pool once written
+	pong       bool           // b is the context of a ZMTP PONG command
+	reqNum     *atomic.Uint64 // a request: set to its number among the requests written on the link
+	pooled     bool           // b goes back to the buffer pool once written
 }
 
 func newLink(nc *liveConn, br *bufio.Reader, peerType zmq4.SocketType, h linkHandler, cfg linkConfig) *link {
@@ -301,16 +301,16 @@ func (l *link) finish() {
 
 // writeItem is what one writer round took from the queue.
 type writeItem struct {
-	m     outMsg
-	s     *sendStream // a stream's head and/or chunk
-	head  []byte
-	onW   func(uint64)
-	data  [][]byte // the chunk's body, in the producer's pieces
-	n     int      // its length
-	seq   uint64
-	chunk bool // a CHUNK envelope is due (data, possibly empty, with last)
-	last  bool
-	trl   []string
+	m      outMsg
+	s      *sendStream // a stream's head and/or chunk
+	head   []byte
+	reqNum *atomic.Uint64
+	data   [][]byte // the chunk's body, in the producer's pieces
+	n      int      // its length
+	seq    uint64
+	chunk  bool // a CHUNK envelope is due (data, possibly empty, with last)
+	last   bool
+	trl    []string
 }
 
 func (l *link) writeLoop() {
@@ -452,7 +452,7 @@ func (l *link) writeItems(items []writeItem) error {
 		case it.s != nil:
 			if it.head != nil {
 				w.envelopeMsg(it.head)
-				l.countRequest(it.onW)
+				l.countRequest(it.reqNum)
 				recycle = append(recycle, it.head)
 			}
 			if it.chunk {
@@ -477,7 +477,7 @@ func (l *link) writeItems(items []writeItem) error {
 			} else {
 				w.envelopeMsg(it.m.b)
 			}
-			l.countRequest(it.m.onWrite)
+			l.countRequest(it.m.reqNum)
 			if it.m.pooled {
 				recycle = append(recycle, it.m.b)
 			}
@@ -532,10 +532,10 @@ func appendBinHeader(dst []byte, n int) []byte {
 }
 
 // countRequest numbers a request just written, for DRAINING's watermark.
-func (l *link) countRequest(onWrite func(uint64)) {
-	if onWrite != nil {
+func (l *link) countRequest(seq *atomic.Uint64) {
+	if seq != nil {
 		l.reqsWritten++
-		onWrite(l.reqsWritten)
+		seq.Store(l.reqsWritten)
 	}
 }
 
@@ -683,9 +683,9 @@ func (l *link) addCredit(id uint64, n uint64) {
 
 // newSendStream opens the sending half of a streamed body for id. head is
 // the encoded head envelope (flagStreamed set), written before any chunk;
-// onWrite, if not nil, is told the head's request number when written.
-func (l *link) newSendStream(id uint64, head []byte, onWrite func(uint64)) (*sendStream, error) {
-	s := &sendStream{l: l, id: id, head: head, onWrite: onWrite, credit: l.peerWindow.Load(),
+// reqNum, if not nil, is set to the head's request number when written.
+func (l *link) newSendStream(id uint64, head []byte, reqNum *atomic.Uint64) (*sendStream, error) {
+	s := &sendStream{l: l, id: id, head: head, reqNum: reqNum, credit: l.peerWindow.Load(),
 		space: make(chan struct{}, 1)}
 	l.mu.Lock()
 	if l.isDead() {

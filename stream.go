@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -28,17 +29,17 @@ type sendStream struct {
 	space chan struct{} // room for one token: bytes were written, or the stream ended
 
 	// Guarded by l.mu.
-	head     []byte       // the encoded head envelope, until written
-	onWrite  func(uint64) // told the head's request number
-	pieces   [][]byte     // the producer's bytes not yet taken
-	pending  int          // bytes in pieces
-	handed   int64        // bytes the producer handed over, in all
-	taken    int64        // bytes the writer took
-	written  int64        // bytes the writer has written to the connection
-	credit   int64        // bytes the receiver allows beyond what was taken
-	seq      uint64       // chunks taken
-	closed   bool         // the producer is done: the last chunk follows
-	trailer  []string     // sent with the last chunk
+	head     []byte         // the encoded head envelope, until written
+	reqNum   *atomic.Uint64 // set to the head's request number when written
+	pieces   [][]byte       // the producer's bytes not yet taken
+	pending  int            // bytes in pieces
+	handed   int64          // bytes the producer handed over, in all
+	taken    int64          // bytes the writer took
+	written  int64          // bytes the writer has written to the connection
+	credit   int64          // bytes the receiver allows beyond what was taken
+	seq      uint64         // chunks taken
+	closed   bool           // the producer is done: the last chunk follows
+	trailer  []string       // sent with the last chunk
 	lastSent bool
 	err      error // the stream failed or was abandoned
 	isActive bool  // in l.active
@@ -61,8 +62,8 @@ func (s *sendStream) activateLocked() {
 // takeLocked takes the head (if not yet written) and one chunk, as far as
 // credit allows. l.mu is held.
 func (s *sendStream) takeLocked() writeItem {
-	it := writeItem{s: s, head: s.head, onW: s.onWrite}
-	s.head, s.onWrite = nil, nil
+	it := writeItem{s: s, head: s.head, reqNum: s.reqNum}
+	s.head, s.reqNum = nil, nil
 	n := min(s.pending, maxChunk, int(max(s.credit, 0)))
 	if n == 0 && !(s.closed && s.pending == 0) {
 		return it
