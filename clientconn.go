@@ -44,6 +44,8 @@ type call struct {
 	attempts int         // times it was replayed (it may have run)
 	resends  int         // times it was sent again after it provably did not run
 	upload   *sendStream // a streamed body's sending half
+	acked     bool        // through a device: a server said it took the call (ACCEPTED)
+	ackMisses int         // through a device: watchAcks rounds that found it written and not acknowledged
 }
 
 // end closes stop once.
@@ -91,7 +93,8 @@ type clientLink struct {
 	drainSeq atomic.Uint64 // with watermark: requests numbered above it were not run
 	hasMark  atomic.Bool   // drainSeq is valid
 
-	inflight int // guarded by Transport.mu: calls queued on this link, unresolved
+	inflight int       // guarded by Transport.mu: calls queued on this link, unresolved
+	ackWatch sync.Once // starts watchAcks, on a link through a device
 }
 
 // connectLoop connects, serves the connection until it breaks, and
@@ -288,6 +291,7 @@ func (t *Transport) usableLocked() *clientLink {
 // assignLocked queues c on cl. t.mu is held.
 func (t *Transport) assignLocked(cl *clientLink, c *call) {
 	c.link = cl
+	c.acked, c.ackMisses = false, 0
 	cl.inflight++
 }
 
@@ -325,7 +329,7 @@ func (t *Transport) enqueue(c *call, stop <-chan struct{}) error {
 }
 
 // handle acts on one decoded message from the server (reader goroutine).
-func (cl *clientLink) handle(_ *link, env *envelope, frame []byte) {
+func (cl *clientLink) handle(_ *link, env *envelope, frame []byte, _ [][]byte) {
 	t := cl.t
 	switch env.Kind {
 	case KindResponse:
@@ -353,6 +357,14 @@ func (cl *clientLink) handle(_ *link, env *envelope, frame []byte) {
 		}
 	case KindHello:
 		// Recorded by the link.
+		if cl.has(capRouted) && cl.has(capAck) {
+			cl.ackWatch.Do(func() {
+				t.wg.Add(1)
+				go t.watchAcks(cl)
+			})
+		}
+	case KindAccepted:
+		t.accepted(cl, env.ID)
 	case KindDraining:
 		if env.Flags&flagWatermark != 0 {
 			cl.drainSeq.Store(env.Seq)
@@ -370,7 +382,7 @@ func (cl *clientLink) handle(_ *link, env *envelope, frame []byte) {
 const flagWatermark = 1 << 0
 
 // bad is told of a message the reader dropped.
-func (cl *clientLink) bad(_ *link, err error) {
+func (cl *clientLink) bad(_ *link, _ [][]byte, err error) {
 	t := cl.t
 	t.stats.badReplies.Add(1)
 	var oe *oversizeError
@@ -465,8 +477,12 @@ func (t *Transport) sendAgain(cl *clientLink, id uint64) {
 		t.stats.lateReplies.Add(1)
 		return
 	}
-	// The server will not run anything more sent on this link.
-	cl.draining.Store(true)
+	if !cl.has(capRouted) {
+		// The server will not run anything more sent on this link.
+		// (Through a device, only one of the servers behind it is
+		// draining: the call goes back through the device.)
+		cl.draining.Store(true)
+	}
 	t.unlinkLocked(c)
 	var err error
 	switch {

@@ -31,13 +31,14 @@ const (
 	KindChunk    Kind = 8  // either way: the next piece of a streamed body (seq, flags bit 0 = last)
 	KindCredit   Kind = 9  // either way: flow-control credit (bytes) for a streamed body
 	KindHello    Kind = 10 // client → server, and the answer: capabilities
-	maxKnownKind      = KindHello
+	KindAccepted Kind = 11 // server → client, through a device: the server took request id
+	maxKnownKind      = KindAccepted
 )
 
 var kindNames = [...]string{
 	KindRequest: "request", KindResponse: "response", KindError: "error",
 	KindCancel: "cancel", KindPing: "ping", KindPong: "pong", KindDraining: "draining",
-	KindChunk: "chunk", KindCredit: "credit", KindHello: "hello",
+	KindChunk: "chunk", KindCredit: "credit", KindHello: "hello", KindAccepted: "accepted",
 }
 
 // String returns the kind's name as PROTOCOL.md spells it ("request", ...).
@@ -50,7 +51,7 @@ func (k Kind) String() string {
 
 // supported reports whether this version of the package implements k.
 func (k Kind) supported() bool {
-	return k >= KindRequest && k <= KindHello
+	return k >= KindRequest && k <= KindAccepted
 }
 
 // Error codes carried by a KindError envelope in its Status field.

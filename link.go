@@ -26,7 +26,16 @@ const (
 	capCancel    = 1 << 1 // acts on CANCEL
 	capDrain     = 1 << 2 // sends DRAINING and returns unprocessed requests as not-processed errors
 	capStream    = 1 << 3 // streams bodies in CHUNK envelopes with CREDIT flow control
-	ourCaps      = capHeartbeat | capCancel | capDrain | capStream
+	// capRouted, in a server's answer only: the HELLO came through a
+	// device (routing frames) and was answered by one of the servers
+	// behind it; the connection-level capabilities (heartbeat, drain,
+	// stream) do not apply.
+	capRouted = 1 << 4
+	// capAck: a client takes ACCEPTED envelopes; in a routed answer, the
+	// server sends one for each request it takes.
+	capAck    = 1 << 5
+	ourCaps   = capHeartbeat | capCancel | capDrain | capStream | capAck
+	knownCaps = ourCaps | capRouted
 )
 
 // Stream parameters.
@@ -59,10 +68,13 @@ type linkHandler interface {
 	// CREDIT, PING and PONG (HELLO included, after the link recorded it).
 	// frame is the bytes env was decoded from (its strings and body
 	// alias it).
-	handle(l *link, env *envelope, frame []byte)
+	// route is the message's routing frames (see readEnvelopeFrame):
+	// none from a direct peer.
+	handle(l *link, env *envelope, frame []byte, route [][]byte)
 	// bad is told of a message that was dropped: an *oversizeError,
-	// errNotEnvelope, or an error from decodeEnvelope.
-	bad(l *link, err error)
+	// errNotEnvelope, or an error from decodeEnvelope; route as for
+	// handle, when it could be read.
+	bad(l *link, route [][]byte, err error)
 }
 
 // linkConfig is what a link needs to know of its owner's settings.
@@ -129,6 +141,7 @@ type outMsg struct {
 	pong       bool           // b is the context of a ZMTP PONG command
 	reqNum     *atomic.Uint64 // a request: set to its number among the requests written on the link
 	pooled     bool           // b goes back to the buffer pool once written
+	route      [][]byte       // routing frames written before the delimiter: the request's, in a reply through a device
 }
 
 func newLink(nc *liveConn, br *bufio.Reader, peerType zmq4.SocketType, h linkHandler, cfg linkConfig) *link {
@@ -471,6 +484,9 @@ func (l *link) writeItems(items []writeItem) error {
 		case it.m.pong:
 			w.command("PONG", it.m.b)
 		default:
+			for _, r := range it.m.route {
+				w.frame(flagMore, r)
+			}
 			if it.m.body != nil {
 				w.frame(flagMore, nil)
 				w.splice(it.m.b, [][]byte{it.m.body}, len(it.m.body))
@@ -553,8 +569,15 @@ func (l *link) readLoop() {
 	}
 	var frames [][]byte
 	for {
-		frame, fs, err := readEnvelopeFrame(l.br, maxFrame, frames, pong)
+		frame, route, fs, err := readEnvelopeFrame(l.br, maxFrame, frames, pong)
 		frames = fs
+		if len(route) > 0 && !l.cfg.server {
+			// Replies come straight from the server.
+			if err == nil {
+				err = errNotEnvelope
+			}
+			route = nil
+		}
 		var oe *oversizeError
 		switch {
 		case errors.As(err, &oe):
@@ -562,13 +585,13 @@ func (l *link) readLoop() {
 			if ok && Kind(kind) == KindRequest {
 				l.reqsRead.Add(1)
 			}
-			if ok && Kind(kind) == KindChunk {
+			if ok && Kind(kind) == KindChunk && route == nil {
 				l.failRecv(id, err)
 			}
-			l.h.bad(l, err)
+			l.h.bad(l, route, err)
 			continue
 		case err == errNotEnvelope:
-			l.h.bad(l, err)
+			l.h.bad(l, route, err)
 			continue
 		case isTimeout(err):
 			l.close(errHeartbeatTimeout)
@@ -583,14 +606,18 @@ func (l *link) readLoop() {
 			switch {
 			case errors.As(err, &ie) && ie.kind == KindRequest:
 				l.reqsRead.Add(1)
-			case ie != nil && ie.kind == KindChunk:
+			case ie != nil && ie.kind == KindChunk && route == nil:
 				l.failRecv(ie.id, err)
 			}
-			l.h.bad(l, err)
+			l.h.bad(l, route, err)
 			continue
 		}
 		if env.Kind == KindRequest {
 			l.reqsRead.Add(1)
+		}
+		if route != nil {
+			l.routed(&env, frame, route)
+			continue
 		}
 		switch env.Kind {
 		case KindChunk:
@@ -603,9 +630,9 @@ func (l *link) readLoop() {
 			// Its arrival already counted as a sign of life.
 		case KindHello:
 			l.gotHello(&env)
-			l.h.handle(l, &env, frame)
+			l.h.handle(l, &env, frame, nil)
 		default:
-			l.h.handle(l, &env, frame)
+			l.h.handle(l, &env, frame, nil)
 		}
 		if !l.heard.Load() {
 			l.heard.Store(true) // after HELLO's capabilities are recorded
@@ -613,10 +640,30 @@ func (l *link) readLoop() {
 	}
 }
 
+// routed acts on a message that came through a device (server side). The
+// connection's own messages (HELLO, PING, CHUNK, CREDIT) mean nothing for
+// one route: a PING is answered on its route, HELLO goes to the handler
+// (which answers it for that route only), and chunks and credit are dropped
+// (no stream is ever opened through a route).
+func (l *link) routed(env *envelope, frame []byte, route [][]byte) {
+	switch env.Kind {
+	case KindPing:
+		b, err := appendEnvelope(getBuf(), &envelope{Version: ProtocolVersion, Kind: KindPong, ID: env.ID})
+		if err == nil {
+			l.queueCtrl(outMsg{b: b, pooled: true, route: route})
+		}
+	case KindPong:
+	case KindChunk, KindCredit:
+		l.h.bad(l, route, errUnknownStream)
+	default:
+		l.h.handle(l, env, frame, route)
+	}
+}
+
 // gotHello records the peer's capabilities and window; the server side
 // answers with its own.
 func (l *link) gotHello(env *envelope) {
-	caps := env.Flags & ourCaps
+	caps := env.Flags & knownCaps
 	l.caps.Store(caps)
 	if env.Credit > 0 {
 		l.peerWindow.Store(int64(min(env.Credit, 1<<30)))
@@ -628,7 +675,7 @@ func (l *link) gotHello(env *envelope) {
 		l.nc.arm(l.cfg.hbTimeout)
 	}
 	if l.cfg.server {
-		l.sendCtrl(&envelope{Version: ProtocolVersion, Kind: KindHello, ID: env.ID, Flags: ourCaps,
+		l.sendCtrl(&envelope{Version: ProtocolVersion, Kind: KindHello, ID: env.ID, Flags: ourCaps &^ capAck,
 			Timeout: int64(l.cfg.hbInterval / time.Microsecond), Credit: uint64(l.cfg.window)})
 	}
 	l.markReady()
@@ -641,7 +688,7 @@ func (l *link) recvChunk(env *envelope, frame []byte) {
 	r := l.recvs[env.ID]
 	l.mu.Unlock()
 	if r == nil {
-		l.h.bad(l, errUnknownStream)
+		l.h.bad(l, nil, errUnknownStream)
 		return
 	}
 	if err := r.push(env, frame); err != nil {
@@ -649,7 +696,7 @@ func (l *link) recvChunk(env *envelope, frame []byte) {
 		// connection and the other streams are not.
 		l.removeRecv(r)
 		r.fail(err)
-		l.h.bad(l, err)
+		l.h.bad(l, nil, err)
 		return
 	}
 	if env.Flags&flagLast != 0 {

@@ -1,6 +1,7 @@
 package zmqhttp
 
 import (
+	"encoding/binary"
 	"errors"
 	"net"
 	"net/http"
@@ -25,10 +26,75 @@ type peer struct {
 	// mu guards the following fields (lock order: peer.mu, then vconn.mu,
 	// then Listener.mu).
 	mu        sync.Mutex
-	jobs      map[uint64]*job // requests received and not yet answered, by id
-	idle      []*vconn        // this peer's connections waiting for its next request
-	drainSent bool            // DRAINING was queued
-	gone      bool            // the link ended
+	jobs      map[jobKey]*job   // requests received and not yet answered
+	routes    map[string]uint64 // through a device: the capabilities each route's client announced in a HELLO
+	idle      []*vconn          // this peer's connections waiting for its next request
+	drainSent bool              // DRAINING was queued
+	gone      bool              // the link ended
+}
+
+// jobKey identifies a request on a connection: ids are chosen by each
+// client, so through a device they are unique per route only.
+type jobKey struct {
+	route string // route.key; "" from a direct client
+	id    uint64
+}
+
+// route is where a request that came through a device (libzmq's
+// zmq_proxy, a ROUTER-DEALER queue) goes back to: the routing frames the
+// device put before the empty delimiter, returned with the reply as a
+// REP socket does. A server treats each route as a client of its own: the
+// connection's DRAINING, heartbeats and streams belong to the device, not
+// to the clients behind it (PROTOCOL.md, "Routed messages").
+type route struct {
+	frames [][]byte
+	key    string // the frames, each after its length
+	caps   uint64 // what the route's client announced in a HELLO (capCancel, capDrain, capAck); 0 if none
+}
+
+// maxRoutes bounds the routes whose HELLO a peer remembers; past it, one
+// is forgotten for each new one (its client then gets 503 rather than a
+// not-processed answer when the server drains).
+const maxRoutes = 4096
+
+// routeFor returns the route of a message's routing frames, or nil for a
+// direct message.
+func (p *peer) routeFor(frames [][]byte) *route {
+	if len(frames) == 0 {
+		return nil
+	}
+	var key []byte
+	for _, f := range frames {
+		key = binary.AppendUvarint(key, uint64(len(f)))
+		key = append(key, f...)
+	}
+	rt := &route{frames: frames, key: string(key)}
+	p.mu.Lock()
+	rt.caps = p.routes[rt.key]
+	p.mu.Unlock()
+	return rt
+}
+
+// routedHello answers a HELLO that came through a device, for its route
+// only: capRouted says the connection-level capabilities do not apply;
+// the server acts on CANCEL, returns unprocessed requests as
+// not-processed errors if the client takes them, and acknowledges each
+// request it takes if the client asked (capAck).
+func (p *peer) routedHello(rt *route, env *envelope) {
+	caps := env.Flags & (capDrain | capAck)
+	p.mu.Lock()
+	if p.routes == nil {
+		p.routes = make(map[string]uint64)
+	}
+	if _, ok := p.routes[rt.key]; !ok && len(p.routes) >= maxRoutes {
+		for k := range p.routes {
+			delete(p.routes, k)
+			break
+		}
+	}
+	p.routes[rt.key] = caps
+	p.mu.Unlock()
+	p.replyCtrl(rt, &envelope{Version: ProtocolVersion, Kind: KindHello, ID: env.ID, Flags: capRouted | capCancel | caps})
 }
 
 // maxIdlePerPeer bounds the keep-alive connections a peer keeps waiting
@@ -36,19 +102,22 @@ type peer struct {
 const maxIdlePerPeer = 64
 
 // handle acts on a request or control message (link reader goroutine).
-func (p *peer) handle(_ *link, env *envelope, frame []byte) {
+func (p *peer) handle(_ *link, env *envelope, frame []byte, frames [][]byte) {
 	l := p.l
+	rt := p.routeFor(frames)
 	switch env.Kind {
 	case KindRequest:
-		p.receive(env, frame, time.Now())
+		p.receive(env, frame, time.Now(), rt)
 	case KindHello:
-		if l.isClosed() {
+		if rt != nil {
+			p.routedHello(rt, env)
+		} else if l.isClosed() {
 			p.mu.Lock()
 			p.ensureDrainingLocked()
 			p.mu.Unlock()
 		}
 	case KindCancel:
-		p.cancel(env.ID)
+		p.cancel(jobKey{rt.keyOrEmpty(), env.ID})
 	default:
 		l.stats.badMessages.Add(1)
 	}
@@ -97,7 +166,7 @@ func (p *peer) ensureDrainingLocked() {
 // peer reads too slowly) until the link dies.
 // With pooled set, e.Body came from wholeBodies and goes back to the pool
 // once written.
-func (p *peer) reply(e *envelope, pooled bool) {
+func (p *peer) reply(rt *route, e *envelope, pooled bool) {
 	var body []byte
 	if len(e.Body) >= refMin {
 		// Spliced in by the writer rather than copied into the encoding.
@@ -108,12 +177,34 @@ func (p *peer) reply(e *envelope, pooled bool) {
 		b, _ = appendEnvelope(b[:0], errorEnvelope(e.ID, errCodeInternal, err.Error()))
 		body = nil
 	}
-	p.send(outMsg{b: b, body: body, pooled: true, pooledBody: pooled && body != nil}, p.dead, p.cfg.hbTimeout)
+	p.send(outMsg{b: b, body: body, pooled: true, pooledBody: pooled && body != nil, route: rt.framesOrNil()},
+		p.dead, p.cfg.hbTimeout)
 }
 
 // replyCtrl queues a small reply that must not wait (the reader
-// goroutine's answers, not-processed answers).
-func (p *peer) replyCtrl(e *envelope) { p.sendCtrl(e) }
+// goroutine's answers, not-processed answers) to rt (nil: the direct
+// client).
+func (p *peer) replyCtrl(rt *route, e *envelope) {
+	b, err := appendEnvelope(getBuf(), e)
+	if err != nil {
+		return
+	}
+	p.queueCtrl(outMsg{b: b, pooled: true, route: rt.framesOrNil()})
+}
+
+func (rt *route) framesOrNil() [][]byte {
+	if rt == nil {
+		return nil
+	}
+	return rt.frames
+}
+
+func (rt *route) keyOrEmpty() string {
+	if rt == nil {
+		return ""
+	}
+	return rt.key
+}
 
 func errorEnvelope(id uint64, code int, msg string) *envelope {
 	return &envelope{Version: ProtocolVersion, Kind: KindError, ID: id, Status: code, Message: msg}
@@ -121,10 +212,11 @@ func errorEnvelope(id uint64, code int, msg string) *envelope {
 
 // receive takes a request: it runs when a worker is free, or waits in the
 // queue, or is answered at once when the Listener is closed or overloaded.
-func (p *peer) receive(env *envelope, frame []byte, arrived time.Time) {
+func (p *peer) receive(env *envelope, frame []byte, arrived time.Time, rt *route) {
 	l := p.l
 	l.stats.requests.Add(1)
-	j := &job{peer: p, env: *env, abort: make(chan struct{})}
+	j := &job{peer: p, route: rt, env: *env, abort: make(chan struct{})}
+	key := jobKey{rt.keyOrEmpty(), env.ID}
 	if cap(frame) == wholeFrames.size {
 		j.frame = frame // env's strings and body lie in it
 	}
@@ -137,32 +229,39 @@ func (p *peer) receive(env *envelope, frame []byte, arrived time.Time) {
 	}
 	p.mu.Lock()
 	if l.isClosed() {
-		p.ensureDrainingLocked()
+		if rt == nil {
+			p.ensureDrainingLocked()
+		}
 		p.mu.Unlock()
-		p.notProcessed(env.ID, "zmqhttp: server shutting down")
+		p.notProcessed(rt, env.ID, "zmqhttp: server shutting down")
 		return
 	}
-	if p.jobs[env.ID] != nil {
+	if p.jobs[key] != nil {
 		p.mu.Unlock()
 		l.stats.rejected.Add(1)
-		p.replyCtrl(simpleResponse(env.ID, http.StatusBadRequest, "Bad Request: zmqhttp: request id already in flight"))
+		p.replyCtrl(rt, simpleResponse(env.ID, http.StatusBadRequest, "Bad Request: zmqhttp: request id already in flight"))
 		return
 	}
 	if env.Flags&flagStreamed != 0 {
-		if p.has(capStream) {
+		if j.streams() {
 			j.body = p.newRecvStream(env.ID, l.cfg.limits.maxStreamBytes())
 		} else {
 			p.mu.Unlock()
 			l.stats.rejected.Add(1)
-			p.replyCtrl(simpleResponse(env.ID, http.StatusBadRequest, "Bad Request: zmqhttp: streamed body without the stream capability"))
+			p.replyCtrl(rt, simpleResponse(env.ID, http.StatusBadRequest, "Bad Request: zmqhttp: streamed body without the stream capability"))
 			return
 		}
 	}
 	if p.jobs == nil {
-		p.jobs = make(map[uint64]*job)
+		p.jobs = make(map[jobKey]*job)
 	}
-	p.jobs[env.ID] = j
+	p.jobs[key] = j
 	p.mu.Unlock()
+	if rt != nil && rt.caps&capAck != 0 {
+		// Taken: through a device, the client has no other way to
+		// know that its request reached a server (see PROTOCOL.md).
+		p.replyCtrl(rt, &envelope{Version: ProtocolVersion, Kind: KindAccepted, ID: env.ID})
+	}
 	if !j.deadline.IsZero() {
 		j.timer = time.AfterFunc(time.Until(j.deadline), j.cancel)
 	}
@@ -180,26 +279,36 @@ const transitAllowance = time.Millisecond
 // notProcessed answers a request the Listener will not run: a client that
 // understands draining gets it back as not processed, to send again
 // elsewhere; a basic peer gets 503 with Retry-After.
-func (p *peer) notProcessed(id uint64, why string) {
+func (p *peer) notProcessed(rt *route, id uint64, why string) {
 	p.l.stats.drained.Add(1)
+	if rt != nil {
+		// Through a device: no DRAINING (the connection is the
+		// device's); the client sends it again through the device.
+		if rt.caps&capDrain != 0 {
+			p.replyCtrl(rt, errorEnvelope(id, errCodeNotProcessed, why))
+		} else {
+			p.replyCtrl(rt, simpleResponse(id, 503, why, "Retry-After", strconv.Itoa(p.l.cfg.retryAfterSeconds())))
+		}
+		return
+	}
 	if p.has(capDrain) {
 		if p.l.closing.Load() {
 			p.mu.Lock()
 			p.ensureDrainingLocked() // DRAINING first: the client sends nothing more here
 			p.mu.Unlock()
 		}
-		p.replyCtrl(errorEnvelope(id, errCodeNotProcessed, why))
+		p.replyCtrl(nil, errorEnvelope(id, errCodeNotProcessed, why))
 		return
 	}
-	p.replyCtrl(simpleResponse(id, 503, why, "Retry-After", strconv.Itoa(p.l.cfg.retryAfterSeconds())))
+	p.replyCtrl(nil, simpleResponse(id, 503, why, "Retry-After", strconv.Itoa(p.l.cfg.retryAfterSeconds())))
 }
 
 // cancel ends request id: a queued request is dropped before it runs; a
 // running one has its connection's reads end, so the http.Server cancels
 // the handler's r.Context().
-func (p *peer) cancel(id uint64) {
+func (p *peer) cancel(key jobKey) {
 	p.mu.Lock()
-	j := p.jobs[id]
+	j := p.jobs[key]
 	p.mu.Unlock()
 	if j == nil {
 		return // answered already, or unknown
@@ -211,9 +320,10 @@ func (p *peer) cancel(id uint64) {
 // forget removes j from the peer's table of unanswered requests, and its
 // request body stream from the link.
 func (p *peer) forget(j *job) {
+	key := jobKey{j.route.keyOrEmpty(), j.env.ID}
 	p.mu.Lock()
-	if p.jobs[j.env.ID] == j {
-		delete(p.jobs, j.env.ID)
+	if p.jobs[key] == j {
+		delete(p.jobs, key)
 	}
 	p.mu.Unlock()
 	if j.body != nil {
@@ -226,10 +336,11 @@ func (p *peer) forget(j *job) {
 // would give (400, 413 or 431) without running the handler; an unknown
 // version or kind gets an error envelope, since it may not be a request at
 // all. Anything else is dropped and counted.
-func (p *peer) bad(_ *link, err error) {
+func (p *peer) bad(_ *link, frames [][]byte, err error) {
+	rt := p.routeFor(frames)
 	var oe *oversizeError
 	if errors.As(err, &oe) {
-		p.rejectOversized(oe)
+		p.rejectOversized(rt, oe)
 		return
 	}
 	var ie *idError
@@ -245,7 +356,7 @@ func (p *peer) bad(_ *link, err error) {
 	}
 	p.l.stats.rejected.Add(1)
 	if unsupported {
-		p.replyCtrl(errorEnvelope(ie.id, errCodeUnsupported, err.Error()))
+		p.replyCtrl(rt, errorEnvelope(ie.id, errCodeUnsupported, err.Error()))
 		return
 	}
 	status := http.StatusBadRequest
@@ -257,19 +368,19 @@ func (p *peer) bad(_ *link, err error) {
 			status = http.StatusRequestEntityTooLarge
 		}
 	}
-	p.replyCtrl(simpleResponse(ie.id, status, http.StatusText(status)+": "+err.Error()))
+	p.replyCtrl(rt, simpleResponse(ie.id, status, http.StatusText(status)+": "+err.Error()))
 }
 
 // rejectOversized answers a request whose message was over the frame
 // limit (and was discarded unread) with 413, if its id can be read.
-func (p *peer) rejectOversized(oe *oversizeError) {
+func (p *peer) rejectOversized(rt *route, oe *oversizeError) {
 	ver, kind, id, ok := peekHead(oe.head)
 	if !ok || ver != ProtocolVersion || Kind(kind) != KindRequest {
 		p.l.stats.badMessages.Add(1)
 		return
 	}
 	p.l.stats.rejected.Add(1)
-	p.replyCtrl(simpleResponse(id, http.StatusRequestEntityTooLarge, "Request Entity Too Large: "+oe.Error()))
+	p.replyCtrl(rt, simpleResponse(id, http.StatusRequestEntityTooLarge, "Request Entity Too Large: "+oe.Error()))
 }
 
 // popIdleLocked takes the most recently idle connection off the list.

@@ -28,6 +28,7 @@ import (
 type job struct {
 	// Set before the job is dispatched, read-only after.
 	peer     *peer
+	route    *route // where the reply goes through a device; nil from a direct client
 	env      envelope
 	deadline time.Time     // the caller's deadline; zero if none
 	body     *recvStream   // a streamed request body; nil if whole
@@ -59,6 +60,10 @@ type job struct {
 	sent         bool // the reply is decided (sent, or suppressed)
 	aborted      bool // cancelled or past the caller's deadline
 }
+
+// streams reports whether j's bodies may stream: its client announced
+// the capability on a direct connection.
+func (j *job) streams() bool { return j.route == nil && j.peer.has(capStream) }
 
 func (j *job) canceled() bool {
 	select {
@@ -95,7 +100,7 @@ func (l *Listener) dispatch(j *job) {
 		if j.timer != nil {
 			j.timer.Stop()
 		}
-		j.peer.notProcessed(j.env.ID, "zmqhttp: server shutting down")
+		j.peer.notProcessed(j.route, j.env.ID, "zmqhttp: server shutting down")
 		return
 	}
 	l.inflight++
@@ -118,7 +123,7 @@ func (l *Listener) dispatch(j *job) {
 		j.timer.Stop()
 	}
 	l.stats.overloaded.Add(1)
-	j.peer.replyCtrl(simpleResponse(j.env.ID, 503, "zmqhttp: server overloaded",
+	j.peer.replyCtrl(j.route, simpleResponse(j.env.ID, 503, "zmqhttp: server overloaded",
 		"Retry-After", strconv.Itoa(l.cfg.retryAfterSeconds())))
 }
 
@@ -254,7 +259,7 @@ func (c *vconn) assign(j *job) bool {
 		j.bodyLeft = j.env.ContentLength
 	}
 	maxBody := c.l.cfg.limits.maxBodyBytes()
-	if c.peer.has(capStream) {
+	if j.streams() {
 		if maxBody = c.l.cfg.limits.maxStreamBytes(); maxBody == 0 {
 			maxBody = math.MaxInt64
 		}
@@ -591,7 +596,7 @@ func (c *vconn) Write(p []byte) (int, error) {
 		whole = r.envelope(j.env.ID)
 		pooled = r.pooledBody()
 		r.body = nil // the reply has it now
-	case c.peer.has(capStream) && (r.chunked || r.state == psUntilClose || r.declared > wholeBodyMax || len(r.body) > wholeBodyMax):
+	case j.streams() && (r.chunked || r.state == psUntilClose || r.declared > wholeBodyMax || len(r.body) > wholeBodyMax):
 		open = true
 		r.streaming = true
 		head, _ = appendEnvelope(getBuf(), r.headEnvelope(j.env.ID))
@@ -666,7 +671,7 @@ func (c *vconn) Write(p []byte) (int, error) {
 func (c *vconn) reply(j *job, e *envelope, pooled bool) {
 	late := !j.deadline.IsZero() && !time.Now().Before(j.deadline)
 	if !j.canceled() && !late {
-		c.peer.reply(e, pooled)
+		c.peer.reply(j.route, e, pooled)
 	}
 	c.l.finished(j)
 	c.signal()
@@ -676,7 +681,7 @@ func (c *vconn) reply(j *job, e *envelope, pooled bool) {
 // frees its worker slot.
 func (c *vconn) replyError(j *job, e *envelope) {
 	if !j.canceled() {
-		c.peer.replyCtrl(e)
+		c.peer.replyCtrl(j.route, e)
 	}
 	c.l.finished(j)
 	c.signal()
@@ -904,9 +909,9 @@ func (l *Listener) verdict(j *job, notRun bool) {
 	switch {
 	case j.canceled():
 	case notRun:
-		j.peer.notProcessed(j.env.ID, "zmqhttp: server shutting down")
+		j.peer.notProcessed(j.route, j.env.ID, "zmqhttp: server shutting down")
 	default:
-		j.peer.replyCtrl(errorEnvelope(j.env.ID, errCodeInternal, "the server closed the connection without a complete response"))
+		j.peer.replyCtrl(j.route, errorEnvelope(j.env.ID, errCodeInternal, "the server closed the connection without a complete response"))
 	}
 	l.finished(j)
 }

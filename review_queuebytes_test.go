@@ -11,8 +11,8 @@ import (
 
 type nopHandler struct{}
 
-func (nopHandler) handle(*link, *envelope, []byte) {}
-func (nopHandler) bad(*link, error)                {}
+func (nopHandler) handle(*link, *envelope, []byte, [][]byte) {}
+func (nopHandler) bad(*link, [][]byte, error)                {}
 
 // link.send bounds the queue by len(m.b) only: a whole body spliced in
 // (outMsg.body, >= 16 KiB) is not counted, so a peer that does not read

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -221,32 +222,58 @@ func readMessage(br *bufio.Reader, maxFrame int64, frames [][]byte) (_ [][]byte,
 	}
 }
 
-// errNotEnvelope reports a message that is not an empty delimiter frame and
-// one envelope frame. Receivers drop it and count it; the stream goes on.
+// errNotEnvelope reports a message that is not routing frames, an empty
+// delimiter frame and one envelope frame. Receivers drop it and count it;
+// the stream goes on.
 var errNotEnvelope = errors.New("zmqhttp: message is not an empty delimiter and one envelope frame")
 
 // readEnvelopeFrame reads messages until one carries an envelope, and
-// returns its envelope frame. A ZMTP PING on the way is handed to pong
+// returns its envelope frame and its routing frames: the frames before the
+// empty delimiter, which a device such as libzmq's zmq_proxy puts there
+// (none from a direct peer). A ZMTP PING on the way is handed to pong
 // (with the context its PONG must carry); other commands are skipped. The
 // error is an *oversizeError or errNotEnvelope for a message dropped (the
-// stream goes on), or what ended the stream.
-func readEnvelopeFrame(br *bufio.Reader, maxFrame int64, frames [][]byte, pong func([]byte)) (env []byte, _ [][]byte, err error) {
+// stream goes on), or what ended the stream; with an *oversizeError, route
+// holds the routing frames read before it. frames is scratch space, reused;
+// route is a slice of its own.
+func readEnvelopeFrame(br *bufio.Reader, maxFrame int64, frames [][]byte, pong func([]byte)) (env []byte, route, _ [][]byte, err error) {
 	for {
 		var isCmd bool
 		frames, isCmd, err = readMessage(br, maxFrame, frames)
 		switch {
 		case err != nil:
-			return nil, frames, err
+			var oe *oversizeError
+			if errors.As(err, &oe) {
+				if d := delimiter(frames); d > 0 {
+					route = slices.Clone(frames[:d])
+				}
+			}
+			return nil, route, frames, err
 		case isCmd:
 			if commandName(frames[0]) == "PING" {
 				pong(pongBody(frames[0]))
 			}
-		case len(frames) != 2 || len(frames[0]) != 0:
-			return nil, frames, errNotEnvelope
 		default:
-			return frames[1], frames, nil
+			d := delimiter(frames)
+			if d < 0 || d != len(frames)-2 {
+				return nil, nil, frames, errNotEnvelope
+			}
+			if d > 0 {
+				route = slices.Clone(frames[:d])
+			}
+			return frames[d+1], route, frames, nil
 		}
 	}
+}
+
+// delimiter returns the index of the first empty frame, or -1.
+func delimiter(frames [][]byte) int {
+	for i, f := range frames {
+		if len(f) == 0 {
+			return i
+		}
+	}
+	return -1
 }
 
 // readFrameHeader reads a frame's flags and body size. An io.EOF means the
