@@ -39,11 +39,11 @@ type call struct {
 	endOnce sync.Once
 
 	// Guarded by Transport.mu.
-	link     *clientLink // the link it was queued on; nil while waiting for one
-	ulink    *clientLink // the link its streamed body goes on
-	attempts int         // times it was replayed (it may have run)
-	resends  int         // times it was sent again after it provably did not run
-	upload   *sendStream // a streamed body's sending half
+	link      *clientLink // the link it was queued on; nil while waiting for one
+	ulink     *clientLink // the link its streamed body goes on
+	attempts  int         // times it was replayed (it may have run)
+	resends   int         // times it was sent again after it provably did not run
+	upload    *sendStream // a streamed body's sending half
 	acked     bool        // through a device: a server said it took the call (ACCEPTED)
 	ackMisses int         // through a device: watchAcks rounds that found it written and not acknowledged
 }
@@ -109,7 +109,21 @@ func (t *Transport) connectLoop() {
 			t.stats.dialFailures.Add(1)
 			t.mu.Lock()
 			t.lastErr = err
+			var refused []*call
+			if isRefusal(err) {
+				// The server will refuse the next attempt too: the
+				// calls waiting for a connection fail now, not at
+				// their deadlines.
+				refused, t.waiting = t.waiting, nil
+				for _, c := range refused {
+					delete(t.pending, c.id)
+				}
+			}
 			t.mu.Unlock()
+			for _, c := range refused {
+				c.end()
+				c.res <- callResult{err: err}
+			}
 			select {
 			case <-time.After(wait):
 			case <-t.ctx.Done():
@@ -140,7 +154,7 @@ func (t *Transport) connect() (*clientLink, error) {
 	}
 	nc := newLiveConn(raw)
 	stop := context.AfterFunc(t.ctx, func() { nc.Close() }) // Close need not wait for the handshake
-	br, peer, err := handshake(nc, zmq4.Dealer, false, t.cfg.handshakeTimeoutOrDefault())
+	br, peer, _, err := t.cfg.connSecurity(nc, zmq4.Dealer, false, raw.RemoteAddr())
 	if !stop() && err == nil {
 		err = ErrTransportClosed
 	}

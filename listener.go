@@ -131,6 +131,10 @@ func Listen(endpoint string, opts ...Option) (*Listener, error) {
 		return nil, fmt.Errorf("zmqhttp: listen %s: %w", endpoint, err)
 	}
 	cfg := newConfig(opts)
+	if _, err := cfg.curveSettings(true); err != nil {
+		ln.Close()
+		return nil, err
+	}
 	l := &Listener{
 		cfg:        cfg,
 		ep:         ep,
@@ -435,7 +439,8 @@ func (l *Listener) acceptLoop() {
 func (l *Listener) startPeer(raw net.Conn) {
 	defer l.wg.Done()
 	nc := newLiveConn(raw)
-	br, typ, err := handshake(nc, zmq4.Router, true, l.cfg.handshakeTimeoutOrDefault())
+	addr := l.peerAddr(nc)
+	br, typ, _, err := l.cfg.connSecurity(nc, zmq4.Router, true, addr)
 	<-l.hsSlots
 	if err == nil && typ != zmq4.Dealer && typ != zmq4.Req {
 		err = fmt.Errorf("zmqhttp: peer is a %s socket, want DEALER or REQ", typ)
@@ -445,7 +450,7 @@ func (l *Listener) startPeer(raw net.Conn) {
 		nc.Close()
 		return
 	}
-	p := &peer{l: l, addr: l.peerAddr(nc)}
+	p := &peer{l: l, addr: addr}
 	interval, timeout := l.cfg.heartbeat()
 	p.link = newLink(nc, br, typ, p, linkConfig{
 		limits:     l.cfg.limits,

@@ -23,6 +23,9 @@ type config struct {
 	hbTimeout        time.Duration
 	maxReplays       int
 	window           int
+	curveServer      *string    // WithCurveServer's secret key
+	curveClient      *[3]string // WithCurveClient's keys
+	authorizer       func(Peer) error
 }
 
 func newConfig(opts []Option) config {

@@ -103,10 +103,14 @@ func NewTransport(endpoint string, opts ...Option) (*Transport, error) {
 	if err != nil {
 		return nil, err
 	}
+	cfg := newConfig(opts)
+	if _, err := cfg.curveSettings(false); err != nil {
+		return nil, err
+	}
 	t := &Transport{
 		endpoint: endpoint,
 		ep:       ep,
-		cfg:      newConfig(opts),
+		cfg:      cfg,
 		pending:  make(map[uint64]*call),
 		linkUp:   make(chan struct{}),
 	}

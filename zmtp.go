@@ -97,6 +97,12 @@ func (c *hsConn) Read(p []byte) (int, error) {
 // (it may already hold frames the peer sent after READY) and the peer's
 // socket type. A panic inside zmq4 on malformed input becomes an error.
 func handshake(nc net.Conn, typ zmq4.SocketType, server bool, timeout time.Duration) (br *bufio.Reader, peer zmq4.SocketType, err error) {
+	return handshakeWith(nc, typ, server, timeout, null.Security())
+}
+
+// handshakeWith is handshake with the security mechanism mech: NULL, or a
+// *curveMech, whose codec is then set (see secure).
+func handshakeWith(nc net.Conn, typ zmq4.SocketType, server bool, timeout time.Duration, mech zmq4.Security) (br *bufio.Reader, peer zmq4.SocketType, err error) {
 	if err := nc.SetDeadline(time.Now().Add(timeout)); err != nil {
 		return nil, "", err
 	}
@@ -106,7 +112,10 @@ func handshake(nc net.Conn, typ zmq4.SocketType, server bool, timeout time.Durat
 			err = fmt.Errorf("zmqhttp: ZMTP handshake: malformed peer input (%v)", r)
 		}
 	}()
-	zc, err := zmq4.Open(&hsConn{Conn: nc, br: br, greeting: 64}, null.Security(), typ, zmq4.SocketIdentity(""), server, nil)
+	zc, err := zmq4.Open(&hsConn{Conn: nc, br: br, greeting: 64}, mech, typ, zmq4.SocketIdentity(""), server, nil)
+	if err != nil && strings.Contains(err.Error(), "invalid or unsupported security mechanism") {
+		return nil, "", fmt.Errorf("zmqhttp: ZMTP handshake: %w (this side: %s)", errMechanismMismatch, mech.Type())
+	}
 	if err != nil {
 		return nil, "", fmt.Errorf("zmqhttp: ZMTP handshake: %w", err)
 	}
@@ -562,11 +571,16 @@ func (c *liveConn) Read(p []byte) (int, error) {
 // bytes before it timed out goes on.
 func (c *liveConn) writeBuffers(v *net.Buffers) error {
 	to := c.timeout.Load()
+	w := c.Conn
+	if cc, ok := w.(*curveConn); ok {
+		v, w = cc.seal(v), cc.Conn
+		defer cc.sent()
+	}
 	for len(*v) > 0 {
 		if to > 0 {
 			c.Conn.SetWriteDeadline(time.Now().Add(time.Duration(to)))
 		}
-		n, err := v.WriteTo(c.Conn)
+		n, err := v.WriteTo(w)
 		if err != nil {
 			if to > 0 && n > 0 && isTimeout(err) {
 				continue // progress: a slow link, not a dead peer
