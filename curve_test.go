@@ -53,6 +53,10 @@ func curveServer(t *testing.T, opts ...Option) (ep, public string) {
 	}
 	ts := startServer(t, "tcp", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		body, _ := io.ReadAll(r.Body)
+		if p, ok := PeerFromContext(r.Context()); !ok || p.Mechanism != "CURVE" || len(p.PublicKey) != 40 || p.Addr == nil {
+			http.Error(w, fmt.Sprintf("PeerFromContext: %+v %v", p, ok), 500)
+			return
+		}
 		fmt.Fprintf(w, "%s %s %d", r.Method, r.URL.Path, len(body))
 	}), append([]Option{WithCurveServer(secret)}, opts...)...)
 	return ts.L.Endpoint(), public

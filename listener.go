@@ -440,7 +440,7 @@ func (l *Listener) startPeer(raw net.Conn) {
 	defer l.wg.Done()
 	nc := newLiveConn(raw)
 	addr := l.peerAddr(nc)
-	br, typ, _, err := l.cfg.connSecurity(nc, zmq4.Router, true, addr)
+	br, typ, info, err := l.cfg.connSecurity(nc, zmq4.Router, true, addr)
 	<-l.hsSlots
 	if err == nil && typ != zmq4.Dealer && typ != zmq4.Req {
 		err = fmt.Errorf("zmqhttp: peer is a %s socket, want DEALER or REQ", typ)
@@ -450,7 +450,7 @@ func (l *Listener) startPeer(raw net.Conn) {
 		nc.Close()
 		return
 	}
-	p := &peer{l: l, addr: addr}
+	p := &peer{l: l, addr: addr, info: info}
 	interval, timeout := l.cfg.heartbeat()
 	p.link = newLink(nc, br, typ, p, linkConfig{
 		limits:     l.cfg.limits,

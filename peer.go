@@ -20,6 +20,7 @@ type peer struct {
 	// Set by startPeer before the link starts, read-only after.
 	l    *Listener
 	addr net.Addr
+	info Peer // who the client is, as its handshake established
 
 	closeOnce sync.Once
 

@@ -2,9 +2,11 @@ package zmqhttp
 
 import (
 	"bufio"
+	"context"
 	"errors"
 	"fmt"
 	"net"
+	"net/http"
 
 	"github.com/go-zeromq/zmq4"
 	"github.com/go-zeromq/zmq4/security/null"
@@ -55,6 +57,19 @@ func WithCurveClient(serverPublic, public, secret string) Option {
 // block for long. Listener only.
 func WithAuthorizer(authorize func(p Peer) error) Option {
 	return func(c *config) { c.authorizer = authorize }
+}
+
+// PeerFromContext returns the client a request came from, for a handler
+// served through a Listener: r.Context() of any request the http.Server
+// read from one (no wrapper or hook needed) answers ok, with Mechanism
+// "NULL" when the Listener has no security option. Other contexts answer
+// false.
+func PeerFromContext(ctx context.Context) (Peer, bool) {
+	a, ok := ctx.Value(http.LocalAddrContextKey).(*connAddr)
+	if !ok {
+		return Peer{}, false
+	}
+	return a.c.peer.info, true
 }
 
 // curveKeys is one side's parsed CURVE settings.
