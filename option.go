@@ -1,6 +1,9 @@
 package zmqhttp
 
-import "time"
+import (
+	"context"
+	"time"
+)
 
 // Option configures a Transport (NewTransport) or a Listener (Listen). Each
 // option says which side it applies to; the other side ignores it.
@@ -23,6 +26,8 @@ type config struct {
 	hbTimeout        time.Duration
 	maxReplays       int
 	window           int
+	lookupHost       func(ctx context.Context, host string) ([]string, error) // nil: net.DefaultResolver.LookupHost
+	resolveEvery     time.Duration
 }
 
 func newConfig(opts []Option) config {
