@@ -54,7 +54,7 @@ func parseEndpointList(list string) ([]endpointItem, error) {
 	for i, raw := range raws {
 		var ep endpoint
 		err := errors.New("empty item")
-		if raw != "" {
+		if raw != "" || len(raws) == 1 {
 			ep, err = parseEndpointItem(raw, false)
 		}
 		if err != nil {
