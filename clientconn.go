@@ -84,6 +84,7 @@ type callResult struct {
 
 // clientLink is one established connection of a Transport.
 type clientLink struct {
+	// Set by connect, read-only after.
 	*link
 	t *Transport
 	m *member // the server address it connects to
@@ -105,6 +106,9 @@ func (t *Transport) connectLoop(m *member) {
 	for m.ctx.Err() == nil {
 		cl, err := t.connect(m)
 		if err != nil {
+			if m.ctx.Err() != nil {
+				return // closed or removed meanwhile: not a failure
+			}
 			t.stats.dialFailures.Add(1)
 			t.mu.Lock()
 			t.lastErr = err
