@@ -28,6 +28,7 @@ type member struct {
 	addr    string             // net package address
 	ctx     context.Context    // done when the member is removed or the Transport closes
 	cancel  context.CancelFunc // cancels ctx
+	kick    chan<- struct{}    // its resolve loop's, told of a failed dial; nil for an address in the list
 
 	// Guarded by Transport.mu.
 	cur     *clientLink // the live connection, nil while connecting
@@ -77,8 +78,8 @@ func parseEndpointList(list string) ([]endpointItem, error) {
 
 // addMemberLocked starts a member connecting to addr. t.mu is held and
 // t.closed is false.
-func (t *Transport) addMemberLocked(name, network, addr string) *member {
-	m := &member{name: name, network: network, addr: addr}
+func (t *Transport) addMemberLocked(name, network, addr string, kick chan<- struct{}) *member {
+	m := &member{name: name, network: network, addr: addr, kick: kick}
 	m.ctx, m.cancel = context.WithCancel(t.ctx)
 	t.members = append(t.members, m)
 	t.wg.Add(1)
@@ -112,16 +113,19 @@ func (t *Transport) memberEnded(m *member) {
 
 // resolveLoop keeps one member per address that it.host resolves to:
 // it looks the name up now and every resolveEvery (sooner, with backoff,
-// while it has never resolved), starts members for new addresses and
-// removes those of addresses that went away. A failed lookup changes
-// nothing.
+// while it has never resolved; and at most resolveKickGap after the last
+// lookup when a member fails to dial, as when a pod was replaced), starts
+// members for new addresses and removes those of addresses that went
+// away. A failed lookup changes nothing.
 func (t *Transport) resolveLoop(it endpointItem) {
 	defer t.wg.Done()
 	have := make(map[string]*member) // this goroutine's: address → member
+	kick := make(chan struct{}, 1)
 	lo, _ := t.cfg.backoff()
 	every := t.cfg.resolveEveryOrDefault()
 	retry := lo
 	for {
+		lookedUp := time.Now()
 		ips, err := t.cfg.lookupHostOrDefault()(t.ctx, it.host)
 		if t.ctx.Err() != nil {
 			return
@@ -139,18 +143,33 @@ func (t *Transport) resolveLoop(it endpointItem) {
 			}
 		} else {
 			retry = lo
-			t.updateMembers(it, have, ips)
+			t.updateMembers(it, have, ips, kick)
 		}
-		select {
-		case <-time.After(wait):
-		case <-t.ctx.Done():
-			return
+		due, soonest := time.Now().Add(wait), lookedUp.Add(resolveKickGap)
+		timer := time.NewTimer(wait)
+		for waiting := true; waiting; {
+			select {
+			case <-timer.C:
+				waiting = false
+			case <-kick:
+				if soonest.Before(due) {
+					due = soonest
+					timer.Reset(max(time.Until(soonest), 0))
+				}
+			case <-t.ctx.Done():
+				timer.Stop()
+				return
+			}
 		}
 	}
 }
 
+// resolveKickGap is the least time between two lookups of a host name
+// when its members fail to dial.
+const resolveKickGap = time.Second
+
 // updateMembers makes have hold one member per address in ips.
-func (t *Transport) updateMembers(it endpointItem, have map[string]*member, ips []string) {
+func (t *Transport) updateMembers(it endpointItem, have map[string]*member, ips []string, kick chan<- struct{}) {
 	want := make(map[string]bool, len(ips))
 	for _, ip := range ips {
 		want[net.JoinHostPort(ip, it.port)] = true
@@ -169,7 +188,7 @@ func (t *Transport) updateMembers(it endpointItem, have map[string]*member, ips 
 	for _, ip := range ips {
 		addr := net.JoinHostPort(ip, it.port)
 		if have[addr] == nil {
-			have[addr] = t.addMemberLocked(it.raw, "tcp", addr)
+			have[addr] = t.addMemberLocked(it.raw, "tcp", addr, kick)
 		}
 	}
 }

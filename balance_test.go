@@ -289,8 +289,9 @@ func TestBalanceDrain(t *testing.T) {
 }
 
 // listenSamePort starts servers at the same tcp port on each of the
-// loopback addresses ips, retrying with another port if one is taken.
-func listenSamePort(t *testing.T, g *balanceGroup, ips []string) string {
+// loopback addresses ips, retrying with another port if one is taken. It
+// returns the port and the servers, which cleanup closes.
+func listenSamePort(t *testing.T, g *balanceGroup, ips []string) (string, []*http.Server) {
 	for try := 0; ; try++ {
 		ln, err := net.Listen("tcp", ips[0]+":0")
 		if err != nil {
@@ -315,12 +316,14 @@ func listenSamePort(t *testing.T, g *balanceGroup, ips []string) string {
 			}
 			continue
 		}
+		var srvs []*http.Server
 		for i, l := range ls {
 			srv := &http.Server{Handler: g.handler(i, time.Millisecond)}
 			go srv.Serve(l)
 			t.Cleanup(func() { srv.Close() })
+			srvs = append(srvs, srv)
 		}
-		return port
+		return port, srvs
 	}
 }
 
@@ -331,7 +334,7 @@ func listenSamePort(t *testing.T, g *balanceGroup, ips []string) string {
 func TestBalanceResolve(t *testing.T) {
 	ips := []string{"127.0.0.1", "127.0.0.2", "127.0.0.3"}
 	g := &balanceGroup{runs: make([]atomic.Int64, 3)}
-	port := listenSamePort(t, g, ips)
+	port, _ := listenSamePort(t, g, ips)
 	var mu sync.Mutex
 	answer := ips[:2]
 	lookup := func(ctx context.Context, host string) ([]string, error) {
@@ -436,5 +439,64 @@ func BenchmarkBalance(b *testing.B) {
 			})
 			b.ReportMetric(float64(b.N)/time.Since(start).Seconds(), "req/s")
 		})
+	}
+}
+
+// TestBalanceResolveOnDialFailure: a host name is looked up again soon
+// after a member fails to dial (not only every resolve interval): when its
+// only server goes away and the name now resolves elsewhere, requests go
+// to the new address within a few seconds.
+func TestBalanceResolveOnDialFailure(t *testing.T) {
+	ips := []string{"127.0.0.1", "127.0.0.2"}
+	g := &balanceGroup{runs: make([]atomic.Int64, 2)}
+	var mu sync.Mutex
+	var lookups int
+	answer := ips[:1]
+	lookup := func(ctx context.Context, host string) ([]string, error) {
+		mu.Lock()
+		defer mu.Unlock()
+		lookups++
+		return answer, nil
+	}
+	// Only the first server listens at first; the second comes later.
+	port, srvs := listenSamePort(t, g, ips[:1])
+	c, tr := newClient(t, "tcp://svc.test:"+port, withResolver(lookup, time.Hour))
+	get := func() error {
+		resp, err := c.Get("http://x/")
+		if err == nil {
+			resp.Body.Close()
+		}
+		return err
+	}
+	if err := get(); err != nil {
+		t.Fatal(err)
+	}
+	// The name moves to the second address; the first server goes.
+	l2, err := Listen("tcp://" + net.JoinHostPort(ips[1], port))
+	if err != nil {
+		t.Skipf("port %s not free on %s: %v", port, ips[1], err)
+	}
+	srv2 := &http.Server{Handler: g.handler(1, 0)}
+	go srv2.Serve(l2)
+	t.Cleanup(func() { srv2.Close() })
+	mu.Lock()
+	answer = ips[1:]
+	mu.Unlock()
+	srvs[0].Close()
+	start := time.Now()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	req, _ := http.NewRequestWithContext(ctx, "GET", "http://x/", nil)
+	resp, err := c.Do(req)
+	if err != nil {
+		t.Fatalf("after the move: %v (stats %+v)", err, tr.Stats())
+	}
+	resp.Body.Close()
+	mu.Lock()
+	n := lookups
+	mu.Unlock()
+	t.Logf("answered by the new address after %v, %d lookups", time.Since(start).Round(time.Millisecond), n)
+	if g.runs[1].Load() != 1 {
+		t.Errorf("the new address ran %d requests, want 1", g.runs[1].Load())
 	}
 }

@@ -113,6 +113,12 @@ func (t *Transport) connectLoop(m *member) {
 			t.mu.Lock()
 			t.lastErr = err
 			t.mu.Unlock()
+			if m.kick != nil {
+				select { // its host name may resolve elsewhere now
+				case m.kick <- struct{}{}:
+				default:
+				}
+			}
 			select {
 			case <-time.After(wait):
 			case <-m.ctx.Done():

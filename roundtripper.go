@@ -111,9 +111,10 @@ func (t *Transport) Stats() TransportStats {
 // item; so does an empty item.
 //
 // The Transport keeps one connection per server address: per item of the
-// list, and, for a tcp host name, per address the name resolves to (every
-// 5 s it is looked up again; connections to addresses that went away
-// close once their calls are answered, new addresses get connections).
+// list, and, for a tcp host name, per address the name resolves to (it is
+// looked up again every 5 s, and within 1 s when a dial to one of its
+// addresses fails; connections to addresses that went away close once
+// their calls are answered, new addresses get connections).
 // It starts connecting in the background and keeps reconnecting for its
 // whole life; it does not fail when no server is listening yet.
 //
@@ -141,7 +142,7 @@ func NewTransport(endpoint string, opts ...Option) (*Transport, error) {
 	t.mu.Lock()
 	for _, it := range items {
 		if it.host == "" {
-			t.addMemberLocked(it.raw, it.ep.network, it.ep.addr)
+			t.addMemberLocked(it.raw, it.ep.network, it.ep.addr, nil)
 		} else {
 			t.wg.Add(1)
 			go t.resolveLoop(it)
