@@ -9,6 +9,7 @@ import (
 	"slices"
 	"strings"
 	"time"
+	"unicode"
 )
 
 // This file is how a Transport spreads requests over several servers: the
@@ -44,18 +45,21 @@ type endpointItem struct {
 }
 
 // parseEndpointList parses NewTransport's endpoint: one endpoint or
-// several separated by commas, without spaces. A list of one item fails
-// with parseEndpoint's error; a longer one names the bad item.
+// several separated by commas, without spaces. A list of one item is
+// parsed, and fails, exactly as a single endpoint; a longer one's error
+// names the bad item.
 func parseEndpointList(list string) ([]endpointItem, error) {
-	if strings.ContainsFunc(list, func(r rune) bool { return r == ' ' || r == '\t' || r == '\n' || r == '\r' }) {
-		return nil, fmt.Errorf("zmqhttp: endpoint %q: spaces are not allowed (separate endpoints with commas only)", list)
-	}
 	raws := strings.Split(list, ",")
 	items := make([]endpointItem, 0, len(raws))
 	for i, raw := range raws {
 		var ep endpoint
-		err := errors.New("empty item")
-		if raw != "" || len(raws) == 1 {
+		var err error
+		switch {
+		case len(raws) > 1 && raw == "":
+			err = errors.New("empty item")
+		case len(raws) > 1 && strings.ContainsFunc(raw, unicode.IsSpace):
+			err = errors.New("spaces are not allowed (separate endpoints with commas only)")
+		default:
 			ep, err = parseEndpointItem(raw, false)
 		}
 		if err != nil {

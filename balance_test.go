@@ -45,8 +45,8 @@ func TestEndpointList(t *testing.T) {
 		"tcp://a:1,":                 `item 2 "": empty item`,
 		",tcp://a:1":                 `item 1 "": empty item`,
 		",":                          `item 1 "": empty item`,
-		"tcp://a:1, tcp://b:2":       "spaces are not allowed",
-		"tcp://a:1 ,tcp://b:2":       "spaces are not allowed",
+		"tcp://a:1, tcp://b:2":       `item 2 " tcp://b:2": spaces are not allowed`,
+		"tcp://a:1 ,tcp://b:2":       `item 1 "tcp://a:1 ": spaces are not allowed`,
 		"tcp://a:1,tcp://b:0":        `item 2 "tcp://b:0": a dial endpoint needs a host and a port`,
 		"tcp://a:1,inproc://x":       `item 2 "inproc://x": inproc is not supported`,
 		"tcp://a:1,udp://b:1,ipc://": `item 2 "udp://b:1": unsupported transport`,
@@ -62,7 +62,11 @@ func TestEndpointList(t *testing.T) {
 			t.Errorf("%q: error %q, want it to contain %q", list, err, want)
 		}
 	}
-	// One item: the error of a single endpoint, unchanged.
+	// One item: parsed as a single endpoint always was (a space in an
+	// ipc path is fine), and failing with the same error.
+	if items, err := parseEndpointList("ipc:///tmp/my dir/s.sock"); err != nil || items[0].ep.addr != "/tmp/my dir/s.sock" {
+		t.Errorf("ipc path with a space: %v, %v", items, err)
+	}
 	for _, ep := range []string{"", "bogus", "tcp://a", "tcp://a:0", "ipc://", "inproc://x", "udp://a:1"} {
 		_, err := NewTransport(ep)
 		_, want := parseEndpoint(ep, false)

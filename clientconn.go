@@ -89,7 +89,7 @@ type clientLink struct {
 	t *Transport
 	m *member // the server address it connects to
 
-	draining atomic.Bool   // the peer said it is draining: send nothing new
+	draining atomic.Bool   // the peer said it is draining, or its address left its host name's answers: send nothing new
 	drainSeq atomic.Uint64 // with watermark: requests numbered above it were not run
 	hasMark  atomic.Bool   // drainSeq is valid
 
