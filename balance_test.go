@@ -201,9 +201,10 @@ func TestBalanceSpread(t *testing.T) {
 	}
 }
 
-// TestBalanceComeback: one of 3 servers goes away and comes back at the
-// same endpoint while 32 callers send GETs: no call fails, and the server
-// that came back runs requests again within 3 s.
+// TestBalanceComeback: one of 3 servers goes away (Shutdown) and comes
+// back at the same endpoint a second later, while 32 callers send GETs:
+// no call fails, and the server that came back runs requests again
+// within 3 s.
 func TestBalanceComeback(t *testing.T) {
 	for _, network := range testNetworks {
 		t.Run(network, func(t *testing.T) {
@@ -226,7 +227,13 @@ func TestBalanceComeback(t *testing.T) {
 				<-done
 			}()
 			waitFor(t, 3*time.Second, "traffic on server 0", func() bool { return g.runs[0].Load() > 50 })
-			g.servers[0].Srv.Close()
+			// Shutdown, not Close: Close fails the requests it interrupts.
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			err := g.servers[0].Srv.Shutdown(ctx)
+			cancel()
+			if err != nil {
+				t.Fatalf("Shutdown: %v", err)
+			}
 			time.Sleep(time.Second) // down for a while: the backoff grows
 			before := g.runs[0].Load()
 			l, err := listenRetry(g.eps[0])
