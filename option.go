@@ -82,7 +82,8 @@ func (c *config) maxPendingOrDefault() int {
 }
 
 // WithReconnectBackoff sets the first and the largest wait between two
-// attempts to connect; the wait doubles after each failure. Transport only.
+// attempts to connect to one server address; the wait doubles after each
+// failure. Transport only.
 // Default 50ms and 2s.
 func WithReconnectBackoff(min, max time.Duration) Option {
 	return func(c *config) { c.backoffMin, c.backoffMax = min, max }
