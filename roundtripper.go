@@ -39,7 +39,6 @@ import (
 type Transport struct {
 	// Set once by NewTransport, read-only after.
 	endpoint string
-	items    []endpointItem
 	cfg      config
 	dialer   net.Dialer
 
@@ -132,7 +131,6 @@ func NewTransport(endpoint string, opts ...Option) (*Transport, error) {
 	}
 	t := &Transport{
 		endpoint: endpoint,
-		items:    items,
 		cfg:      newConfig(opts),
 		pending:  make(map[uint64]*call),
 		linkUp:   make(chan struct{}),
@@ -159,7 +157,7 @@ var errNotCreated = errors.New("zmqhttp: Transport used without NewTransport (it
 func (t *Transport) Endpoint() string { return t.endpoint }
 
 // Close fails every pending request with ErrTransportClosed, closes the
-// connection and waits for the Transport's goroutines to end. It is
+// connections and waits for the Transport's goroutines to end. It is
 // idempotent.
 func (t *Transport) Close() error {
 	if t.cancel == nil {
