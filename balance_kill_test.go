@@ -126,7 +126,7 @@ func balanceKill(t *testing.T, freeze bool) {
 	}
 	time.Sleep(run / 2)
 	close(stop)
-	if !relWaitGroup(ctxTimeout(t, 15*time.Second), &wg) {
+	if !relWaitGroup(balanceCtxTimeout(t, 15*time.Second), &wg) {
 		t.Fatal("callers still blocked 15 s after the run ended")
 	}
 
@@ -187,8 +187,8 @@ func balanceKill(t *testing.T, freeze bool) {
 	}
 }
 
-// ctxTimeout returns a context that ends after d or at the test's end.
-func ctxTimeout(t *testing.T, d time.Duration) context.Context {
+// balanceCtxTimeout returns a context that ends after d or at the test's end.
+func balanceCtxTimeout(t *testing.T, d time.Duration) context.Context {
 	ctx, cancel := context.WithTimeout(context.Background(), d)
 	t.Cleanup(cancel)
 	return ctx

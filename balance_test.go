@@ -95,9 +95,9 @@ type balanceGroup struct {
 	eps     []string
 }
 
-// startGroup starts n servers of network whose handler sleeps delay,
+// startBalanceGroup starts n servers of network whose handler sleeps delay,
 // counts the request, and replies with the server's index.
-func startGroup(t *testing.T, network string, n int, delay time.Duration, opts ...Option) *balanceGroup {
+func startBalanceGroup(t *testing.T, network string, n int, delay time.Duration, opts ...Option) *balanceGroup {
 	g := &balanceGroup{runs: make([]atomic.Int64, n)}
 	for i := range n {
 		ts := startServer(t, network, g.handler(i, delay), opts...)
@@ -128,10 +128,10 @@ func (g *balanceGroup) counts() []int64 {
 	return out
 }
 
-// hammer runs callers goroutines that each send GETs (and, with posts,
+// balanceHammer runs callers goroutines that each send GETs (and, with posts,
 // every other one a plain POST) until stop is closed; it returns the
 // errors.
-func hammer(c *http.Client, callers int, posts bool, stop <-chan struct{}) (ok int64, errs []error) {
+func balanceHammer(c *http.Client, callers int, posts bool, stop <-chan struct{}) (ok int64, errs []error) {
 	var mu sync.Mutex
 	var wg sync.WaitGroup
 	var n atomic.Int64
@@ -178,11 +178,11 @@ func hammer(c *http.Client, callers int, posts bool, stop <-chan struct{}) (ok i
 func TestBalanceSpread(t *testing.T) {
 	for _, network := range testNetworks {
 		t.Run(network, func(t *testing.T) {
-			g := startGroup(t, network, 3, time.Millisecond)
+			g := startBalanceGroup(t, network, 3, time.Millisecond)
 			c, tr := newClient(t, g.list())
 			stop := make(chan struct{})
 			time.AfterFunc(1500*time.Millisecond, func() { close(stop) })
-			ok, errs := hammer(c, 64, true, stop)
+			ok, errs := balanceHammer(c, 64, true, stop)
 			if len(errs) > 0 {
 				t.Fatalf("%d errors, first: %v", len(errs), errs[0])
 			}
@@ -208,14 +208,14 @@ func TestBalanceSpread(t *testing.T) {
 func TestBalanceComeback(t *testing.T) {
 	for _, network := range testNetworks {
 		t.Run(network, func(t *testing.T) {
-			g := startGroup(t, network, 3, time.Millisecond)
+			g := startBalanceGroup(t, network, 3, time.Millisecond)
 			c, tr := newClient(t, g.list())
 			stop := make(chan struct{})
 			var ok int64
 			var errs []error
 			done := make(chan struct{})
 			go func() {
-				ok, errs = hammer(c, 32, false, stop)
+				ok, errs = balanceHammer(c, 32, false, stop)
 				close(done)
 			}()
 			defer func() {
@@ -263,14 +263,14 @@ func TestBalanceComeback(t *testing.T) {
 func TestBalanceDrain(t *testing.T) {
 	for _, network := range testNetworks {
 		t.Run(network, func(t *testing.T) {
-			g := startGroup(t, network, 3, 2*time.Millisecond, WithWorkers(4))
+			g := startBalanceGroup(t, network, 3, 2*time.Millisecond, WithWorkers(4))
 			c, tr := newClient(t, g.list())
 			stop := make(chan struct{})
 			var ok int64
 			var errs []error
 			done := make(chan struct{})
 			go func() {
-				ok, errs = hammer(c, 64, true, stop)
+				ok, errs = balanceHammer(c, 64, true, stop)
 				close(done)
 			}()
 			waitFor(t, 3*time.Second, "traffic on server 1", func() bool { return g.runs[1].Load() > 50 })
@@ -299,10 +299,10 @@ func TestBalanceDrain(t *testing.T) {
 	}
 }
 
-// listenSamePort starts servers at the same tcp port on each of the
+// balanceListenSamePort starts servers at the same tcp port on each of the
 // loopback addresses ips, retrying with another port if one is taken. It
 // returns the port and the servers, which cleanup closes.
-func listenSamePort(t *testing.T, g *balanceGroup, ips []string) (string, []*http.Server) {
+func balanceListenSamePort(t *testing.T, g *balanceGroup, ips []string) (string, []*http.Server) {
 	for try := 0; ; try++ {
 		ln, err := net.Listen("tcp", ips[0]+":0")
 		if err != nil {
@@ -345,7 +345,7 @@ func listenSamePort(t *testing.T, g *balanceGroup, ips []string) (string, []*htt
 func TestBalanceResolve(t *testing.T) {
 	ips := []string{"127.0.0.1", "127.0.0.2", "127.0.0.3"}
 	g := &balanceGroup{runs: make([]atomic.Int64, 3)}
-	port, _ := listenSamePort(t, g, ips)
+	port, _ := balanceListenSamePort(t, g, ips)
 	var mu sync.Mutex
 	answer := ips[:2]
 	lookup := func(ctx context.Context, host string) ([]string, error) {
@@ -378,7 +378,7 @@ func TestBalanceResolve(t *testing.T) {
 	var errs []error
 	done := make(chan struct{})
 	go func() {
-		_, errs = hammer(c, 32, true, stop)
+		_, errs = balanceHammer(c, 32, true, stop)
 		close(done)
 	}()
 	waitFor(t, 3*time.Second, "traffic on .1 and .2", func() bool { return g.runs[0].Load() > 20 && g.runs[1].Load() > 20 })
@@ -470,7 +470,7 @@ func TestBalanceResolveOnDialFailure(t *testing.T) {
 		return answer, nil
 	}
 	// Only the first server listens at first; the second comes later.
-	port, srvs := listenSamePort(t, g, ips[:1])
+	port, srvs := balanceListenSamePort(t, g, ips[:1])
 	c, tr := newClient(t, "tcp://svc.test:"+port, withResolver(lookup, time.Hour))
 	get := func() error {
 		resp, err := c.Get("http://x/")
