@@ -41,7 +41,7 @@ func (t *Transport) roundTripStreamed(req *http.Request, cl *clientLink) (*http.
 		err = ErrTransportClosed
 	case len(t.pending) >= t.cfg.maxPendingOrDefault():
 		err = fmt.Errorf("%w (%d)", ErrTooManyPending, t.cfg.maxPendingOrDefault())
-	case t.usableLocked() != cl:
+	case !t.usableLocked(cl):
 		// It broke or began draining since: nothing was sent.
 		err = ErrNotProcessed
 	}

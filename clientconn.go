@@ -86,10 +86,12 @@ type callResult struct {
 
 // clientLink is one established connection of a Transport.
 type clientLink struct {
+	// Set by connect, read-only after.
 	*link
 	t *Transport
+	m *member // the server address it connects to
 
-	draining atomic.Bool   // the peer said it is draining: send nothing new
+	draining atomic.Bool   // the peer said it is draining, or its address left its host name's answers: send nothing new
 	drainSeq atomic.Uint64 // with watermark: requests numbered above it were not run
 	hasMark  atomic.Bool   // drainSeq is valid
 
@@ -97,15 +99,19 @@ type clientLink struct {
 	ackWatch sync.Once // starts watchAcks, on a link through a device
 }
 
-// connectLoop connects, serves the connection until it breaks, and
-// reconnects with backoff, until Close.
-func (t *Transport) connectLoop() {
+// connectLoop connects to m, serves the connection until it breaks, and
+// reconnects with backoff, until Close or until m is removed.
+func (t *Transport) connectLoop(m *member) {
 	defer t.wg.Done()
+	defer t.memberEnded(m)
 	lo, hi := t.cfg.backoff()
 	wait := lo
-	for t.ctx.Err() == nil {
-		cl, err := t.connect()
+	for m.ctx.Err() == nil {
+		cl, err := t.connect(m)
 		if err != nil {
+			if m.ctx.Err() != nil {
+				return // closed or removed meanwhile: not a failure
+			}
 			t.stats.dialFailures.Add(1)
 			t.mu.Lock()
 			t.lastErr = err
@@ -124,9 +130,15 @@ func (t *Transport) connectLoop() {
 				c.end()
 				c.res <- callResult{err: err}
 			}
+			if m.kick != nil {
+				select { // its host name may resolve elsewhere now
+				case m.kick <- struct{}{}:
+				default:
+				}
+			}
 			select {
 			case <-time.After(wait):
-			case <-t.ctx.Done():
+			case <-m.ctx.Done():
 				return
 			}
 			wait = min(wait*2, hi)
@@ -139,35 +151,35 @@ func (t *Transport) connectLoop() {
 			// The server asked us to go; don't knock again at once.
 			select {
 			case <-time.After(lo):
-			case <-t.ctx.Done():
+			case <-m.ctx.Done():
 				return
 			}
 		}
 	}
 }
 
-// connect dials and handshakes once.
-func (t *Transport) connect() (*clientLink, error) {
-	raw, err := t.dialer.DialContext(t.ctx, t.ep.network, t.ep.addr)
+// connect dials m and handshakes once.
+func (t *Transport) connect(m *member) (*clientLink, error) {
+	raw, err := t.dialer.DialContext(m.ctx, m.network, m.addr)
 	if err != nil {
-		return nil, fmt.Errorf("zmqhttp: dial %s: %w", t.endpoint, err)
+		return nil, fmt.Errorf("zmqhttp: dial %s: %w", m.name, err)
 	}
 	nc := newLiveConn(raw)
-	stop := context.AfterFunc(t.ctx, func() { nc.Close() }) // Close need not wait for the handshake
+	stop := context.AfterFunc(m.ctx, func() { nc.Close() }) // Close need not wait for the handshake
 	br, peer, _, err := t.cfg.connSecurity(nc, zmq4.Dealer, false, raw.RemoteAddr())
 	if !stop() && err == nil {
 		err = ErrTransportClosed
 	}
 	if err != nil {
 		nc.Close()
-		return nil, fmt.Errorf("zmqhttp: connect %s: %w", t.endpoint, err)
+		return nil, fmt.Errorf("zmqhttp: connect %s: %w", m.name, err)
 	}
 	if peer != zmq4.Router && peer != zmq4.Rep {
 		nc.Close()
-		return nil, fmt.Errorf("zmqhttp: connect %s: peer is a %s socket, want ROUTER or REP", t.endpoint, peer)
+		return nil, fmt.Errorf("zmqhttp: connect %s: peer is a %s socket, want ROUTER or REP", m.name, peer)
 	}
 	interval, timeout := t.cfg.heartbeat()
-	cl := &clientLink{t: t}
+	cl := &clientLink{t: t, m: m}
 	cl.link = newLink(nc, br, peer, cl, linkConfig{
 		limits:     t.cfg.limits,
 		hbInterval: interval,
@@ -182,28 +194,19 @@ func (t *Transport) connect() (*clientLink, error) {
 // was queued on it.
 func (t *Transport) serve(cl *clientLink) {
 	t.mu.Lock()
-	if t.closed {
+	if t.closed || cl.m.removed {
 		t.mu.Unlock()
 		cl.nc.Close()
 		return
 	}
 	cl.start()
-	t.cur = cl
+	cl.m.cur = cl
 	close(t.linkUp)
 	t.linkUp = make(chan struct{})
 	// Calls that waited for a connection go first, in order.
-	waiting := t.waiting
-	t.waiting = nil
-	for _, c := range waiting {
-		if t.pending[c.id] == c {
-			c.refreshTimeout()
-			t.assignLocked(cl, c)
-		}
-	}
+	out := t.dispatchLocked(nil)
 	t.mu.Unlock()
-	for _, c := range waiting {
-		t.sendOn(cl, c, nil)
-	}
+	t.sendQueued(out)
 	if cl.peerType == zmq4.Router {
 		// A server that ignores HELLO never answers it: stop waiting
 		// for its capabilities after a while (it is basic).
@@ -222,15 +225,16 @@ func (t *Transport) serve(cl *clientLink) {
 // linkEnded resolves the calls queued on cl, which ended: a call never
 // written, or provably not run (numbered above DRAINING's watermark), is
 // queued again; a replayable one is replayed; the others fail with
-// ErrConnectionLost.
+// ErrConnectionLost. What is queued again goes to another live link at
+// once, if there is one.
 func (t *Transport) linkEnded(cl *clientLink) {
 	t.mu.Lock()
-	if t.cur == cl {
-		t.cur = nil
+	if cl.m.cur == cl {
+		cl.m.cur = nil
 	}
 	if !t.closed && cl.err != errDrained {
 		t.stats.connectionsLost.Add(1)
-		t.lastErr = fmt.Errorf("zmqhttp: connection to %s lost: %w", t.endpoint, cl.err)
+		t.lastErr = fmt.Errorf("zmqhttp: connection to %s lost: %w", cl.m.name, cl.err)
 	}
 	var again []*call
 	maxReplays := t.cfg.maxReplaysOrDefault()
@@ -272,7 +276,9 @@ func (t *Transport) linkEnded(cl *clientLink) {
 	// Sent again first, in the order they were first sent.
 	slices.SortFunc(again, func(a, b *call) int { return cmpUint64(a.id, b.id) })
 	t.waiting = append(again, t.waiting...)
+	out := t.dispatchLocked(nil)
 	t.mu.Unlock()
+	t.sendQueued(out)
 }
 
 func cmpUint64(a, b uint64) int {
@@ -290,16 +296,6 @@ func cmpUint64(a, b uint64) int {
 func isTimeout(err error) bool {
 	var ne net.Error
 	return errors.As(err, &ne) && ne.Timeout()
-}
-
-// usableLocked returns the live link new calls may go to, or nil. t.mu is
-// held.
-func (t *Transport) usableLocked() *clientLink {
-	cl := t.cur
-	if cl == nil || cl.isDead() || cl.draining.Load() {
-		return nil
-	}
-	return cl
 }
 
 // assignLocked queues c on cl. t.mu is held.
@@ -330,7 +326,7 @@ func (t *Transport) enqueue(c *call, stop <-chan struct{}) error {
 		return fmt.Errorf("%w (%d)", ErrTooManyPending, t.cfg.maxPendingOrDefault())
 	}
 	t.pending[c.id] = c
-	cl := t.usableLocked()
+	cl := t.pickLocked()
 	if cl == nil {
 		t.waiting = append(t.waiting, c)
 		t.mu.Unlock()
@@ -408,7 +404,7 @@ func (cl *clientLink) bad(_ *link, _ [][]byte, err error) {
 		}
 	case errors.As(err, &ie):
 		if ie.id != 0 && (ie.kind == KindResponse || ie.kind == KindError) {
-			t.resolve(cl, ie.id, callResult{err: fmt.Errorf("zmqhttp: bad reply from %s: %w", t.endpoint, err)})
+			t.resolve(cl, ie.id, callResult{err: fmt.Errorf("zmqhttp: bad reply from %s: %w", cl.m.name, err)})
 		}
 	}
 }
@@ -509,7 +505,7 @@ func (t *Transport) sendAgain(cl *clientLink, id uint64) {
 		t.stats.replays.Add(1)
 		c.seq.Store(0)
 		c.refreshTimeout()
-		if nl := t.usableLocked(); nl != nil {
+		if nl := t.pickLocked(); nl != nil {
 			t.assignLocked(nl, c)
 			t.mu.Unlock()
 			t.sendOn(nl, c, nil)

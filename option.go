@@ -1,6 +1,9 @@
 package zmqhttp
 
-import "time"
+import (
+	"context"
+	"time"
+)
 
 // Option configures a Transport (NewTransport) or a Listener (Listen). Each
 // option says which side it applies to; the other side ignores it.
@@ -26,6 +29,8 @@ type config struct {
 	curveServer      *string    // WithCurveServer's secret key
 	curveClient      *[3]string // WithCurveClient's keys
 	authorizer       func(Peer) error
+	lookupHost       func(ctx context.Context, host string) ([]string, error) // nil: net.DefaultResolver.LookupHost
+	resolveEvery     time.Duration
 }
 
 func newConfig(opts []Option) config {
@@ -80,7 +85,8 @@ func (c *config) maxPendingOrDefault() int {
 }
 
 // WithReconnectBackoff sets the first and the largest wait between two
-// attempts to connect; the wait doubles after each failure. Transport only.
+// attempts to connect to one server address; the wait doubles after each
+// failure. Transport only.
 // Default 50ms and 2s.
 func WithReconnectBackoff(min, max time.Duration) Option {
 	return func(c *config) { c.backoffMin, c.backoffMax = min, max }

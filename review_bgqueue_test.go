@@ -36,7 +36,7 @@ func TestReview2BackgroundCtxBypassesQueueBound(t *testing.T) {
 		tr, _ := NewTransport("tcp://"+ln.Addr().String(), WithHeartbeat(time.Hour, 3*time.Hour))
 		for i := 0; i < 200; i++ { // connected first: no call goes through t.waiting
 			tr.mu.Lock()
-			up := tr.cur != nil
+			up := tr.curLocked() != nil
 			tr.mu.Unlock()
 			if up {
 				break
@@ -55,7 +55,7 @@ func TestReview2BackgroundCtxBypassesQueueBound(t *testing.T) {
 		}
 		time.Sleep(1500 * time.Millisecond)
 		tr.mu.Lock()
-		cl := tr.cur
+		cl := tr.curLocked()
 		tr.mu.Unlock()
 		var q int64
 		if cl != nil {

@@ -52,7 +52,7 @@ func TestReviewDrainedLinkKeptByUpload(t *testing.T) {
 		t.Fatalf("got %v", err)
 	}
 	tr2.mu.Lock()
-	cl := tr2.cur
+	cl := tr2.curLocked()
 	tr2.mu.Unlock()
 	if cl == nil {
 		return

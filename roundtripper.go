@@ -19,10 +19,12 @@ import (
 	"time"
 )
 
-// Transport is an http.RoundTripper that carries requests to one ZeroMQ
-// endpoint over a single shared connection (the client end of a DEALER ↔
-// ROUTER pair). It is safe for concurrent use; create one per server and
-// reuse it, as with http.Transport.
+// Transport is an http.RoundTripper that carries requests to a ZeroMQ
+// server over a single shared connection (the client end of a DEALER ↔
+// ROUTER pair), or to several servers over one connection each, sending
+// each request to the least busy (see NewTransport). It is safe for
+// concurrent use; create one per server or group of servers and reuse it,
+// as with http.Transport.
 //
 // The URL's scheme may be "http" or "zmq" (see RegisterProtocol); its host
 // does not choose the server — the endpoint does — but travels as the
@@ -37,23 +39,24 @@ import (
 type Transport struct {
 	// Set once by NewTransport, read-only after.
 	endpoint string
-	ep       endpoint
 	cfg      config
 	dialer   net.Dialer
 
 	ctx    context.Context    // done when Close starts; nil in a Transport not made by NewTransport
 	cancel context.CancelFunc // cancels ctx
-	wg     sync.WaitGroup     // the connection loop and its link's goroutines
+	wg     sync.WaitGroup     // the members' connection loops, the resolve loops, and their links' goroutines
 	nextID atomic.Uint64
 	stats  transportCounters
 
-	// mu guards the following fields.
+	// mu guards the following fields, and the fields of the members and
+	// clientLinks that their docs say it guards.
 	mu      sync.Mutex
 	pending map[uint64]*call // unresolved calls; whoever deletes one resolves it
 	waiting []*call          // calls waiting for a connection, oldest first
-	cur     *clientLink      // the live connection, nil while connecting
-	linkUp  chan struct{}    // closed and replaced when cur changes
-	lastErr error            // why the last connection attempt failed or ended
+	members []*member        // one per server address, in the order they were added
+	turn    uint             // where pickLocked starts looking, to spread ties
+	linkUp  chan struct{}    // closed and replaced when a member's connection comes up
+	lastErr error            // why the last connection attempt (of any member) failed or ended
 	closed  bool
 }
 
@@ -76,12 +79,17 @@ type TransportStats struct {
 	BadReplies      uint64 // messages that could not be decoded, were over the size limit, or are of a kind a client does not take
 	Replays         uint64 // requests sent again: replayable ones after a lost connection, and ones a draining server returned unprocessed
 	Pending         int    // calls queued or awaiting a reply now
+
+	// Servers describes each server address now known, in the order they
+	// were added: the endpoint list's items, a tcp host name's addresses.
+	Servers []ServerStats
 }
 
 // Stats returns a snapshot of the Transport's counters.
 func (t *Transport) Stats() TransportStats {
 	t.mu.Lock()
 	n := len(t.pending)
+	servers := t.serversLocked()
 	t.mu.Unlock()
 	return TransportStats{
 		Connects:        t.stats.connects.Load(),
@@ -91,15 +99,33 @@ func (t *Transport) Stats() TransportStats {
 		BadReplies:      t.stats.badReplies.Load(),
 		Replays:         t.stats.replays.Load(),
 		Pending:         n,
+		Servers:         servers,
 	}
 }
 
 // NewTransport returns a Transport for the server at endpoint
-// ("tcp://host:port" or "ipc:///path"). It starts connecting in the
-// background and keeps reconnecting for its whole life; it does not fail
-// when no server is listening yet.
+// ("tcp://host:port" or "ipc:///path"), or for several servers given as a
+// comma-separated list without spaces, as CZMQ takes them
+// ("tcp://a:5555,tcp://b:5555"). A malformed list fails, naming the bad
+// item; so does an empty item.
+//
+// The Transport keeps one connection per server address: per item of the
+// list, and, for a tcp host name, per address the name resolves to (it is
+// looked up again every 5 s, and within 1 s when a dial to one of its
+// addresses fails; connections to addresses that went away close once
+// their calls are answered, new addresses get connections).
+// It starts connecting in the background and keeps reconnecting for its
+// whole life; it does not fail when no server is listening yet.
+//
+// Each request goes to the live connection with the fewest requests in
+// flight; a connection that is down, still connecting, or draining (its
+// server is shutting down) gets none while another is up. A request that
+// finds none up waits for the first to come up, as long as its context
+// allows. When a connection breaks, its replayable requests (see
+// WithMaxReplays) and those its server returned unprocessed go to another
+// live connection at once; the others fail with ErrConnectionLost.
 func NewTransport(endpoint string, opts ...Option) (*Transport, error) {
-	ep, err := parseEndpoint(endpoint, false)
+	items, err := parseEndpointList(endpoint)
 	if err != nil {
 		return nil, err
 	}
@@ -109,26 +135,33 @@ func NewTransport(endpoint string, opts ...Option) (*Transport, error) {
 	}
 	t := &Transport{
 		endpoint: endpoint,
-		ep:       ep,
 		cfg:      cfg,
 		pending:  make(map[uint64]*call),
 		linkUp:   make(chan struct{}),
 	}
 	t.dialer.Timeout = t.cfg.dialTimeoutOrDefault()
 	t.ctx, t.cancel = context.WithCancel(context.Background())
-	t.wg.Add(1)
-	go t.connectLoop()
+	t.mu.Lock()
+	for _, it := range items {
+		if it.host == "" {
+			t.addMemberLocked(it.raw, it.ep.network, it.ep.addr, nil)
+		} else {
+			t.wg.Add(1)
+			go t.resolveLoop(it)
+		}
+	}
+	t.mu.Unlock()
 	return t, nil
 }
 
 // errNotCreated is returned by a Transport that NewTransport did not make.
 var errNotCreated = errors.New("zmqhttp: Transport used without NewTransport (it has no endpoint)")
 
-// Endpoint returns the endpoint the Transport sends to.
+// Endpoint returns the endpoint (or endpoint list) given to NewTransport.
 func (t *Transport) Endpoint() string { return t.endpoint }
 
 // Close fails every pending request with ErrTransportClosed, closes the
-// connection and waits for the Transport's goroutines to end. It is
+// connections and waits for the Transport's goroutines to end. It is
 // idempotent.
 func (t *Transport) Close() error {
 	if t.cancel == nil {
@@ -147,10 +180,15 @@ func (t *Transport) Close() error {
 		c.res <- callResult{err: ErrTransportClosed}
 	}
 	t.waiting = nil
-	cl := t.cur
+	var links []*clientLink
+	for _, m := range t.members {
+		if m.cur != nil {
+			links = append(links, m.cur)
+		}
+	}
 	t.mu.Unlock()
 	t.cancel()
-	if cl != nil {
+	for _, cl := range links {
 		cl.close(ErrTransportClosed)
 	}
 	t.wg.Wait()
@@ -158,8 +196,9 @@ func (t *Transport) Close() error {
 }
 
 // CloseIdleConnections is part of the interface http.Client uses. The
-// Transport keeps exactly one connection, which is never idle in the HTTP
-// sense, so it does nothing; use Close to release the Transport.
+// Transport keeps exactly one connection per server address, never idle
+// in the HTTP sense, so it does nothing; use Close to release the
+// Transport.
 func (t *Transport) CloseIdleConnections() {}
 
 // RoundTrip implements http.RoundTripper. It sends req and waits for the
@@ -341,7 +380,7 @@ func (t *Transport) readyLink(ctx context.Context) (*clientLink, error) {
 			t.mu.Unlock()
 			return nil, ErrTransportClosed
 		}
-		cl, up := t.usableLocked(), t.linkUp
+		cl, up := t.pickLocked(), t.linkUp
 		t.mu.Unlock()
 		if cl != nil {
 			select {
@@ -374,7 +413,7 @@ func (t *Transport) ctxError(req *http.Request, err, fallback error) error {
 		return fmt.Errorf("zmqhttp: %s %s: %w", req.Method, req.URL.Redacted(), err)
 	}
 	t.mu.Lock()
-	connected, last := t.cur != nil, t.lastErr
+	connected, last := t.anyLiveLocked(), t.lastErr
 	t.mu.Unlock()
 	msg := fmt.Sprintf("zmqhttp: %s %s: %v", req.Method, req.URL.Redacted(), err)
 	if !connected && last != nil {

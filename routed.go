@@ -78,7 +78,7 @@ func (t *Transport) sweepAcks(cl *clientLink) {
 		t.stats.replays.Add(1)
 		c.seq.Store(0)
 		c.refreshTimeout()
-		if nl := t.usableLocked(); nl != nil {
+		if nl := t.pickLocked(); nl != nil {
 			t.assignLocked(nl, c)
 			again = append(again, resend{c, nl})
 		} else {
@@ -92,6 +92,6 @@ func (t *Transport) sweepAcks(cl *clientLink) {
 	for _, c := range lost {
 		c.end()
 		c.res <- callResult{err: fmt.Errorf("%w: no server behind the device at %s acknowledged the request within %v (it may still run)",
-			ErrConnectionLost, t.endpoint, ackTick*ackMissLimit)}
+			ErrConnectionLost, cl.m.name, ackTick*ackMissLimit)}
 	}
 }

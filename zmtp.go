@@ -500,15 +500,24 @@ type endpoint struct {
 // parseEndpoint parses "tcp://host:port" or "ipc://path". With listen set,
 // "*" as host means all interfaces and "*" or "0" as port an ephemeral one.
 func parseEndpoint(ep string, listen bool) (endpoint, error) {
+	e, err := parseEndpointItem(ep, listen)
+	if err != nil {
+		return endpoint{}, fmt.Errorf("zmqhttp: endpoint %q: %w", ep, err)
+	}
+	return e, nil
+}
+
+// parseEndpointItem is parseEndpoint with errors that do not repeat ep.
+func parseEndpointItem(ep string, listen bool) (endpoint, error) {
 	scheme, rest, ok := strings.Cut(ep, "://")
 	if !ok {
-		return endpoint{}, fmt.Errorf("zmqhttp: endpoint %q: want tcp://host:port or ipc://path", ep)
+		return endpoint{}, errors.New("want tcp://host:port or ipc://path")
 	}
 	switch scheme {
 	case "tcp":
 		host, port, err := net.SplitHostPort(rest)
 		if err != nil {
-			return endpoint{}, fmt.Errorf("zmqhttp: endpoint %q: %w", ep, err)
+			return endpoint{}, err
 		}
 		if listen {
 			if host == "*" {
@@ -518,18 +527,18 @@ func parseEndpoint(ep string, listen bool) (endpoint, error) {
 				port = "0"
 			}
 		} else if host == "" || host == "*" || port == "" || port == "*" || port == "0" {
-			return endpoint{}, fmt.Errorf("zmqhttp: endpoint %q: a dial endpoint needs a host and a port", ep)
+			return endpoint{}, errors.New("a dial endpoint needs a host and a port")
 		}
 		return endpoint{scheme: "tcp", network: "tcp", addr: net.JoinHostPort(host, port)}, nil
 	case "ipc":
 		if rest == "" || rest == "*" {
-			return endpoint{}, fmt.Errorf("zmqhttp: endpoint %q: ipc needs a socket path", ep)
+			return endpoint{}, errors.New("ipc needs a socket path")
 		}
 		return endpoint{scheme: "ipc", network: "unix", addr: rest}, nil
 	case "inproc":
-		return endpoint{}, fmt.Errorf("zmqhttp: endpoint %q: inproc is not supported (go-zeromq's inproc corrupts frames over 255 bytes); use ipc:// or tcp://", ep)
+		return endpoint{}, errors.New("inproc is not supported (go-zeromq's inproc corrupts frames over 255 bytes); use ipc:// or tcp://")
 	}
-	return endpoint{}, fmt.Errorf("zmqhttp: endpoint %q: unsupported transport %q (want tcp or ipc)", ep, scheme)
+	return endpoint{}, fmt.Errorf("unsupported transport %q (want tcp or ipc)", scheme)
 }
 
 // liveConn wraps a connection for heartbeats: once armed with a timeout,
