@@ -52,17 +52,26 @@ func nonce24(prefix string, short []byte) *[24]byte {
 
 func shortNonce(n uint64) []byte { return binary.BigEndian.AppendUint64(nil, n) }
 
-// curveError is a CURVE handshake failure; refused is set when the peer
-// sent an ERROR command (a server refusing the client).
-type curveError struct {
+// securityError is a failed security handshake; refused is set when the
+// server refused the client (it sent an ERROR command).
+type securityError struct {
+	mech    string
 	msg     string
 	refused bool
 }
 
-func (e *curveError) Error() string { return "zmqhttp: CURVE handshake: " + e.msg }
+func (e *securityError) Error() string { return "zmqhttp: " + e.mech + " handshake: " + e.msg }
 
 func curveFail(format string, args ...any) error {
-	return &curveError{msg: fmt.Sprintf(format, args...)}
+	return &securityError{mech: "CURVE", msg: fmt.Sprintf(format, args...)}
+}
+
+// errorReason reads the reason of an ERROR command's body.
+func errorReason(body []byte) string {
+	if len(body) > 0 && int(body[0]) <= len(body)-1 {
+		return string(body[1 : 1+int(body[0])])
+	}
+	return "no reason given"
 }
 
 // recvCurveCmd reads the next command and checks its name; an ERROR
@@ -73,11 +82,7 @@ func recvCurveCmd(conn *zmq4.Conn, want string) ([]byte, error) {
 		return nil, err
 	}
 	if cmd.Name == "ERROR" {
-		reason := "no reason given"
-		if len(cmd.Body) > 0 && int(cmd.Body[0]) <= len(cmd.Body)-1 {
-			reason = string(cmd.Body[1 : 1+int(cmd.Body[0])])
-		}
-		return nil, &curveError{msg: "the server refused this client: " + reason, refused: true}
+		return nil, &securityError{mech: "CURVE", msg: "the server refused this client: " + errorReason(cmd.Body), refused: true}
 	}
 	if cmd.Name != want {
 		return nil, curveFail("got %q, want %s", cmd.Name, want)
@@ -85,8 +90,9 @@ func recvCurveCmd(conn *zmq4.Conn, want string) ([]byte, error) {
 	return cmd.Body, nil
 }
 
-// sendCurveError sends an ERROR command with reason (at most 255 bytes).
-func sendCurveError(conn *zmq4.Conn, reason string) {
+// sendSecurityError sends an ERROR command with reason (at most 255
+// bytes).
+func sendSecurityError(conn *zmq4.Conn, reason string) {
 	if len(reason) > 255 {
 		reason = reason[:255]
 	}
@@ -276,8 +282,8 @@ func (m *curveMech) serverHandshake(conn *zmq4.Conn) error {
 	m.clientKey = cLong
 	if m.authorize != nil {
 		if err := m.authorize(&cLong); err != nil {
-			sendCurveError(conn, err.Error())
-			return &curveError{msg: "client refused: " + err.Error(), refused: true}
+			sendSecurityError(conn, err.Error())
+			return &securityError{mech: "CURVE", msg: "client refused: " + err.Error(), refused: true}
 		}
 	}
 

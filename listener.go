@@ -131,7 +131,7 @@ func Listen(endpoint string, opts ...Option) (*Listener, error) {
 		return nil, fmt.Errorf("zmqhttp: listen %s: %w", endpoint, err)
 	}
 	cfg := newConfig(opts)
-	if _, err := cfg.curveSettings(true); err != nil {
+	if err := cfg.checkSecurity(true); err != nil {
 		ln.Close()
 		return nil, err
 	}

@@ -130,7 +130,7 @@ func NewTransport(endpoint string, opts ...Option) (*Transport, error) {
 		return nil, err
 	}
 	cfg := newConfig(opts)
-	if _, err := cfg.curveSettings(false); err != nil {
+	if err := cfg.checkSecurity(false); err != nil {
 		return nil, err
 	}
 	t := &Transport{

@@ -20,11 +20,15 @@ import (
 // Peer describes the client at the other end of a Listener's connection,
 // as its handshake established it.
 type Peer struct {
-	// Mechanism is the ZMTP security mechanism: "NULL" or "CURVE".
+	// Mechanism is the ZMTP security mechanism: "NULL", "PLAIN" or
+	// "CURVE".
 	Mechanism string
 	// PublicKey is, for CURVE, the client's long-term public key as 40
 	// characters of Z85 text: what libzmq's ZAP handler gets as User-Id.
 	PublicKey string
+	// Username and Password are, for PLAIN, the credentials the client
+	// sent.
+	Username, Password string
 	// Addr is the client's address (its IP and port for tcp).
 	Addr net.Addr
 }
@@ -70,6 +74,44 @@ func PeerFromContext(ctx context.Context) (Peer, bool) {
 		return Peer{}, false
 	}
 	return a.c.peer.info, true
+}
+
+// WithPlainServer makes a Listener speak PLAIN (ZeroMQ RFC 24): each
+// client sends a user name and a password, in clear, which the authorizer
+// (WithAuthorizer, required) accepts or refuses; a refused client is told
+// so in the handshake. PLAIN authenticates but does not encrypt: over an
+// untrusted network use CURVE. Listener only.
+func WithPlainServer() Option { return func(c *config) { c.plainServer = true } }
+
+// WithPlainClient makes a Transport speak PLAIN with the given credentials
+// (each at most 255 bytes). Transport only.
+func WithPlainClient(username, password string) Option {
+	return func(c *config) { c.plainClient = &[2]string{username, password} }
+}
+
+// checkSecurity reports settings that cannot work, for Listen and
+// NewTransport to fail with.
+func (c *config) checkSecurity(server bool) error {
+	if _, err := c.curveSettings(server); err != nil {
+		return err
+	}
+	if server && c.plainServer {
+		if c.curveServer != nil {
+			return errors.New("zmqhttp: WithPlainServer and WithCurveServer together: a connection has one mechanism")
+		}
+		if c.authorizer == nil {
+			return errors.New("zmqhttp: WithPlainServer needs WithAuthorizer to check the credentials")
+		}
+	}
+	if !server && c.plainClient != nil {
+		if c.curveClient != nil {
+			return errors.New("zmqhttp: WithPlainClient and WithCurveClient together: a connection has one mechanism")
+		}
+		if len(c.plainClient[0]) > 255 || len(c.plainClient[1]) > 255 {
+			return errors.New("zmqhttp: PLAIN user name and password are at most 255 bytes each")
+		}
+	}
+	return nil
 }
 
 // curveKeys is one side's parsed CURVE settings.
@@ -129,6 +171,12 @@ func (c *config) connSecurity(nc *liveConn, typ zmq4.SocketType, server bool, ad
 		return nil, "", p, err
 	}
 	timeout := c.handshakeTimeoutOrDefault()
+	if plain := c.plainMech(server, addr); plain != nil {
+		p.Mechanism = "PLAIN"
+		br, peerType, err := handshakeWith(nc, typ, server, timeout, plain)
+		p.Username, p.Password = plain.gotUser, plain.gotPass
+		return br, peerType, p, err
+	}
 	if keys == nil {
 		br, peerType, err := handshakeWith(nc, typ, server, timeout, null.Security())
 		if err == nil && server && c.authorizer != nil {
@@ -166,14 +214,28 @@ func (c *config) connSecurity(nc *liveConn, typ zmq4.SocketType, server bool, ad
 	return bufio.NewReaderSize(nc, 32<<10), peerType, p, nil
 }
 
+// plainMech returns a PLAIN mechanism for one connection of this side,
+// or nil if it does not speak PLAIN.
+func (c *config) plainMech(server bool, addr net.Addr) *plainMech {
+	switch {
+	case server && c.plainServer:
+		return &plainMech{server: true, authorize: func(user, pass string) error {
+			return c.authorizer(Peer{Mechanism: "PLAIN", Username: user, Password: pass, Addr: addr})
+		}}
+	case !server && c.plainClient != nil:
+		return &plainMech{username: c.plainClient[0], password: c.plainClient[1]}
+	}
+	return nil
+}
+
 // isRefusal reports a handshake that failed because of the peers'
 // security settings (a refusal, a wrong key, mechanisms that differ):
 // trying again will fail the same way.
 func isRefusal(err error) bool {
-	var ce *curveError
-	return errors.As(err, &ce) || errors.Is(err, errMechanismMismatch)
+	var se *securityError
+	return errors.As(err, &se) || errors.Is(err, errMechanismMismatch)
 }
 
 // errMechanismMismatch stands for zmq4's error for greetings that name
 // different mechanisms.
-var errMechanismMismatch = errors.New("the peers use different security mechanisms (NULL, CURVE)")
+var errMechanismMismatch = errors.New("the peers use different security mechanisms (NULL, PLAIN, CURVE)")
