@@ -30,7 +30,7 @@ type config struct {
 	curveClient      *[3]string // WithCurveClient's keys
 	authorizer       func(Peer) error
 	plainServer      bool
-	plainClient      *[2]string // WithPlainClient's user name and password
+	plainClient      *[2]string                                               // WithPlainClient's user name and password
 	lookupHost       func(ctx context.Context, host string) ([]string, error) // nil: net.DefaultResolver.LookupHost
 	resolveEvery     time.Duration
 }
