@@ -348,8 +348,8 @@ func (c *curveConn) readMessage() error {
 	if err != nil {
 		return err
 	}
-	if flags&flagMore != 0 {
-		return fmt.Errorf("%w (a MESSAGE frame with MORE set)", errCurveMessage)
+	if flags&^(flagLong|flagCommand) != 0 {
+		return fmt.Errorf("%w (a MESSAGE frame with flags %#x)", errCurveMessage, flags)
 	}
 	if size < curveOverhead || size > uint64(c.limit)+curveOverhead {
 		return fmt.Errorf("%w (a MESSAGE of %d bytes)", errCurveMessage, size)
