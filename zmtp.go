@@ -113,6 +113,10 @@ func handshakeWith(nc net.Conn, typ zmq4.SocketType, server bool, timeout time.D
 		}
 	}()
 	zc, err := zmq4.Open(&hsConn{Conn: nc, br: br, greeting: 64}, mech, typ, zmq4.SocketIdentity(""), server, nil)
+	var se *securityError
+	if errors.As(err, &se) {
+		return nil, "", se // says all there is to say
+	}
 	if err != nil && strings.Contains(err.Error(), "invalid or unsupported security mechanism") {
 		return nil, "", fmt.Errorf("zmqhttp: ZMTP handshake: %w (this side: %s)", errMechanismMismatch, mech.Type())
 	}
