@@ -1,6 +1,7 @@
 package zmqhttp
 
 import (
+	"container/list"
 	"errors"
 	"fmt"
 	"io"
@@ -39,9 +40,13 @@ type Listener struct {
 	acceptDone chan struct{} // closed when acceptLoop returns
 	stats      listenerCounters
 	wg         sync.WaitGroup // accept loop and every peer's goroutines
-	hsSlots    chan struct{}  // bounds handshakes in progress
 	peerSeq    atomic.Uint64
 	closeOnce  sync.Once
+
+	// hsMu guards hs: the connections whose handshake is in progress,
+	// oldest first (the accept loop adds, startPeer removes).
+	hsMu sync.Mutex
+	hs   list.List
 
 	// closed is set by Close, with mu held, so that code holding mu sees
 	// it together with inflight and the queue; hot paths read it without
@@ -72,6 +77,8 @@ type listenerCounters struct {
 	rejected      atomic.Uint64
 	badMessages   atomic.Uint64
 	handshakeFail atomic.Uint64
+	hsEvicted     atomic.Uint64
+	acceptErrors  atomic.Uint64
 	slowPeers     atomic.Uint64
 	noResponse    atomic.Uint64
 	drained       atomic.Uint64
@@ -82,19 +89,21 @@ type listenerCounters struct {
 
 // ListenerStats is a snapshot of a Listener's counters.
 type ListenerStats struct {
-	Requests         uint64 // request envelopes received and decoded
-	Overloaded       uint64 // answered 503 because workers and queue were full
-	Rejected         uint64 // not run: answered 400/413/431 (invalid or over a limit) or with an error envelope (unknown version or kind)
-	BadMessages      uint64 // dropped: not even an id could be read, or bad framing
-	HandshakeFailed  uint64 // connections dropped during the ZMTP handshake
-	SlowPeers        uint64 // connections dropped because they did not read their replies
-	NoResponse       uint64 // requests the server closed without a complete response
-	ClosedUnanswered uint64 // requests returned unprocessed (or 503) because the Listener was closed
-	SilentPeers      uint64 // connections closed because the peer sent nothing within the heartbeat timeout
-	Canceled         uint64 // requests the client cancelled
-	Expired          uint64 // queued requests dropped unrun because the caller's deadline had passed
-	Peers            int    // connected peers now
-	InFlight         int    // requests received and not yet answered
+	Requests          uint64 // request envelopes received and decoded
+	Overloaded        uint64 // answered 503 because workers and queue were full
+	Rejected          uint64 // not run: answered 400/413/431 (invalid or over a limit) or with an error envelope (unknown version or kind)
+	BadMessages       uint64 // dropped: not even an id could be read, or bad framing
+	HandshakeFailed   uint64 // connections dropped during the ZMTP handshake
+	HandshakesEvicted uint64 // handshakes ended to make room for a new connection (maxHandshakes in progress); also counted in HandshakeFailed
+	AcceptErrors      uint64 // failed accepts (e.g. out of file descriptors), each followed by a pause
+	SlowPeers         uint64 // connections dropped because they did not read their replies
+	NoResponse        uint64 // requests the server closed without a complete response
+	ClosedUnanswered  uint64 // requests returned unprocessed (or 503) because the Listener was closed
+	SilentPeers       uint64 // connections closed because the peer sent nothing within the heartbeat timeout
+	Canceled          uint64 // requests the client cancelled
+	Expired           uint64 // queued requests dropped unrun because the caller's deadline had passed
+	Peers             int    // connected peers now
+	InFlight          int    // requests received and not yet answered
 }
 
 // Stats returns a snapshot of the Listener's counters.
@@ -103,19 +112,21 @@ func (l *Listener) Stats() ListenerStats {
 	peers, inflight := len(l.peers), l.inflight
 	l.mu.Unlock()
 	return ListenerStats{
-		Requests:         l.stats.requests.Load(),
-		Overloaded:       l.stats.overloaded.Load(),
-		Rejected:         l.stats.rejected.Load(),
-		BadMessages:      l.stats.badMessages.Load(),
-		HandshakeFailed:  l.stats.handshakeFail.Load(),
-		SlowPeers:        l.stats.slowPeers.Load(),
-		NoResponse:       l.stats.noResponse.Load(),
-		ClosedUnanswered: l.stats.drained.Load(),
-		SilentPeers:      l.stats.silentPeers.Load(),
-		Canceled:         l.stats.canceled.Load(),
-		Expired:          l.stats.expired.Load(),
-		Peers:            peers,
-		InFlight:         inflight,
+		Requests:          l.stats.requests.Load(),
+		Overloaded:        l.stats.overloaded.Load(),
+		Rejected:          l.stats.rejected.Load(),
+		BadMessages:       l.stats.badMessages.Load(),
+		HandshakeFailed:   l.stats.handshakeFail.Load(),
+		HandshakesEvicted: l.stats.hsEvicted.Load(),
+		AcceptErrors:      l.stats.acceptErrors.Load(),
+		SlowPeers:         l.stats.slowPeers.Load(),
+		NoResponse:        l.stats.noResponse.Load(),
+		ClosedUnanswered:  l.stats.drained.Load(),
+		SilentPeers:       l.stats.silentPeers.Load(),
+		Canceled:          l.stats.canceled.Load(),
+		Expired:           l.stats.expired.Load(),
+		Peers:             peers,
+		InFlight:          inflight,
 	}
 }
 
@@ -144,7 +155,6 @@ func Listen(endpoint string, opts ...Option) (*Listener, error) {
 		done:       make(chan struct{}),
 		peersLeft:  make(chan struct{}),
 		acceptDone: make(chan struct{}),
-		hsSlots:    make(chan struct{}, 64),
 		peers:      make(map[*peer]struct{}),
 		conns:      make(map[*vconn]struct{}),
 	}
@@ -405,43 +415,67 @@ func (d *drainConn) SetWriteDeadline(time.Time) error { return nil }
 func (l *Listener) acceptLoop() {
 	defer l.wg.Done()
 	defer close(l.acceptDone)
+	var delay time.Duration
 	for {
 		nc, err := l.ln.Accept()
 		if err != nil {
 			if errors.Is(err, net.ErrClosed) {
 				return
 			}
-			var ne net.Error
-			if errors.As(err, &ne) && ne.Timeout() {
-				continue
-			}
+			// E.g. EMFILE: keep serving the peers we have, and try
+			// again after a while, as net/http does (5 ms, doubling to
+			// 1 s), rather than spin.
+			l.stats.acceptErrors.Add(1)
+			delay = min(max(2*delay, 5*time.Millisecond), time.Second)
 			select {
 			case <-l.done:
 				return
-			default:
-				continue // e.g. EMFILE: keep serving the peers we have
+			case <-time.After(delay):
 			}
-		}
-		select {
-		case l.hsSlots <- struct{}{}:
-		default:
-			l.stats.handshakeFail.Add(1)
-			nc.Close() // too many handshakes in progress
 			continue
 		}
+		delay = 0
+		e := l.admitHandshake(nc)
 		l.wg.Add(1)
-		go l.startPeer(nc)
+		go l.startPeer(nc, e)
 	}
+}
+
+// maxHandshakes bounds the handshakes in progress on one Listener. A new
+// connection past it ends the oldest handshake still running: peers that
+// connect and stay silent (or trickle their greeting) cannot lock others
+// out, since a real client completes its handshake in a round trip or two.
+const maxHandshakes = 1024
+
+// admitHandshake lists nc as handshaking, ending the oldest handshake if
+// maxHandshakes are in progress.
+func (l *Listener) admitHandshake(nc net.Conn) *list.Element {
+	l.hsMu.Lock()
+	defer l.hsMu.Unlock()
+	if l.hs.Len() >= maxHandshakes {
+		oldest := l.hs.Remove(l.hs.Front()).(net.Conn)
+		oldest.Close() // its handshake fails and its goroutine ends
+		l.stats.hsEvicted.Add(1)
+	}
+	return l.hs.PushBack(nc)
+}
+
+// handshakeDone takes e off the list of handshakes in progress (if the
+// accept loop has not evicted it).
+func (l *Listener) handshakeDone(e *list.Element) {
+	l.hsMu.Lock()
+	l.hs.Remove(e) // no-op if evicted already
+	l.hsMu.Unlock()
 }
 
 // startPeer runs the handshake of a new connection, then serves it until
 // it ends.
-func (l *Listener) startPeer(raw net.Conn) {
+func (l *Listener) startPeer(raw net.Conn, hs *list.Element) {
 	defer l.wg.Done()
 	nc := newLiveConn(raw)
 	addr := l.peerAddr(nc)
 	br, typ, info, err := l.cfg.connSecurity(nc, zmq4.Router, true, addr)
-	<-l.hsSlots
+	l.handshakeDone(hs)
 	if err == nil && typ != zmq4.Dealer && typ != zmq4.Req {
 		err = fmt.Errorf("zmqhttp: peer is a %s socket, want DEALER or REQ", typ)
 	}
