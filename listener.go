@@ -6,9 +6,11 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"os"
 	"strconv"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/go-zeromq/zmq4"
@@ -138,6 +140,12 @@ func Listen(endpoint string, opts ...Option) (*Listener, error) {
 		return nil, err
 	}
 	ln, err := net.Listen(ep.network, ep.addr)
+	if err != nil && ep.scheme == "ipc" && errors.Is(err, syscall.EADDRINUSE) && staleSocket(ep.addr) {
+		// Left by a server that was killed: nothing listens on it.
+		// libzmq removes such a file too.
+		os.Remove(ep.addr)
+		ln, err = net.Listen(ep.network, ep.addr)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("zmqhttp: listen %s: %w", endpoint, err)
 	}
@@ -161,6 +169,17 @@ func Listen(endpoint string, opts ...Option) (*Listener, error) {
 	l.wg.Add(1)
 	go l.acceptLoop()
 	return l, nil
+}
+
+// staleSocket reports whether the unix socket file at path is one nothing
+// listens on (connecting is refused).
+func staleSocket(path string) bool {
+	c, err := net.DialTimeout("unix", path, time.Second)
+	if err == nil {
+		c.Close()
+		return false
+	}
+	return errors.Is(err, syscall.ECONNREFUSED)
 }
 
 // Addr returns the bound address (a *net.TCPAddr or *net.UnixAddr).

@@ -233,7 +233,8 @@ func (c *config) plainMech(server bool, addr net.Addr) *plainMech {
 // trying again will fail the same way.
 func isRefusal(err error) bool {
 	var se *securityError
-	return errors.As(err, &se) || errors.Is(err, errMechanismMismatch)
+	var nz *notZMTPError
+	return errors.As(err, &se) || errors.Is(err, errMechanismMismatch) || errors.As(err, &nz)
 }
 
 // errMechanismMismatch stands for zmq4's error for greetings that name

@@ -8,9 +8,11 @@ import (
 	"io"
 	"net"
 	"slices"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"time"
+	"unicode"
 
 	"github.com/go-zeromq/zmq4"
 	"github.com/go-zeromq/zmq4/security/null"
@@ -64,6 +66,20 @@ func (c *hsConn) Read(p []byte) (int, error) {
 	var n int
 	var err error
 	switch {
+	case c.greeting == 64:
+		// A ZMTP greeting starts with ff: anything else is some other
+		// protocol (an HTTP server answering our greeting with 400, an
+		// SSH banner): say so, with what it sent.
+		b, err := c.br.Peek(1)
+		if err != nil {
+			return 0, err
+		}
+		if b[0] != 0xff {
+			sent, _ := c.br.Peek(min(c.br.Buffered(), 64))
+			return 0, &notZMTPError{sent: string(sent)}
+		}
+		n, err = c.br.Read(p[:min(len(p), c.greeting)])
+		c.greeting -= n
 	case c.greeting > 0:
 		n, err = c.br.Read(p[:min(len(p), c.greeting)])
 		c.greeting -= n
@@ -92,6 +108,20 @@ func (c *hsConn) Read(p []byte) (int, error) {
 	return n, err
 }
 
+// notZMTPError reports a peer that does not speak ZeroMQ: its first byte
+// is not a ZMTP greeting's.
+type notZMTPError struct{ sent string }
+
+func (e *notZMTPError) Error() string {
+	const msg = "zmqhttp: the peer does not speak ZeroMQ (ZMTP)"
+	for _, r := range e.sent {
+		if r == unicode.ReplacementChar || (!unicode.IsPrint(r) && !unicode.IsSpace(r)) {
+			return fmt.Sprintf("%s: it sent % x", msg, e.sent)
+		}
+	}
+	return fmt.Sprintf("%s: it sent %q", msg, e.sent)
+}
+
 // handshake runs the ZMTP greeting and READY exchange on nc as a socket of
 // type typ, within timeout. It returns the buffered reader to continue with
 // (it may already hold frames the peer sent after READY) and the peer's
@@ -112,10 +142,18 @@ func handshakeWith(nc net.Conn, typ zmq4.SocketType, server bool, timeout time.D
 			err = fmt.Errorf("zmqhttp: ZMTP handshake: malformed peer input (%v)", r)
 		}
 	}()
-	zc, err := zmq4.Open(&hsConn{Conn: nc, br: br, greeting: 64}, mech, typ, zmq4.SocketIdentity(""), server, nil)
+	hc := &hsConn{Conn: nc, br: br, greeting: 64}
+	zc, err := zmq4.Open(hc, mech, typ, zmq4.SocketIdentity(""), server, nil)
 	var se *securityError
 	if errors.As(err, &se) {
 		return nil, "", se // says all there is to say
+	}
+	var nz *notZMTPError
+	if errors.As(err, &nz) {
+		return nil, "", nz
+	}
+	if err != nil && isTimeout(err) && hc.total == 0 && br.Buffered() == 0 {
+		return nil, "", fmt.Errorf("zmqhttp: ZMTP handshake: the peer sent nothing within %v: is it a ZeroMQ endpoint? (an HTTP server, for one, waits silently)", timeout)
 	}
 	if err != nil && strings.Contains(err.Error(), "invalid or unsupported security mechanism") {
 		return nil, "", fmt.Errorf("zmqhttp: ZMTP handshake: %w (this side: %s)", errMechanismMismatch, mech.Type())
@@ -532,6 +570,9 @@ func parseEndpointItem(ep string, listen bool) (endpoint, error) {
 			}
 		} else if host == "" || host == "*" || port == "" || port == "*" || port == "0" {
 			return endpoint{}, errors.New("a dial endpoint needs a host and a port")
+		}
+		if n, err := strconv.ParseUint(port, 10, 16); err != nil || (n == 0 && !listen) {
+			return endpoint{}, fmt.Errorf("port %q: want a number from 1 to 65535", port)
 		}
 		return endpoint{scheme: "tcp", network: "tcp", addr: net.JoinHostPort(host, port)}, nil
 	case "ipc":
