@@ -181,11 +181,12 @@ func (t *Transport) connect(m *member) (*clientLink, error) {
 	interval, timeout := t.cfg.heartbeat()
 	cl := &clientLink{t: t, m: m}
 	cl.link = newLink(nc, br, peer, cl, linkConfig{
-		limits:     t.cfg.limits,
-		hbInterval: interval,
-		hbTimeout:  timeout,
-		window:     t.cfg.streamWindow(),
-		sendHello:  peer == zmq4.Router,
+		limits:      t.cfg.limits,
+		hbInterval:  interval,
+		hbTimeout:   timeout,
+		noHeartbeat: t.cfg.noHeartbeat,
+		window:      t.cfg.streamWindow(),
+		sendHello:   peer == zmq4.Router,
 	})
 	return cl, nil
 }

@@ -113,8 +113,11 @@ type Limits struct {
 	// MaxBodyBytes bounds a request or response body. A body sent whole
 	// (to or from a peer that does not stream, or small enough to travel
 	// in one message) is bounded by 32 MiB when this is 0; a streamed
-	// body is unbounded when this is 0, as over net/http. Past the limit
-	// the request fails with ErrBodyTooLarge on the side that hit it.
+	// body is unbounded when this is 0, as over net/http. Unlimited lifts
+	// both bounds (a whole body is then bounded only by the largest
+	// frame a peer reads, 512 MiB). Past the limit the request fails with
+	// ErrBodyTooLarge on the side that hit it. A negative value other
+	// than Unlimited is an error.
 	MaxBodyBytes int64
 	// MaxHeaderBytes bounds the sum of the lengths of all header and
 	// trailer names and values, plus method, URI and host. Default 2 MiB,
@@ -133,7 +136,10 @@ const (
 )
 
 func (l Limits) maxBodyBytes() int64 {
-	if l.MaxBodyBytes > 0 {
+	switch {
+	case l.MaxBodyBytes == Unlimited:
+		return maxDiscard / 2 // a whole body is held in memory: bounded by the largest frame read
+	case l.MaxBodyBytes > 0:
 		return l.MaxBodyBytes
 	}
 	return defaultMaxBodyBytes

@@ -79,12 +79,21 @@ type linkHandler interface {
 
 // linkConfig is what a link needs to know of its owner's settings.
 type linkConfig struct {
-	limits     Limits
-	hbInterval time.Duration
-	hbTimeout  time.Duration
-	window     int64 // the receive window per stream this side grants
-	sendHello  bool  // client side facing a ROUTER: offer capabilities first
-	server     bool  // answer HELLO (server side)
+	limits      Limits
+	hbInterval  time.Duration
+	hbTimeout   time.Duration
+	window      int64 // the receive window per stream this side grants
+	sendHello   bool  // client side facing a ROUTER: offer capabilities first
+	server      bool  // answer HELLO (server side)
+	noHeartbeat bool  // WithoutHeartbeats: announce no heartbeat, send no PING, never time the peer out
+}
+
+// caps is what this side announces: want, less heartbeats if they are off.
+func (c *linkConfig) caps(want uint64) uint64 {
+	if c.noHeartbeat {
+		return want &^ capHeartbeat
+	}
+	return want
 }
 
 // Errors that end a link.
@@ -332,7 +341,7 @@ func (l *link) writeLoop() {
 	ticker := time.NewTicker(l.cfg.hbInterval)
 	defer ticker.Stop()
 	if l.cfg.sendHello {
-		hello := envelope{Version: ProtocolVersion, Kind: KindHello, Flags: ourCaps,
+		hello := envelope{Version: ProtocolVersion, Kind: KindHello, Flags: l.cfg.caps(ourCaps),
 			Timeout: int64(l.cfg.hbInterval / time.Microsecond), Credit: uint64(l.cfg.window)}
 		b, _ := appendEnvelope(nil, &hello)
 		l.fw.envelopeMsg(b)
@@ -353,7 +362,7 @@ func (l *link) writeLoop() {
 				// A dead peer is noticed by the read deadline (see
 				// liveConn); the PING keeps a live one from seeing us
 				// silent.
-				if l.has(capHeartbeat) {
+				if l.has(capHeartbeat) && !l.cfg.noHeartbeat {
 					pingSeq++
 					l.sendCtrl(&envelope{Version: ProtocolVersion, Kind: KindPing, ID: pingSeq})
 				}
@@ -668,14 +677,14 @@ func (l *link) gotHello(env *envelope) {
 	if env.Credit > 0 {
 		l.peerWindow.Store(int64(min(env.Credit, 1<<30)))
 	}
-	if caps&capHeartbeat != 0 {
+	if caps&capHeartbeat != 0 && !l.cfg.noHeartbeat {
 		// The peer sends something at least every interval: a read or
 		// a write that makes no progress for the timeout means it is
 		// dead or stuck.
 		l.nc.arm(l.cfg.hbTimeout)
 	}
 	if l.cfg.server {
-		l.sendCtrl(&envelope{Version: ProtocolVersion, Kind: KindHello, ID: env.ID, Flags: ourCaps &^ capAck,
+		l.sendCtrl(&envelope{Version: ProtocolVersion, Kind: KindHello, ID: env.ID, Flags: l.cfg.caps(ourCaps &^ capAck),
 			Timeout: int64(l.cfg.hbInterval / time.Microsecond), Credit: uint64(l.cfg.window)})
 	}
 	l.markReady()

@@ -506,11 +506,12 @@ func (l *Listener) startPeer(raw net.Conn, hs *list.Element) {
 	p := &peer{l: l, addr: addr, info: info}
 	interval, timeout := l.cfg.heartbeat()
 	p.link = newLink(nc, br, typ, p, linkConfig{
-		limits:     l.cfg.limits,
-		hbInterval: interval,
-		hbTimeout:  timeout,
-		window:     l.cfg.streamWindow(),
-		server:     true,
+		limits:      l.cfg.limits,
+		hbInterval:  interval,
+		hbTimeout:   timeout,
+		noHeartbeat: l.cfg.noHeartbeat,
+		window:      l.cfg.streamWindow(),
+		server:      true,
 	})
 	// A peer that arrives while the Listener closes is served as a
 	// draining one: told so (after its HELLO), its requests returned

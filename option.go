@@ -2,6 +2,8 @@ package zmqhttp
 
 import (
 	"context"
+	"fmt"
+	"math"
 	"time"
 )
 
@@ -30,6 +32,7 @@ type config struct {
 	curveClient      *[3]string // WithCurveClient's keys
 	authorizer       func(Peer) error
 	plainServer      bool
+	noHeartbeat      bool
 	plainClient      *[2]string                                               // WithPlainClient's user name and password
 	lookupHost       func(ctx context.Context, host string) ([]string, error) // nil: net.DefaultResolver.LookupHost
 	resolveEvery     time.Duration
@@ -76,14 +79,18 @@ func (c *config) dialTimeoutOrDefault() time.Duration {
 
 // WithMaxPending bounds the requests a Transport holds at once, waiting to
 // be sent or waiting for their reply. Past it, RoundTrip fails at once with
-// ErrTooManyPending. Transport only. Default 4096.
+// ErrTooManyPending. Transport only. Default 16384; Unlimited removes the
+// bound (each pending call holds its own request's memory).
 func WithMaxPending(n int) Option { return func(c *config) { c.maxPending = n } }
 
 func (c *config) maxPendingOrDefault() int {
+	if c.maxPending == Unlimited {
+		return math.MaxInt
+	}
 	if c.maxPending > 0 {
 		return c.maxPending
 	}
-	return 4096
+	return 16384
 }
 
 // WithReconnectBackoff sets the first and the largest wait between two
@@ -116,27 +123,29 @@ func WithDisableCompression() Option { return func(c *config) { c.disableCompres
 
 // WithWorkers sets how many requests the Listener lets the http.Server
 // handle at once: Accept hands out at most n connections that are still
-// open. Listener only. Default 128.
+// open. Listener only. Default 1024: a service that runs a thousand slow
+// handlers at once over HTTP runs them at once here too; lower it to make
+// the Listener push back (503) sooner.
 func WithWorkers(n int) Option { return func(c *config) { c.workers = n } }
 
 func (c *config) workersOrDefault() int {
 	if c.workers > 0 {
 		return c.workers
 	}
-	return 128
+	return 1024
 }
 
 // WithQueueSize sets how many received requests may wait for a free worker.
 // When every worker is busy and the queue is full, the Listener answers 503
 // Service Unavailable with Retry-After, without running the handler.
-// Listener only. Default 1024.
+// Listener only. Default 4096.
 func WithQueueSize(n int) Option { return func(c *config) { c.queueSize = n } }
 
 func (c *config) queueSizeOrDefault() int {
 	if c.queueSize > 0 {
 		return c.queueSize
 	}
-	return 1024
+	return 4096
 }
 
 // WithRetryAfter sets the Retry-After the Listener sends with its overload
@@ -150,9 +159,6 @@ func (c *config) retryAfterSeconds() int {
 	return int((c.retryAfter + time.Second - 1) / time.Second)
 }
 
-// Internal bounds, not options.
-const ()
-
 // WithHeartbeat sets how often each side sends a heartbeat (PING) on a
 // connection whose peer speaks the heartbeat protocol, and how long a
 // connection may stay silent before it is declared dead and closed. Both
@@ -160,6 +166,52 @@ const ()
 // replayed (if replayable) or failed with ErrConnectionLost at once.
 func WithHeartbeat(interval, timeout time.Duration) Option {
 	return func(c *config) { c.hbInterval, c.hbTimeout = interval, timeout }
+}
+
+// WithoutHeartbeats turns heartbeats off on this side's connections: it
+// announces no heartbeat in its HELLO, so neither side sends PINGs, and it
+// never declares a silent peer dead (a peer that vanishes without closing
+// its connection is then noticed only by the requests' own deadlines).
+// Both sides. For links where idle traffic costs, or peers that sleep.
+func WithoutHeartbeats() Option { return func(c *config) { c.noHeartbeat = true } }
+
+// Unlimited, as WithMaxPending's count or as Limits.MaxBodyBytes, removes
+// that bound.
+const Unlimited = -1
+
+// checkOptions reports an option given a value it cannot take, naming it;
+// Listen and NewTransport fail with it. Zero always means the default.
+func (c *config) checkOptions() error {
+	for _, o := range []struct {
+		name string
+		v    int64
+		unl  bool // Unlimited is allowed
+	}{
+		{"WithWorkers", int64(c.workers), false},
+		{"WithQueueSize", int64(c.queueSize), false},
+		{"WithMaxPending", int64(c.maxPending), true},
+		{"WithStreamWindow", int64(c.window), false},
+		{"WithHandshakeTimeout", int64(c.handshakeTimeout), false},
+		{"WithDialTimeout", int64(c.dialTimeout), false},
+		{"WithRetryAfter", int64(c.retryAfter), false},
+		{"Limits.MaxBodyBytes", c.limits.MaxBodyBytes, true},
+		{"Limits.MaxHeaderBytes", int64(c.limits.MaxHeaderBytes), false},
+		{"Limits.MaxHeaderFields", int64(c.limits.MaxHeaderFields), false},
+	} {
+		if o.v < 0 && !(o.unl && o.v == Unlimited) {
+			if o.unl {
+				return fmt.Errorf("zmqhttp: %s(%d): want a positive value, 0 for the default or Unlimited", o.name, o.v)
+			}
+			return fmt.Errorf("zmqhttp: %s(%d): want a positive value, or 0 for the default", o.name, o.v)
+		}
+	}
+	if c.hbInterval < 0 || c.hbTimeout < 0 {
+		return fmt.Errorf("zmqhttp: WithHeartbeat(%v, %v): want positive durations, or 0 for the defaults (WithoutHeartbeats turns them off)", c.hbInterval, c.hbTimeout)
+	}
+	if c.backoffMin < 0 || c.backoffMax < 0 || (c.backoffMin > 0 && c.backoffMax > 0 && c.backoffMax < c.backoffMin) {
+		return fmt.Errorf("zmqhttp: WithReconnectBackoff(%v, %v): want 0 < min <= max, or 0 for the defaults", c.backoffMin, c.backoffMax)
+	}
+	return nil
 }
 
 func (c *config) heartbeat() (interval, timeout time.Duration) {

@@ -2,6 +2,7 @@ package zmqhttp
 
 import (
 	"context"
+	"io"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -101,4 +102,58 @@ func TestStaleIPCSocket(t *testing.T) {
 		t.Errorf("Listen over a live server's socket: %v", err)
 	}
 	_ = ts
+}
+
+// TestOptionValidation: a value an option cannot take fails at
+// construction, naming the option; Unlimited and WithoutHeartbeats work.
+func TestOptionValidation(t *testing.T) {
+	for _, tc := range []struct {
+		opt  Option
+		want string
+	}{
+		{WithWorkers(-3), "WithWorkers(-3)"},
+		{WithQueueSize(-1), "WithQueueSize(-1)"},
+		{WithLimits(Limits{MaxBodyBytes: -2}), "Limits.MaxBodyBytes(-2)"},
+		{WithLimits(Limits{MaxHeaderFields: -1}), "Limits.MaxHeaderFields(-1)"},
+		{WithHeartbeat(-time.Second, 0), "WithHeartbeat(-1s, 0s)"},
+		{WithReconnectBackoff(time.Second, time.Millisecond), "WithReconnectBackoff(1s, 1ms)"},
+		{WithMaxPending(-5), "WithMaxPending(-5)"},
+	} {
+		_, lerr := Listen("tcp://127.0.0.1:0", tc.opt)
+		_, terr := NewTransport("tcp://127.0.0.1:1", tc.opt)
+		if lerr == nil || terr == nil || !strings.Contains(lerr.Error(), tc.want) || !strings.Contains(terr.Error(), tc.want) {
+			t.Errorf("%s: Listen: %v; NewTransport: %v", tc.want, lerr, terr)
+		}
+	}
+	// Unlimited bodies; heartbeats off on one side while the other has
+	// them at 50 ms / 100 ms: neither side may then ping or time the
+	// other out, so a connection silent for three timeouts lives on.
+	hb := WithHeartbeat(50*time.Millisecond, 100*time.Millisecond)
+	for _, tc := range []struct {
+		name     string
+		srv, cli []Option
+	}{
+		{"client off", []Option{hb}, []Option{hb, WithoutHeartbeats()}},
+		{"server off", []Option{hb, WithoutHeartbeats()}, []Option{hb}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ts := startServer(t, "tcp", echoHandler(), append(tc.srv, WithLimits(Limits{MaxBodyBytes: Unlimited}))...)
+			c, tr := newClient(t, ts.L.Endpoint(), append(tc.cli, WithMaxPending(Unlimited), WithLimits(Limits{MaxBodyBytes: Unlimited}))...)
+			for i := 0; i < 2; i++ {
+				resp, err := c.Post("http://svc/", "text/plain", strings.NewReader(strings.Repeat("u", 1<<20)))
+				if err != nil {
+					t.Fatal(err)
+				}
+				n, _ := io.Copy(io.Discard, resp.Body)
+				resp.Body.Close()
+				if n != 1<<20 {
+					t.Fatalf("echoed %d bytes", n)
+				}
+				time.Sleep(300 * time.Millisecond)
+			}
+			if st := tr.Stats(); st.Connects != 1 || st.ConnectionsLost != 0 {
+				t.Errorf("a silent connection was dropped: %+v", st)
+			}
+		})
+	}
 }

@@ -92,6 +92,9 @@ func WithPlainClient(username, password string) Option {
 // checkSecurity reports settings that cannot work, for Listen and
 // NewTransport to fail with.
 func (c *config) checkSecurity(server bool) error {
+	if err := c.checkOptions(); err != nil {
+		return err
+	}
 	if _, err := c.curveSettings(server); err != nil {
 		return err
 	}
