@@ -116,4 +116,3 @@ func bearerToken(token string) mux.MiddlewareFunc {
 		})
 	}
 }
-
