@@ -39,13 +39,15 @@ type call struct {
 	endOnce sync.Once
 
 	// Guarded by Transport.mu.
-	link      *clientLink // the link it was queued on; nil while waiting for one
-	ulink     *clientLink // the link its streamed body goes on
-	attempts  int         // times it was replayed (it may have run)
-	resends   int         // times it was sent again after it provably did not run
-	upload    *sendStream // a streamed body's sending half
-	acked     bool        // through a device: a server said it took the call (ACCEPTED)
-	ackMisses int         // through a device: watchAcks rounds that found it written and not acknowledged
+	link        *clientLink // the link it was queued on; nil while waiting for one
+	ulink       *clientLink // the link its streamed body goes on
+	attempts    int         // times it was replayed (it may have run)
+	resends     int         // times it was sent again after it provably did not run
+	upload      *sendStream // a streamed body's sending half
+	acked       bool        // through a device: a server said it took the call (ACCEPTED)
+	shared      bool        // a copy of msg and body may still be queued or being written (sent again while unacknowledged): neither is reused
+	resendTimer *time.Timer // through a device: sends the call again after a pause (a draining server returned it)
+	ackMisses   int         // through a device: watchAcks rounds that found it written and not acknowledged
 }
 
 // end closes stop once.
@@ -62,7 +64,11 @@ func (c *call) refreshTimeout() {
 		return
 	}
 	c.env.Timeout = timeoutMicros(c.deadline, now)
-	if msg, err := appendEnvelope(c.msg[:0], c.env); err == nil {
+	buf := c.msg[:0]
+	if c.shared {
+		buf = nil // a copy written earlier may still be in a writer's hands
+	}
+	if msg, err := appendEnvelope(buf, c.env); err == nil {
 		c.msg, c.encodedAt = msg, now
 	}
 }
@@ -273,6 +279,9 @@ func (t *Transport) linkEnded(cl *clientLink) {
 		delete(t.pending, id)
 		c.end()
 		c.res <- callResult{err: err}
+	}
+	for _, c := range again {
+		c.seq.Store(0) // not written on the next link yet
 	}
 	// Sent again first, in the order they were first sent.
 	slices.SortFunc(again, func(a, b *call) int { return cmpUint64(a.id, b.id) })
@@ -506,6 +515,13 @@ func (t *Transport) sendAgain(cl *clientLink, id uint64) {
 		t.stats.replays.Add(1)
 		c.seq.Store(0)
 		c.refreshTimeout()
+		if cl.has(capRouted) {
+			// The device may hand it to the same draining server again:
+			// pause, longer each time, before sending it again.
+			c.resendTimer = time.AfterFunc(routedResendDelay(c.resends), func() { t.resendRouted(c) })
+			t.mu.Unlock()
+			return
+		}
 		if nl := t.pickLocked(); nl != nil {
 			t.assignLocked(nl, c)
 			t.mu.Unlock()

@@ -105,6 +105,13 @@ const (
 	// flagStreamed marks a request or response whose body follows in
 	// CHUNK envelopes (Body is then empty).
 	flagStreamed = 1 << 2
+	// flagAckWanted, in a request: if it comes through a device, the
+	// server answers ACCEPTED when it takes it (PROTOCOL.md 4.7).
+	flagAckWanted = 1 << 3
+	// flagNotProcessedOK, in a request: the client takes a not-processed
+	// error (code 503) for it; through a device, where the server saw no
+	// HELLO of the client's, this is what says so.
+	flagNotProcessedOK = 1 << 4
 )
 
 // Limits bounds what a peer accepts from the network. The zero value of a

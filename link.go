@@ -581,8 +581,10 @@ func (l *link) readLoop() {
 		frame, route, fs, err := readEnvelopeFrame(l.br, maxFrame, frames, pong)
 		frames = fs
 		if len(route) > 0 && !l.cfg.server {
-			// Replies come straight from the server.
-			if err == nil {
+			// Replies come straight from the server: dropped, whatever
+			// else is wrong with it.
+			var oe *oversizeError
+			if err == nil || errors.As(err, &oe) {
 				err = errNotEnvelope
 			}
 			route = nil

@@ -27,11 +27,10 @@ type peer struct {
 	// mu guards the following fields (lock order: peer.mu, then vconn.mu,
 	// then Listener.mu).
 	mu        sync.Mutex
-	jobs      map[jobKey]*job   // requests received and not yet answered
-	routes    map[string]uint64 // through a device: the capabilities each route's client announced in a HELLO
-	idle      []*vconn          // this peer's connections waiting for its next request
-	drainSent bool              // DRAINING was queued
-	gone      bool              // the link ended
+	jobs      map[jobKey]*job // requests received and not yet answered
+	idle      []*vconn        // this peer's connections waiting for its next request
+	drainSent bool            // DRAINING was queued
+	gone      bool            // the link ended
 }
 
 // jobKey identifies a request on a connection: ids are chosen by each
@@ -50,17 +49,16 @@ type jobKey struct {
 type route struct {
 	frames [][]byte
 	key    string // the frames, each after its length
-	caps   uint64 // what the route's client announced in a HELLO (capCancel, capDrain, capAck); 0 if none
+	caps   uint64 // what the request's client takes (capAck, capDrain), from the request's flags
 }
 
-// maxRoutes bounds the routes whose HELLO a peer remembers; past it, one
-// is forgotten for each new one (its client then gets 503 rather than a
-// not-processed answer when the server drains).
-const maxRoutes = 4096
+// maxIdlePerPeer bounds the keep-alive connections a peer keeps waiting
+// for its next request; one more ends (EOF) instead of waiting.
+const maxIdlePerPeer = 64
 
 // routeFor returns the route of a message's routing frames, or nil for a
 // direct message.
-func (p *peer) routeFor(frames [][]byte) *route {
+func routeFor(frames [][]byte) *route {
 	if len(frames) == 0 {
 		return nil
 	}
@@ -69,45 +67,38 @@ func (p *peer) routeFor(frames [][]byte) *route {
 		key = binary.AppendUvarint(key, uint64(len(f)))
 		key = append(key, f...)
 	}
-	rt := &route{frames: frames, key: string(key)}
-	p.mu.Lock()
-	rt.caps = p.routes[rt.key]
-	p.mu.Unlock()
-	return rt
+	return &route{frames: frames, key: string(key)}
 }
 
 // routedHello answers a HELLO that came through a device, for its route
-// only: capRouted says the connection-level capabilities do not apply;
-// the server acts on CANCEL, returns unprocessed requests as
-// not-processed errors if the client takes them, and acknowledges each
-// request it takes if the client asked (capAck).
+// only: capRouted says the connection-level capabilities, but for
+// heartbeats (a PONG through the device shows the path alive), do not
+// apply; the server acts on CANCEL, and, when the client asks (capAck,
+// capDrain), acknowledges the requests it takes and returns unprocessed
+// ones as not-processed errors. Nothing is recorded: the device hands the
+// HELLO to one server only, so each request carries what its client takes
+// (flagAckWanted, flagNotProcessedOK).
 func (p *peer) routedHello(rt *route, env *envelope) {
-	caps := env.Flags & (capDrain | capAck)
-	p.mu.Lock()
-	if p.routes == nil {
-		p.routes = make(map[string]uint64)
-	}
-	if _, ok := p.routes[rt.key]; !ok && len(p.routes) >= maxRoutes {
-		for k := range p.routes {
-			delete(p.routes, k)
-			break
-		}
-	}
-	p.routes[rt.key] = caps
-	p.mu.Unlock()
-	p.replyCtrl(rt, &envelope{Version: ProtocolVersion, Kind: KindHello, ID: env.ID, Flags: capRouted | capCancel | caps})
+	interval, _ := p.l.cfg.heartbeat()
+	p.replyCtrl(rt, &envelope{Version: ProtocolVersion, Kind: KindHello, ID: env.ID,
+		Flags:   p.cfg.caps(capRouted | capCancel | capHeartbeat | env.Flags&(capDrain|capAck)),
+		Timeout: int64(interval / time.Microsecond)})
 }
-
-// maxIdlePerPeer bounds the keep-alive connections a peer keeps waiting
-// for its next request; one more ends (EOF) instead of waiting.
-const maxIdlePerPeer = 64
 
 // handle acts on a request or control message (link reader goroutine).
 func (p *peer) handle(_ *link, env *envelope, frame []byte, frames [][]byte) {
 	l := p.l
-	rt := p.routeFor(frames)
+	rt := routeFor(frames)
 	switch env.Kind {
 	case KindRequest:
+		if rt != nil {
+			if env.Flags&flagAckWanted != 0 {
+				rt.caps |= capAck
+			}
+			if env.Flags&flagNotProcessedOK != 0 {
+				rt.caps |= capDrain
+			}
+		}
 		p.receive(env, frame, time.Now(), rt)
 	case KindHello:
 		if rt != nil {
@@ -193,6 +184,7 @@ func (p *peer) replyCtrl(rt *route, e *envelope) {
 	p.queueCtrl(outMsg{b: b, pooled: true, route: rt.framesOrNil()})
 }
 
+// framesOrNil returns the routing frames of rt, nil for a direct client.
 func (rt *route) framesOrNil() [][]byte {
 	if rt == nil {
 		return nil
@@ -200,6 +192,7 @@ func (rt *route) framesOrNil() [][]byte {
 	return rt.frames
 }
 
+// keyOrEmpty returns rt's key, "" for a direct client.
 func (rt *route) keyOrEmpty() string {
 	if rt == nil {
 		return ""
@@ -239,6 +232,16 @@ func (p *peer) receive(env *envelope, frame []byte, arrived time.Time, rt *route
 	}
 	if p.jobs[key] != nil {
 		p.mu.Unlock()
+		if rt != nil {
+			// Through a device, a copy sent again because its
+			// ACCEPTED was lost: the first one's reply answers the
+			// call; acknowledge again.
+			l.stats.badMessages.Add(1)
+			if rt.caps&capAck != 0 {
+				p.replyCtrl(rt, &envelope{Version: ProtocolVersion, Kind: KindAccepted, ID: env.ID})
+			}
+			return
+		}
 		l.stats.rejected.Add(1)
 		p.replyCtrl(rt, simpleResponse(env.ID, http.StatusBadRequest, "Bad Request: zmqhttp: request id already in flight"))
 		return
@@ -338,7 +341,7 @@ func (p *peer) forget(j *job) {
 // version or kind gets an error envelope, since it may not be a request at
 // all. Anything else is dropped and counted.
 func (p *peer) bad(_ *link, frames [][]byte, err error) {
-	rt := p.routeFor(frames)
+	rt := routeFor(frames)
 	var oe *oversizeError
 	if errors.As(err, &oe) {
 		p.rejectOversized(rt, oe)

@@ -176,6 +176,9 @@ func (t *Transport) Close() error {
 	t.closed = true
 	for id, c := range t.pending {
 		delete(t.pending, id)
+		if c.resendTimer != nil {
+			c.resendTimer.Stop()
+		}
 		c.end()
 		c.res <- callResult{err: ErrTransportClosed}
 	}
@@ -325,9 +328,11 @@ func (t *Transport) await(req *http.Request, c *call, gzipAsked bool) (*http.Res
 			t.endUpload(c, r.err)
 			return nil, fmt.Errorf("zmqhttp: %s %s: %w", req.Method, req.URL.Redacted(), r.err)
 		}
-		if c.body != nil {
+		if c.body != nil && !c.shared {
 			// Answered: the server read all of it, so the writer is done
-			// with it, and it is not sent again.
+			// with it, and it is not sent again. (A call sent again
+			// through a device while unacknowledged may still have a
+			// copy queued: its body is left to the garbage collector.)
 			wholeBodies.put(c.body)
 			c.body = nil
 		}
@@ -534,9 +539,12 @@ func (t *Transport) buildRequest(req *http.Request, body []byte, streamed bool) 
 		Body:          body,
 		Trailer:       trailer,
 		ContentLength: cl,
+		// Through a device the server that takes the request has seen
+		// no HELLO of ours: the request itself says what we take.
+		Flags: flagAckWanted | flagNotProcessedOK,
 	}
 	if streamed {
-		env.Flags = flagStreamed
+		env.Flags |= flagStreamed
 	}
 	if err := validateEnvelope(env, t.cfg.limits); err != nil {
 		return nil, false, fmt.Errorf("zmqhttp: cannot send request: %w", err)

@@ -24,8 +24,44 @@ const (
 	ackMissLimit = 3
 )
 
-// accepted records that a server behind the device took call id.
+// routedResendDelay is the pause before the n-th sending again of a
+// request a draining server behind a device returned: 25 ms doubling, at
+// most 1 s (so maxResends of them span about 13 s, time for a lone server
+// behind the device to restart).
+func routedResendDelay(n int) time.Duration {
+	return min(25*time.Millisecond<<min(n-1, 6), time.Second)
+}
+
+// resendRouted sends c again after its pause, if it still waits.
+func (t *Transport) resendRouted(c *call) {
+	t.mu.Lock()
+	if t.closed || t.pending[c.id] != c || c.link != nil {
+		t.mu.Unlock()
+		return
+	}
+	c.refreshTimeout()
+	nl := t.pickLocked()
+	if nl == nil {
+		t.waiting = append([]*call{c}, t.waiting...)
+		t.mu.Unlock()
+		return
+	}
+	t.assignLocked(nl, c)
+	t.mu.Unlock()
+	t.sendOn(nl, c, nil)
+}
+
+// accepted records that a server behind the device took call id. The
+// first ACCEPTED also shows the link goes through a device, should the
+// HELLO answer have been lost there.
 func (t *Transport) accepted(cl *clientLink, id uint64) {
+	if !cl.has(capRouted) || !cl.has(capAck) {
+		cl.caps.Or(capRouted | capAck)
+		cl.ackWatch.Do(func() {
+			t.wg.Add(1)
+			go t.watchAcks(cl)
+		})
+	}
 	t.mu.Lock()
 	if c, ok := t.pending[id]; ok && c.link == cl {
 		c.acked = true
@@ -52,6 +88,9 @@ func (t *Transport) watchAcks(cl *clientLink) {
 	}
 }
 
+// sweepAcks counts a miss for each call written on cl and not
+// acknowledged, and takes a call at ackMissLimit misses as lost in the
+// device.
 func (t *Transport) sweepAcks(cl *clientLink) {
 	type resend struct {
 		c  *call
@@ -77,6 +116,7 @@ func (t *Transport) sweepAcks(cl *clientLink) {
 		c.attempts++
 		t.stats.replays.Add(1)
 		c.seq.Store(0)
+		c.shared = true // the first copy may still be queued: keep its bytes as they are
 		c.refreshTimeout()
 		if nl := t.pickLocked(); nl != nil {
 			t.assignLocked(nl, c)

@@ -36,7 +36,7 @@ const (
 const maxFramesPerMessage = 8
 
 // routingAllowance is what a message may carry beyond its envelope frame
-// (delimiter and routing frames).
+// (delimiter and routing frames, each of which routingOK bounds).
 const routingAllowance = 4096
 
 // maxDiscard bounds an oversized frame the receiver reads and drops while
@@ -295,7 +295,7 @@ func readEnvelopeFrame(br *bufio.Reader, maxFrame int64, frames [][]byte, pong f
 		case err != nil:
 			var oe *oversizeError
 			if errors.As(err, &oe) {
-				if d := delimiter(frames); d > 0 {
+				if d := delimiter(frames); d > 0 && routingOK(frames[:d]) {
 					route = slices.Clone(frames[:d])
 				}
 			}
@@ -306,7 +306,7 @@ func readEnvelopeFrame(br *bufio.Reader, maxFrame int64, frames [][]byte, pong f
 			}
 		default:
 			d := delimiter(frames)
-			if d < 0 || d != len(frames)-2 {
+			if d < 0 || d != len(frames)-2 || !routingOK(frames[:d]) {
 				return nil, nil, frames, errNotEnvelope
 			}
 			if d > 0 {
@@ -315,6 +315,21 @@ func readEnvelopeFrame(br *bufio.Reader, maxFrame int64, frames [][]byte, pong f
 			return frames[d+1], route, frames, nil
 		}
 	}
+}
+
+// maxRoutingFrame bounds one routing frame: libzmq's routing ids are at
+// most 255 bytes.
+const maxRoutingFrame = 255
+
+// routingOK reports whether routing frames are within maxRoutingFrame
+// each (their count is bounded by maxFramesPerMessage).
+func routingOK(route [][]byte) bool {
+	for _, f := range route {
+		if len(f) > maxRoutingFrame {
+			return false
+		}
+	}
+	return true
 }
 
 // delimiter returns the index of the first empty frame, or -1.
