@@ -140,7 +140,7 @@ func (t *Transport) resolveLoop(it endpointItem) {
 		wait := every
 		if err != nil {
 			t.mu.Lock()
-			t.lastErr = fmt.Errorf("zmqhttp: resolve %s: %w", it.raw, err)
+			t.lastErr = wrapErr(err, "resolve %s", it.raw)
 			t.mu.Unlock()
 			if len(have) == 0 {
 				wait, retry = retry, min(retry*2, every)

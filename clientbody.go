@@ -26,7 +26,7 @@ func (t *Transport) roundTripStreamed(req *http.Request, cl *clientLink) (*http.
 	if dl, ok := ctx.Deadline(); ok {
 		if time.Until(dl) <= 0 {
 			req.Body.Close()
-			return nil, t.ctxError(req, ctx.Err(), context.DeadlineExceeded)
+			return nil, t.ctxError(context.Cause(ctx), context.DeadlineExceeded)
 		}
 		env.Timeout = timeoutMicros(dl, time.Now())
 	}
@@ -48,7 +48,7 @@ func (t *Transport) roundTripStreamed(req *http.Request, cl *clientLink) (*http.
 	if err != nil {
 		t.mu.Unlock()
 		req.Body.Close()
-		return nil, fmt.Errorf("zmqhttp: %s %s: %w", req.Method, req.URL.Redacted(), err)
+		return nil, prefixed(err)
 	}
 	t.pending[c.id] = c
 	t.assignLocked(cl, c)
@@ -99,7 +99,7 @@ func (t *Transport) upload(req *http.Request, c *call, s *sendStream) {
 			s.finish(trailer)
 			return
 		case rerr != nil:
-			t.failUpload(c, s, fmt.Errorf("zmqhttp: reading request body: %w", rerr))
+			t.failUpload(c, s, wrapErr(rerr, "reading request body"))
 			return
 		}
 	}

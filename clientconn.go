@@ -168,7 +168,7 @@ func (t *Transport) connectLoop(m *member) {
 func (t *Transport) connect(m *member) (*clientLink, error) {
 	raw, err := t.dialer.DialContext(m.ctx, m.network, m.addr)
 	if err != nil {
-		return nil, fmt.Errorf("zmqhttp: dial %s: %w", m.name, err)
+		return nil, wrapErr(err, "dial %s", m.name)
 	}
 	nc := newLiveConn(raw)
 	stop := context.AfterFunc(m.ctx, func() { nc.Close() }) // Close need not wait for the handshake
@@ -178,7 +178,7 @@ func (t *Transport) connect(m *member) (*clientLink, error) {
 	}
 	if err != nil {
 		nc.Close()
-		return nil, fmt.Errorf("zmqhttp: connect %s: %w", m.name, err)
+		return nil, wrapErr(err, "connect %s", m.name)
 	}
 	if peer != zmq4.Router && peer != zmq4.Rep {
 		nc.Close()
@@ -241,7 +241,7 @@ func (t *Transport) linkEnded(cl *clientLink) {
 	}
 	if !t.closed && cl.err != errDrained {
 		t.stats.connectionsLost.Add(1)
-		t.lastErr = fmt.Errorf("zmqhttp: connection to %s lost: %w", cl.m.name, cl.err)
+		t.lastErr = wrapErr(cl.err, "connection to %s lost", cl.m.name)
 	}
 	var again []*call
 	maxReplays := t.cfg.maxReplaysOrDefault()
@@ -255,9 +255,9 @@ func (t *Transport) linkEnded(cl *clientLink) {
 		var err error
 		switch {
 		case c.streamed && notRun:
-			err = fmt.Errorf("%w (connection lost before the server started it: %v)", ErrNotProcessed, cl.err)
+			err = fmt.Errorf("%w (connection lost before the server started it: %s)", ErrNotProcessed, bare(cl.err))
 		case c.streamed:
-			err = fmt.Errorf("%w (%v)", ErrConnectionLost, cl.err)
+			err = fmt.Errorf("%w (%s)", ErrConnectionLost, bare(cl.err))
 		case seq == 0:
 			again = append(again, c) // never written: not a resend
 			continue
@@ -274,7 +274,7 @@ func (t *Transport) linkEnded(cl *clientLink) {
 		case notRun:
 			err = ErrNotProcessed
 		default:
-			err = fmt.Errorf("%w (%v)", ErrConnectionLost, cl.err)
+			err = fmt.Errorf("%w (%s)", ErrConnectionLost, bare(cl.err))
 		}
 		delete(t.pending, id)
 		c.end()
@@ -410,11 +410,11 @@ func (cl *clientLink) bad(_ *link, _ [][]byte, err error) {
 	switch {
 	case errors.As(err, &oe):
 		if _, kind, id, ok := peekHead(oe.head); ok && Kind(kind) != KindRequest {
-			t.resolve(cl, id, callResult{err: fmt.Errorf("%w: %v", ErrBodyTooLarge, oe)})
+			t.resolve(cl, id, callResult{err: fmt.Errorf("%w: %s", ErrBodyTooLarge, bare(oe))})
 		}
 	case errors.As(err, &ie):
 		if ie.id != 0 && (ie.kind == KindResponse || ie.kind == KindError) {
-			t.resolve(cl, ie.id, callResult{err: fmt.Errorf("zmqhttp: bad reply from %s: %w", cl.m.name, err)})
+			t.resolve(cl, ie.id, callResult{err: wrapErr(err, "bad reply from %s", cl.m.name)})
 		}
 	}
 }

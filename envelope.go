@@ -59,6 +59,7 @@ const (
 	errCodeUnsupported  = 501 // unknown kind or version
 	errCodeNotProcessed = 503 // the server did not run the request (draining): the client may send it again
 	errCodeInternal     = 500 // the server failed to produce a response
+	errCodeTooLarge     = 413 // the response body was over the server's limit (ErrBodyTooLarge)
 )
 
 // envelope is the single message layout of the protocol: a msgpack array

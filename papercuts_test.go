@@ -2,11 +2,13 @@ package zmqhttp
 
 import (
 	"context"
+	"errors"
 	"io"
 	"net"
 	"net/http"
 	"net/http/httptest"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -155,5 +157,59 @@ func TestOptionValidation(t *testing.T) {
 				t.Errorf("a silent connection was dropped: %+v", st)
 			}
 		})
+	}
+}
+
+// TestErrorShape: one "zmqhttp:" per error; a response over the server's
+// body limit is ErrBodyTooLarge across the wire; a context's cause is the
+// error, as with net/http.
+func TestErrorShape(t *testing.T) {
+	ts := startServer(t, "tcp", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		switch r.URL.Path {
+		case "/panic":
+			panic("boom")
+		case "/big":
+			w.Header().Set("Content-Length", strconv.Itoa(2<<20))
+			w.Write(make([]byte, 2<<20))
+		case "/slow":
+			<-r.Context().Done()
+		}
+	}), WithLimits(Limits{MaxBodyBytes: 1 << 20}))
+	c, _ := newClient(t, ts.L.Endpoint())
+	once := func(err error) {
+		t.Helper()
+		if err == nil || strings.Count(err.Error(), "zmqhttp:") != 1 {
+			t.Errorf("want one zmqhttp: prefix: %v", err)
+		}
+	}
+	_, err := c.Get("http://svc/panic")
+	once(err)
+	var re *RemoteError
+	if !errors.As(err, &re) || re.Code != 500 {
+		t.Errorf("handler panic: %v, want a RemoteError 500", err)
+	}
+	_, err = c.Get("http://svc/big")
+	once(err)
+	if !errors.Is(err, ErrBodyTooLarge) || !errors.As(err, &re) || re.Code != 413 {
+		t.Errorf("response over the server's limit: %v, want RemoteError 413 matching ErrBodyTooLarge", err)
+	}
+	cause := errors.New("the user gave up")
+	ctx, cancel := context.WithCancelCause(context.Background())
+	time.AfterFunc(50*time.Millisecond, func() { cancel(cause) })
+	req, _ := http.NewRequestWithContext(ctx, "GET", "http://svc/slow", nil)
+	_, err = c.Do(req)
+	once(err)
+	if !errors.Is(err, cause) {
+		t.Errorf("cancelled with a cause: %v, want the cause", err)
+	}
+	// Not connected: the deadline error says why, once prefixed.
+	nc, _ := newClient(t, "tcp://127.0.0.1:1", WithReconnectBackoff(10*time.Millisecond, 20*time.Millisecond))
+	ctx2, cancel2 := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	defer cancel2()
+	req, _ = http.NewRequestWithContext(ctx2, "GET", "http://svc/", nil)
+	_, err = nc.Do(req)
+	once(err)
+	if !errors.Is(err, context.DeadlineExceeded) || !strings.Contains(err.Error(), "not connected: dial tcp://127.0.0.1:1") {
+		t.Errorf("not connected: %v", err)
 	}
 }

@@ -576,7 +576,11 @@ func (c *vconn) Write(p []byte) (int, error) {
 		if out != nil {
 			out.abort(err)
 		}
-		c.replyError(j, errorEnvelope(j.env.ID, errCodeInternal, "handler response: "+err.Error()))
+		code := errCodeInternal
+		if errors.Is(err, ErrBodyTooLarge) {
+			code = errCodeTooLarge
+		}
+		c.replyError(j, errorEnvelope(j.env.ID, code, "handler response: "+bare(err)))
 		return 0, err
 	}
 	r := &j.resp
@@ -643,7 +647,7 @@ func (c *vconn) Write(p []byte) (int, error) {
 				// The response was complete (sent is set): nobody else
 				// will end the job. Its body is cut short.
 				j.out.abort(err)
-				c.replyError(j, errorEnvelope(j.env.ID, errCodeInternal, "the response could not be written: "+err.Error()))
+				c.replyError(j, errorEnvelope(j.env.ID, errCodeInternal, "the response could not be written: "+bare(err)))
 			}
 			switch {
 			case err == errStop && !aborted:

@@ -277,7 +277,7 @@ func (t *Transport) roundTrip(req *http.Request) (*http.Response, error) {
 		cl, err := t.readyLink(ctx)
 		if err != nil {
 			req.Body.Close()
-			return nil, t.ctxError(req, err, nil)
+			return nil, t.ctxError(err, nil)
 		}
 		if cl.has(capStream) {
 			return t.roundTripStreamed(req, cl)
@@ -294,7 +294,7 @@ func (t *Transport) roundTrip(req *http.Request) (*http.Response, error) {
 	c := &call{id: env.ID, res: make(chan callResult, 1), replayable: replayable(req), stop: make(chan struct{})}
 	if dl, ok := ctx.Deadline(); ok {
 		if time.Until(dl) <= 0 {
-			return nil, t.ctxError(req, ctx.Err(), context.DeadlineExceeded)
+			return nil, t.ctxError(context.Cause(ctx), context.DeadlineExceeded)
 		}
 		c.env, c.deadline = env, dl
 		env.Timeout = timeoutMicros(dl, time.Now())
@@ -326,7 +326,7 @@ func (t *Transport) await(req *http.Request, c *call, gzipAsked bool) (*http.Res
 	case r := <-c.res:
 		if r.err != nil {
 			t.endUpload(c, r.err)
-			return nil, fmt.Errorf("zmqhttp: %s %s: %w", req.Method, req.URL.Redacted(), r.err)
+			return nil, prefixed(r.err)
 		}
 		if c.body != nil && !c.shared {
 			// Answered: the server read all of it, so the writer is done
@@ -372,7 +372,7 @@ func (t *Transport) await(req *http.Request, c *call, gzipAsked bool) (*http.Res
 			}
 		}
 		t.endUpload(c, ctx.Err())
-		return nil, t.ctxError(req, ctx.Err(), nil)
+		return nil, t.ctxError(context.Cause(ctx), nil)
 	}
 }
 
@@ -397,32 +397,34 @@ func (t *Transport) readyLink(ctx context.Context) (*clientLink, error) {
 			case <-cl.dead:
 				continue
 			case <-ctx.Done():
-				return nil, ctx.Err()
+				return nil, context.Cause(ctx)
 			}
 		}
 		select {
 		case <-up:
 		case <-ctx.Done():
-			return nil, ctx.Err()
+			return nil, context.Cause(ctx)
 		case <-t.ctx.Done():
 			return nil, ErrTransportClosed
 		}
 	}
 }
 
-func (t *Transport) ctxError(req *http.Request, err, fallback error) error {
+// ctxError is the error of a call its context ended: the context's cause
+// (fallback if none), saying what the connection was doing if it was down.
+func (t *Transport) ctxError(err, fallback error) error {
 	if err == nil {
 		err = fallback
 	}
 	if errors.Is(err, ErrTransportClosed) {
-		return fmt.Errorf("zmqhttp: %s %s: %w", req.Method, req.URL.Redacted(), err)
+		return prefixed(err)
 	}
 	t.mu.Lock()
 	connected, last := t.anyLiveLocked(), t.lastErr
 	t.mu.Unlock()
-	msg := fmt.Sprintf("zmqhttp: %s %s: %v", req.Method, req.URL.Redacted(), err)
+	msg := "zmqhttp: " + bare(err)
 	if !connected && last != nil {
-		msg = fmt.Sprintf("zmqhttp: %s %s: not connected (%v): %v", req.Method, req.URL.Redacted(), last, err)
+		msg = fmt.Sprintf("zmqhttp: %s (not connected: %s)", bare(err), bare(last))
 	}
 	return &contextError{msg: msg, err: err}
 }
@@ -547,7 +549,7 @@ func (t *Transport) buildRequest(req *http.Request, body []byte, streamed bool) 
 		env.Flags |= flagStreamed
 	}
 	if err := validateEnvelope(env, t.cfg.limits); err != nil {
-		return nil, false, fmt.Errorf("zmqhttp: cannot send request: %w", err)
+		return nil, false, wrapErr(err, "cannot send request")
 	}
 	return env, gzipAsked, nil
 }
@@ -631,7 +633,7 @@ func (t *Transport) readBody(req *http.Request) ([]byte, error) {
 			return body[:n], nil // shorter than declared: buildRequest reports it
 		}
 		if err != nil {
-			return nil, fmt.Errorf("zmqhttp: reading request body: %w", err)
+			return nil, wrapErr(err, "reading request body")
 		}
 		var one [1]byte
 		if m, _ := io.ReadFull(req.Body, one[:]); m > 0 {
@@ -642,7 +644,7 @@ func (t *Transport) readBody(req *http.Request) ([]byte, error) {
 	var buf bytes.Buffer
 	n, err := buf.ReadFrom(io.LimitReader(req.Body, limit+1))
 	if err != nil {
-		return nil, fmt.Errorf("zmqhttp: reading request body: %w", err)
+		return nil, wrapErr(err, "reading request body")
 	}
 	if n > limit {
 		return nil, fmt.Errorf("%w: request body over %d bytes", ErrBodyTooLarge, limit)

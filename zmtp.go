@@ -159,7 +159,7 @@ func handshakeWith(nc net.Conn, typ zmq4.SocketType, server bool, timeout time.D
 		return nil, "", fmt.Errorf("zmqhttp: ZMTP handshake: %w (this side: %s)", errMechanismMismatch, mech.Type())
 	}
 	if err != nil {
-		return nil, "", fmt.Errorf("zmqhttp: ZMTP handshake: %w", err)
+		return nil, "", wrapErr(err, "ZMTP handshake")
 	}
 	if err := nc.SetDeadline(time.Time{}); err != nil {
 		return nil, "", err
