@@ -98,8 +98,7 @@ type clientLink struct {
 // reconnects with backoff, until Close.
 func (t *Transport) connectLoop() {
 	defer t.wg.Done()
-	lo, hi := t.cfg.backoff()
-	wait := lo
+	b := newBackoff(&t.cfg)
 	for t.ctx.Err() == nil {
 		cl, err := t.connect()
 		if err != nil {
@@ -107,24 +106,20 @@ func (t *Transport) connectLoop() {
 			t.mu.Lock()
 			t.lastErr = err
 			t.mu.Unlock()
-			select {
-			case <-time.After(wait):
-			case <-t.ctx.Done():
+			if !b.wait(t.ctx.Done()) {
 				return
 			}
-			wait = min(wait*2, hi)
 			continue
 		}
-		wait = lo
+		b.reset()
 		t.stats.connects.Add(1)
 		t.serve(cl)
 		if cl.err == errDrained {
 			// The server asked us to go; don't knock again at once.
-			select {
-			case <-time.After(lo):
-			case <-t.ctx.Done():
+			if !b.wait(t.ctx.Done()) {
 				return
 			}
+			b.reset()
 		}
 	}
 }

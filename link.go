@@ -70,9 +70,11 @@ type linkConfig struct {
 	limits     Limits
 	hbInterval time.Duration
 	hbTimeout  time.Duration
-	window     int64 // the receive window per stream this side grants
-	sendHello  bool  // client side facing a ROUTER: offer capabilities first
-	server     bool  // answer HELLO (server side)
+	window     int64    // the receive window per stream this side grants
+	sendHello  bool     // client side facing a ROUTER: offer capabilities first
+	server     bool     // answer HELLO (server side)
+	caps       uint64   // the capabilities this side offers; 0 means ourCaps
+	hello      []string // properties the HELLO answer carries in its Header (server side)
 }
 
 // Errors that end a link.
@@ -134,6 +136,9 @@ type outMsg struct {
 func newLink(nc *liveConn, br *bufio.Reader, peerType zmq4.SocketType, h linkHandler, cfg linkConfig) *link {
 	if cfg.window <= 0 {
 		cfg.window = defaultStreamWindow
+	}
+	if cfg.caps == 0 {
+		cfg.caps = ourCaps
 	}
 	l := &link{
 		nc:         nc,
@@ -319,7 +324,7 @@ func (l *link) writeLoop() {
 	ticker := time.NewTicker(l.cfg.hbInterval)
 	defer ticker.Stop()
 	if l.cfg.sendHello {
-		hello := envelope{Version: ProtocolVersion, Kind: KindHello, Flags: ourCaps,
+		hello := envelope{Version: ProtocolVersion, Kind: KindHello, Flags: l.cfg.caps,
 			Timeout: int64(l.cfg.hbInterval / time.Microsecond), Credit: uint64(l.cfg.window)}
 		b, _ := appendEnvelope(nil, &hello)
 		l.fw.envelopeMsg(b)
@@ -616,7 +621,7 @@ func (l *link) readLoop() {
 // gotHello records the peer's capabilities and window; the server side
 // answers with its own.
 func (l *link) gotHello(env *envelope) {
-	caps := env.Flags & ourCaps
+	caps := env.Flags & l.cfg.caps // what both sides offer
 	l.caps.Store(caps)
 	if env.Credit > 0 {
 		l.peerWindow.Store(int64(min(env.Credit, 1<<30)))
@@ -628,8 +633,8 @@ func (l *link) gotHello(env *envelope) {
 		l.nc.arm(l.cfg.hbTimeout)
 	}
 	if l.cfg.server {
-		l.sendCtrl(&envelope{Version: ProtocolVersion, Kind: KindHello, ID: env.ID, Flags: ourCaps,
-			Timeout: int64(l.cfg.hbInterval / time.Microsecond), Credit: uint64(l.cfg.window)})
+		l.sendCtrl(&envelope{Version: ProtocolVersion, Kind: KindHello, ID: env.ID, Flags: l.cfg.caps,
+			Timeout: int64(l.cfg.hbInterval / time.Microsecond), Credit: uint64(l.cfg.window), Header: l.cfg.hello})
 	}
 	l.markReady()
 }

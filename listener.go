@@ -1,11 +1,13 @@
 package zmqhttp
 
 import (
-	"errors"
+	"bufio"
+	"context"
 	"fmt"
 	"io"
 	"net"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -33,13 +35,13 @@ type Listener struct {
 	cfg        config
 	ep         endpoint
 	endpoint   string
-	ln         net.Listener
+	ln         net.Listener  // nil for a connecting Listener
+	connect    bool          // the endpoint began with ">": dial it instead of binding
 	acceptWake chan struct{} // room for one token: acceptQ has a job
 	done       chan struct{} // closed by Close
-	acceptDone chan struct{} // closed when acceptLoop returns
+	acceptDone chan struct{} // closed when the accept (or connect) loop returns
 	stats      listenerCounters
-	wg         sync.WaitGroup // accept loop and every peer's goroutines
-	hsSlots    chan struct{}  // bounds handshakes in progress
+	wg         sync.WaitGroup // accept or connect loop and every peer's goroutines
 	peerSeq    atomic.Uint64
 	closeOnce  sync.Once
 
@@ -121,14 +123,29 @@ func (l *Listener) Stats() ListenerStats {
 
 // Listen binds a Listener at endpoint: "tcp://host:port" ("*" for all
 // interfaces; port 0 or "*" for an ephemeral port) or "ipc:///path".
+//
+// As in CZMQ, a leading "@" binds (the same as no prefix) and a leading
+// ">" connects: Listen(">tcp://broker:5556") dials a Proxy's backend (or
+// any DEALER that binds) and serves the requests that come over that
+// connection exactly like those of an accepted one. It returns at once,
+// without waiting for the broker, and reconnects for its whole life with
+// WithReconnectBackoff's waits (50 ms doubling up to 2 s by default), until
+// Close.
 func Listen(endpoint string, opts ...Option) (*Listener, error) {
-	ep, err := parseEndpoint(endpoint, true)
+	connect := strings.HasPrefix(endpoint, ">")
+	ep, err := parseEndpoint(strings.TrimLeft(endpoint, "@>"), !connect)
 	if err != nil {
 		return nil, err
 	}
-	ln, err := net.Listen(ep.network, ep.addr)
-	if err != nil {
-		return nil, fmt.Errorf("zmqhttp: listen %s: %w", endpoint, err)
+	if strings.HasPrefix(endpoint, "@>") || strings.HasPrefix(endpoint, ">@") ||
+		strings.HasPrefix(endpoint, ">>") || strings.HasPrefix(endpoint, "@@") {
+		return nil, fmt.Errorf("zmqhttp: endpoint %q: one prefix at most, @ or >", endpoint)
+	}
+	var ln net.Listener
+	if !connect {
+		if ln, err = net.Listen(ep.network, ep.addr); err != nil {
+			return nil, fmt.Errorf("zmqhttp: listen %s: %w", endpoint, err)
+		}
 	}
 	cfg := newConfig(opts)
 	l := &Listener{
@@ -136,26 +153,40 @@ func Listen(endpoint string, opts ...Option) (*Listener, error) {
 		ep:         ep,
 		endpoint:   endpoint,
 		ln:         ln,
+		connect:    connect,
 		acceptWake: make(chan struct{}, 1),
 		done:       make(chan struct{}),
 		peersLeft:  make(chan struct{}),
 		acceptDone: make(chan struct{}),
-		hsSlots:    make(chan struct{}, 64),
 		peers:      make(map[*peer]struct{}),
 		conns:      make(map[*vconn]struct{}),
 	}
 	l.wg.Add(1)
-	go l.acceptLoop()
+	if connect {
+		go l.connectLoop()
+	} else {
+		go l.acceptLoop()
+	}
 	return l, nil
 }
 
-// Addr returns the bound address (a *net.TCPAddr or *net.UnixAddr).
-func (l *Listener) Addr() net.Addr { return l.ln.Addr() }
+// Addr returns the bound address (a *net.TCPAddr or *net.UnixAddr); for a
+// connecting Listener, the address it dials (network "tcp" or "unix").
+func (l *Listener) Addr() net.Addr {
+	if l.connect {
+		return peerAddr{network: l.ep.network, addr: l.ep.addr}
+	}
+	return l.ln.Addr()
+}
 
 // Endpoint returns an endpoint a Transport can dial to reach this
 // Listener: for tcp the bound port, with 127.0.0.1 when bound to all
-// interfaces.
+// interfaces. A connecting Listener returns the endpoint it was given
+// (">tcp://broker:5556"): clients reach it through the broker.
 func (l *Listener) Endpoint() string {
+	if l.connect {
+		return l.endpoint
+	}
 	if l.ep.scheme == "ipc" {
 		return "ipc://" + l.ep.addr
 	}
@@ -232,7 +263,9 @@ func (l *Listener) Close() error {
 			l.verdict(j, true)
 		}
 		close(l.done)
-		err = l.ln.Close() // a unix listener also removes its socket file
+		if l.ln != nil {
+			err = l.ln.Close() // a unix listener also removes its socket file
+		}
 		<-l.acceptDone
 		l.mu.Lock()
 		l.closed.Store(true)
@@ -384,7 +417,7 @@ func (d *drainConn) Close() error {
 }
 
 // LocalAddr returns the Listener's address.
-func (d *drainConn) LocalAddr() net.Addr { return d.l.ln.Addr() }
+func (d *drainConn) LocalAddr() net.Addr { return d.l.Addr() }
 
 // RemoteAddr names the connection.
 func (d *drainConn) RemoteAddr() net.Addr { return peerAddr{network: "zmq", addr: "drain"} }
@@ -401,50 +434,87 @@ func (d *drainConn) SetWriteDeadline(time.Time) error { return nil }
 func (l *Listener) acceptLoop() {
 	defer l.wg.Done()
 	defer close(l.acceptDone)
+	a := acceptor{
+		ln:      l.ln,
+		self:    zmq4.Router,
+		accept:  []zmq4.SocketType{zmq4.Dealer, zmq4.Req},
+		timeout: l.cfg.handshakeTimeoutOrDefault(),
+		failed:  &l.stats.handshakeFail,
+		done:    l.done,
+		wg:      &l.wg,
+		serve: func(nc *liveConn, br *bufio.Reader, typ zmq4.SocketType) {
+			l.runPeer(l.startPeer(nc, br, typ))
+		},
+	}
+	a.run()
+}
+
+// connectLoop is a connecting Listener's: it dials the endpoint, greets as
+// ROUTER (it is the server side of the protocol on the client side of
+// TCP), serves the connection as an accepted one until it ends, and dials
+// again with backoff, until Close.
+func (l *Listener) connectLoop() {
+	defer l.wg.Done()
+	defer close(l.acceptDone)
+	b := newBackoff(&l.cfg)
 	for {
-		nc, err := l.ln.Accept()
+		p, err := l.dial()
 		if err != nil {
-			if errors.Is(err, net.ErrClosed) {
+			if !b.wait(l.done) {
 				return
 			}
-			var ne net.Error
-			if errors.As(err, &ne) && ne.Timeout() {
-				continue
-			}
-			select {
-			case <-l.done:
-				return
-			default:
-				continue // e.g. EMFILE: keep serving the peers we have
-			}
-		}
-		select {
-		case l.hsSlots <- struct{}{}:
-		default:
-			l.stats.handshakeFail.Add(1)
-			nc.Close() // too many handshakes in progress
 			continue
 		}
+		b.reset()
 		l.wg.Add(1)
-		go l.startPeer(nc)
+		go func() {
+			defer l.wg.Done()
+			l.runPeer(p)
+		}()
+		select {
+		case <-p.dead:
+		case <-l.done:
+			return // the peer drains as an accepted one does
+		}
+		if !b.wait(l.done) { // a broker that drops us at once is not hammered
+			return
+		}
 	}
 }
 
-// startPeer runs the handshake of a new connection, then serves it until
-// it ends.
-func (l *Listener) startPeer(raw net.Conn) {
-	defer l.wg.Done()
+// dial connects and handshakes once; the connection is served as a peer.
+func (l *Listener) dial() (*peer, error) {
+	ctx, cancel := context.WithCancel(context.Background()) // ends when Close starts
+	defer cancel()
+	go func() {
+		select {
+		case <-l.done:
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
+	d := net.Dialer{Timeout: l.cfg.dialTimeoutOrDefault()}
+	raw, err := d.DialContext(ctx, l.ep.network, l.ep.addr)
+	if err != nil {
+		return nil, err
+	}
 	nc := newLiveConn(raw)
-	br, typ, err := handshake(nc, zmq4.Router, true, l.cfg.handshakeTimeoutOrDefault())
-	<-l.hsSlots
-	if err == nil && typ != zmq4.Dealer && typ != zmq4.Req {
-		err = fmt.Errorf("zmqhttp: peer is a %s socket, want DEALER or REQ", typ)
+	stop := context.AfterFunc(ctx, func() { nc.Close() }) // Close need not wait for the handshake
+	br, typ, err := handshakeAs(nc, zmq4.Router, []zmq4.SocketType{zmq4.Dealer}, false, l.cfg.handshakeTimeoutOrDefault())
+	if !stop() && err == nil {
+		err = ErrListenerClosed
 	}
 	if err != nil {
 		l.stats.handshakeFail.Add(1)
 		nc.Close()
-		return
+		return nil, err
 	}
+	return l.startPeer(nc, br, typ), nil
+}
+
+// startPeer makes a peer of an established connection and starts its
+// link.
+func (l *Listener) startPeer(nc *liveConn, br *bufio.Reader, typ zmq4.SocketType) *peer {
 	p := &peer{l: l, addr: l.peerAddr(nc)}
 	interval, timeout := l.cfg.heartbeat()
 	p.link = newLink(nc, br, typ, p, linkConfig{
@@ -453,6 +523,7 @@ func (l *Listener) startPeer(raw net.Conn) {
 		hbTimeout:  timeout,
 		window:     l.cfg.streamWindow(),
 		server:     true,
+		hello:      l.helloProps(),
 	})
 	// A peer that arrives while the Listener closes is served as a
 	// draining one: told so (after its HELLO), its requests returned
@@ -466,6 +537,11 @@ func (l *Listener) startPeer(raw net.Conn) {
 	if late {
 		l.finishPeer(p)
 	}
+	return p
+}
+
+// runPeer waits for p's connection to end and cleans up after it.
+func (l *Listener) runPeer(p *peer) {
 	<-p.dead
 	p.ended()
 	p.wait()
@@ -474,6 +550,17 @@ func (l *Listener) startPeer(raw net.Conn) {
 	} else if p.err == errHeartbeatTimeout {
 		l.stats.silentPeers.Add(1)
 	}
+}
+
+// helloProps are the properties the Listener's HELLO answer carries in its
+// Header field: its capacity (WithWorkers) and the hosts it serves
+// (WithServices), for a Proxy to balance and route on.
+func (l *Listener) helloProps() []string {
+	props := []string{"Workers", strconv.Itoa(l.cfg.workersOrDefault())}
+	for _, h := range l.cfg.services {
+		props = append(props, "Service", h)
+	}
+	return props
 }
 
 func (l *Listener) peerAddr(nc net.Conn) net.Addr {

@@ -23,6 +23,7 @@ type config struct {
 	hbTimeout        time.Duration
 	maxReplays       int
 	window           int
+	services         []string
 }
 
 func newConfig(opts []Option) config {
@@ -77,8 +78,8 @@ func (c *config) maxPendingOrDefault() int {
 }
 
 // WithReconnectBackoff sets the first and the largest wait between two
-// attempts to connect; the wait doubles after each failure. Transport only.
-// Default 50ms and 2s.
+// attempts to connect; the wait doubles after each failure. Transport and
+// connecting Listener (Listen(">tcp://...")). Default 50ms and 2s.
 func WithReconnectBackoff(min, max time.Duration) Option {
 	return func(c *config) { c.backoffMin, c.backoffMax = min, max }
 }
@@ -105,7 +106,8 @@ func WithDisableCompression() Option { return func(c *config) { c.disableCompres
 
 // WithWorkers sets how many requests the Listener lets the http.Server
 // handle at once: Accept hands out at most n connections that are still
-// open. Listener only. Default 128.
+// open. It is also the capacity a Listener announces to a Proxy, which
+// sends it at most n requests at once. Listener only. Default 128.
 func WithWorkers(n int) Option { return func(c *config) { c.workers = n } }
 
 func (c *config) workersOrDefault() int {
@@ -139,8 +141,13 @@ func (c *config) retryAfterSeconds() int {
 	return int((c.retryAfter + time.Second - 1) / time.Second)
 }
 
-// Internal bounds, not options.
-const ()
+// WithServices names the HTTP hosts (services) a Listener serves behind a
+// Proxy: the Proxy sends it only requests whose Host (without port,
+// case-insensitive) is one of them. A Listener naming none receives every
+// Host. Listener only. Default none.
+func WithServices(hosts ...string) Option {
+	return func(c *config) { c.services = append(c.services, hosts...) }
+}
 
 // WithHeartbeat sets how often each side sends a heartbeat (PING) on a
 // connection whose peer speaks the heartbeat protocol, and how long a
