@@ -333,7 +333,10 @@ func (cl *clientLink) handle(_ *link, env *envelope, frame []byte) {
 		case env.Status == errCodeNotProcessed:
 			t.sendAgain(cl, env.ID)
 		default:
-			rerr := &RemoteError{Code: env.Status, Message: env.Message}
+			var rerr error = &RemoteError{Code: env.Status, Message: env.Message}
+			if env.Status == errCodeLost {
+				rerr = fmt.Errorf("%w (%s)", ErrConnectionLost, env.Message)
+			}
 			cl.mu.Lock()
 			rs := cl.recvs[env.ID]
 			cl.mu.Unlock()

@@ -58,6 +58,11 @@ const (
 	errCodeUnsupported  = 501 // unknown kind or version
 	errCodeNotProcessed = 503 // the server did not run the request (draining): the client may send it again
 	errCodeInternal     = 500 // the server failed to produce a response
+	// errCodeLost: a proxy passed the request on to a server whose
+	// connection then broke before the reply; it may have run. The client
+	// fails it with ErrConnectionLost, as if its own connection had
+	// broken (the proxy already re-sent what was safe to re-send).
+	errCodeLost = 502
 )
 
 // envelope is the single message layout of the protocol: a msgpack array
