@@ -395,13 +395,9 @@ func (b *backLink) serves(host string) bool {
 // 502; queue full: 503). p.mu is held.
 func (p *Proxy) routeLocked(r *proxyReq) {
 	var best *backLink
-	free, known := 0, p.known[r.host]
+	free := 0
 	for b := range p.backs {
-		if !b.announced || !b.serves(r.host) {
-			continue
-		}
-		known = true
-		if n := b.workers - b.inflight; !b.draining && n > free {
+		if n := b.workers - b.inflight; b.announced && !b.draining && n > free && b.serves(r.host) {
 			best, free = b, n
 		}
 	}
@@ -409,10 +405,8 @@ func (p *Proxy) routeLocked(r *proxyReq) {
 		p.sendLocked(best, r)
 		return
 	}
-	if !known && len(p.backs) > 0 {
-		p.stats.unrouted.Add(1)
-		p.answerLocked(r, simpleResponse(0, http.StatusBadGateway,
-			fmt.Sprintf("Bad Gateway: zmqhttp proxy: no server serves host %q", r.env.Host)))
+	if p.unroutableLocked(r.host) {
+		p.unroutedLocked(r)
 		return
 	}
 	if len(p.queue) >= p.cfg.queueSizeOrDefault() {
@@ -426,6 +420,29 @@ func (p *Proxy) routeLocked(r *proxyReq) {
 	if !r.deadline.IsZero() && r.timer == nil {
 		r.timer = time.AfterFunc(time.Until(r.deadline), func() { p.expire(r) })
 	}
+}
+
+// unroutableLocked reports that no server serves host, nor will soon:
+// servers are connected, all of them announced their services, none
+// serves host and none ever did. Otherwise a request for it waits (with
+// no server connected at all, until its deadline). p.mu is held.
+func (p *Proxy) unroutableLocked(host string) bool {
+	if len(p.backs) == 0 || p.known[host] {
+		return false
+	}
+	for b := range p.backs {
+		if !b.announced || b.serves(host) {
+			return false
+		}
+	}
+	return true
+}
+
+// unroutedLocked answers r 502, naming its host. p.mu is held.
+func (p *Proxy) unroutedLocked(r *proxyReq) {
+	p.stats.unrouted.Add(1)
+	p.answerLocked(r, simpleResponse(0, http.StatusBadGateway,
+		fmt.Sprintf("Bad Gateway: zmqhttp proxy: no server serves host %q", r.env.Host)))
 }
 
 // expire answers r 504 if it is still queued when its deadline passes.
@@ -549,6 +566,16 @@ func (b *backLink) handle(_ *link, env *envelope, frame []byte) {
 			p.known[s] = true
 		}
 		p.fillLocked(b)
+		// What waited for this server's announcement may have nowhere
+		// to go now.
+		for i := 0; i < len(p.queue); {
+			if r := p.queue[i]; p.unroutableLocked(r.host) {
+				p.unqueueLocked(r)
+				p.unroutedLocked(r)
+				continue
+			}
+			i++
+		}
 	case KindResponse:
 		r := b.reqs[env.ID]
 		if r == nil {
