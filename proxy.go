@@ -102,6 +102,7 @@ type frontLink struct {
 	// Guarded by Proxy.mu.
 	reqs      map[uint64]*proxyReq // unanswered requests, by the client's id
 	drainSent bool                 // DRAINING was queued
+	gone      bool                 // frontEnded ran: take nothing more
 }
 
 // backLink is one connected server on the backend.
@@ -121,7 +122,8 @@ type backLink struct {
 	inflight  int                  // requests sent and not answered
 	nextID    uint64               // the last request id used on this link
 	reqs      map[uint64]*proxyReq // by the proxy's id on this link
-	served    uint64
+	served    uint64               // responses it returned
+	gone      bool                 // backEnded ran: send nothing more
 }
 
 // proxyReq is one client request passing through the proxy.
@@ -353,6 +355,9 @@ func (p *Proxy) receive(f *frontLink, env *envelope) {
 		}
 		return
 	}
+	if f.gone {
+		return
+	}
 	if f.reqs[env.ID] != nil {
 		f.sendCtrl(simpleResponse(env.ID, http.StatusBadRequest, "Bad Request: zmqhttp: request id already in flight"))
 		return
@@ -487,7 +492,7 @@ func (p *Proxy) sendLocked(b *backLink, r *proxyReq) {
 func (p *Proxy) answerLocked(r *proxyReq, e *envelope) {
 	e.ID = r.id
 	p.forgetLocked(r)
-	if e.Kind == KindResponse && e.Body != nil {
+	if e.Kind == KindResponse {
 		// A client that reads slowly holds its own replies, which are
 		// bounded by what it sent: the send does not wait.
 		r.front.send(replyMsg(e, false), nil, 0)
@@ -542,7 +547,7 @@ func (p *Proxy) detachLocked(r *proxyReq) {
 
 // fillLocked gives b queued requests while it has room. p.mu is held.
 func (p *Proxy) fillLocked(b *backLink) {
-	for i := 0; i < len(p.queue) && b.announced && !b.draining && b.inflight < b.workers; {
+	for i := 0; i < len(p.queue) && b.announced && !b.draining && !b.gone && b.inflight < b.workers; {
 		r := p.queue[i]
 		if !b.serves(r.host) {
 			i++
@@ -561,6 +566,9 @@ func (b *backLink) handle(_ *link, env *envelope, frame []byte) {
 	defer p.mu.Unlock()
 	switch env.Kind {
 	case KindHello:
+		if b.gone {
+			return
+		}
 		b.hello(env)
 		for _, s := range b.services {
 			p.known[s] = true
@@ -590,11 +598,12 @@ func (b *backLink) handle(_ *link, env *envelope, frame []byte) {
 		if r == nil {
 			return
 		}
+		if env.Status == errCodeNotProcessed {
+			b.draining = true // it runs nothing new
+		}
 		p.detachLocked(r)
 		if env.Status == errCodeNotProcessed && r.resends < maxResends {
-			// It did not run: it goes elsewhere, and so does everything
-			// new.
-			b.draining = true
+			// It did not run: it goes elsewhere.
 			r.resends++
 			p.stats.resent.Add(1)
 			p.routeLocked(r)
@@ -618,7 +627,7 @@ func (b *backLink) handle(_ *link, env *envelope, frame []byte) {
 // p.mu is held.
 func (b *backLink) hello(env *envelope) {
 	b.announced = true
-	b.workers = 0
+	b.workers, b.services = 0, nil
 	for i := 0; i+1 < len(env.Header); i += 2 {
 		switch env.Header[i] {
 		case "Workers":
@@ -668,6 +677,7 @@ func (p *Proxy) frontEnded(f *frontLink) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	delete(p.fronts, f)
+	f.gone = true
 	for _, r := range f.reqs {
 		p.dropLocked(r)
 	}
@@ -680,6 +690,7 @@ func (p *Proxy) backEnded(b *backLink) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	delete(p.backs, b)
+	b.gone = true
 	if !b.draining && !p.closed {
 		p.stats.evictions.Add(1)
 	}
