@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"slices"
@@ -34,17 +35,20 @@ import (
 // work and what it returns unprocessed goes elsewhere. See PROTOCOL.md,
 // "Broker".
 //
-// Bodies pass whole (up to Limits.MaxBodyBytes, 32 MiB by default): the
-// proxy offers neither side the stream capability.
+// Streamed bodies are relayed chunk by chunk with their credit windows: the
+// proxy holds at most one window (WithStreamWindow, 2 MiB) of each body in
+// flight, never a whole one. A streamed request is bound to the server it
+// went to: if that server dies it fails (ErrConnectionLost, or
+// ErrNotProcessed if it provably did not start).
 type Proxy struct {
 	// Set by NewProxy, read-only after.
 	cfg        config
 	frontLn    net.Listener
 	backLn     net.Listener
 	frontEP    endpoint
-	done       chan struct{} // closed by Close
-	acceptDone chan struct{} // closed when both accept loops have returned
-	wg         sync.WaitGroup
+	done       chan struct{}  // closed by Close
+	acceptDone chan struct{}  // closed when both accept loops have returned
+	wg         sync.WaitGroup // accept loops, connections, body relays
 	stats      proxyCounters
 	closeOnce  sync.Once
 
@@ -135,16 +139,21 @@ type proxyReq struct {
 	host       string   // the service it asks for: Host without port, lower case
 	replayable bool     // safe to run twice
 	deadline   time.Time
+	streamed   bool        // its body streams in chunks
+	body       *recvStream // its streamed body as the client sends it (front link)
 
 	seq atomic.Uint64 // its number among the requests written on back; 0 until written
 
 	// Guarded by Proxy.mu.
-	back     *backLink   // the server it was sent to; nil while queued
-	bid      uint64      // its id on back
-	queued   bool        // waiting in Proxy.queue
-	timer    *time.Timer // its deadline while queued
-	attempts int         // times re-sent after it may have run
-	resends  int         // times re-sent after it provably did not run
+	back     *backLink     // the server it was sent to; nil while queued
+	bid      uint64        // its id on back
+	queued   bool          // waiting in Proxy.queue
+	timer    *time.Timer   // its deadline while queued
+	attempts int           // times re-sent after it may have run
+	resends  int           // times re-sent after it provably did not run
+	stop     chan struct{} // closed to end r's body relays; nil if none runs
+	resp     *backLink     // the server whose streamed response is being relayed, after its head
+	respID   uint64        // the response's id on resp
 }
 
 // Errors that end a proxy's links.
@@ -153,17 +162,16 @@ var (
 	errNoHello     = errors.New("zmqhttp: server did not answer HELLO within the handshake timeout")
 )
 
-// proxyCaps are the capabilities the proxy offers on both sides: not
-// streaming, so every body passes whole.
-const proxyCaps = ourCaps &^ capStream
+// proxyCaps are the capabilities the proxy offers on both sides.
+const proxyCaps = ourCaps
 
 // NewProxy binds the frontend (where clients connect, as to a Listener)
 // and the backend (where servers connect with Listen(">"+backend)), and
 // starts serving. Endpoints are as for Listen; a leading "@" is allowed.
 // Options that apply: WithQueueSize (the requests that may wait for a
 // server, default 1024), WithRetryAfter, WithHeartbeat, WithHandshakeTimeout,
-// WithLimits and WithMaxReplays (how often a replayable request is re-sent
-// after its server died, default 3).
+// WithLimits, WithStreamWindow and WithMaxReplays (how often a replayable
+// request is re-sent after its server died, default 3).
 func NewProxy(frontend, backend string, opts ...Option) (*Proxy, error) {
 	fep, err := parseEndpoint(strings.TrimPrefix(frontend, "@"), true)
 	if err != nil {
@@ -238,7 +246,8 @@ func (p *Proxy) Stats() ProxyStats {
 
 func (p *Proxy) linkConfig() linkConfig {
 	interval, timeout := p.cfg.heartbeat()
-	return linkConfig{limits: p.cfg.limits, hbInterval: interval, hbTimeout: timeout, caps: proxyCaps}
+	return linkConfig{limits: p.cfg.limits, hbInterval: interval, hbTimeout: timeout, caps: proxyCaps,
+		window: p.cfg.streamWindow()}
 }
 
 // serveFront serves one client connection until it ends (its accept
@@ -333,37 +342,36 @@ func (f *frontLink) ensureDrainingLocked() {
 // queue, or answered at once.
 func (p *Proxy) receive(f *frontLink, env *envelope) {
 	p.stats.requests.Add(1)
-	if env.Flags&flagStreamed != 0 { // the proxy did not offer streaming
+	streamed := env.Flags&flagStreamed != 0
+	if streamed && !f.has(capStream) {
 		f.sendCtrl(simpleResponse(env.ID, http.StatusBadRequest, "Bad Request: zmqhttp: streamed body without the stream capability"))
 		return
 	}
-	r := &proxyReq{front: f, id: env.ID, env: *env, host: serviceName(env.Host), replayable: replayableEnv(env)}
+	r := &proxyReq{front: f, id: env.ID, env: *env, host: serviceName(env.Host),
+		replayable: !streamed && replayableEnv(env), streamed: streamed}
 	if env.Timeout > 0 {
 		left := time.Duration(min(env.Timeout, int64(maxTimeout/time.Microsecond))) * time.Microsecond
 		r.deadline = time.Now().Add(left)
 	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if p.closing {
-		p.stats.notProcessed.Add(1)
-		if f.has(capDrain) {
-			f.ensureDrainingLocked()
-			f.sendCtrl(errorEnvelope(env.ID, errCodeNotProcessed, "zmqhttp: proxy shutting down"))
-		} else {
-			f.sendCtrl(simpleResponse(env.ID, http.StatusServiceUnavailable, "zmqhttp: proxy shutting down",
-				"Retry-After", strconv.Itoa(p.cfg.retryAfterSeconds())))
-		}
-		return
-	}
-	if f.gone {
-		return
-	}
-	if f.reqs[env.ID] != nil {
+	if f.gone || f.reqs[env.ID] != nil {
 		f.sendCtrl(simpleResponse(env.ID, http.StatusBadRequest, "Bad Request: zmqhttp: request id already in flight"))
 		return
 	}
+	if streamed {
+		// Opened now, in the reader, so that the chunks that follow
+		// find it.
+		r.body = f.newRecvStream(env.ID, p.cfg.limits.maxStreamBytes())
+	}
 	f.reqs[env.ID] = r
 	p.inflight++
+	if p.closing {
+		f.ensureDrainingLocked()
+		p.stats.notProcessed.Add(1)
+		p.notProcessedLocked(r, "zmqhttp: proxy shutting down")
+		return
+	}
 	p.routeLocked(r)
 }
 
@@ -402,7 +410,7 @@ func (p *Proxy) routeLocked(r *proxyReq) {
 	var best *backLink
 	free := 0
 	for b := range p.backs {
-		if n := b.workers - b.inflight; b.announced && !b.draining && n > free && b.serves(r.host) {
+		if n := b.workers - b.inflight; b.takes(r) && n > free {
 			best, free = b, n
 		}
 	}
@@ -425,6 +433,23 @@ func (p *Proxy) routeLocked(r *proxyReq) {
 	if !r.deadline.IsZero() && r.timer == nil {
 		r.timer = time.AfterFunc(time.Until(r.deadline), func() { p.expire(r) })
 	}
+}
+
+// takes reports whether b may get r now, room aside. p.mu is held.
+func (b *backLink) takes(r *proxyReq) bool {
+	return b.announced && !b.draining && !b.gone && b.serves(r.host) && (!r.streamed || b.has(capStream))
+}
+
+// notProcessedLocked answers r as not run: to be sent again (error 503)
+// to a client that understands draining, 503 with Retry-After to others.
+// p.mu is held.
+func (p *Proxy) notProcessedLocked(r *proxyReq, why string) {
+	if r.front.has(capDrain) {
+		p.answerLocked(r, errorEnvelope(0, errCodeNotProcessed, why))
+		return
+	}
+	p.answerLocked(r, simpleResponse(0, http.StatusServiceUnavailable, why,
+		"Retry-After", strconv.Itoa(p.cfg.retryAfterSeconds())))
 }
 
 // unroutableLocked reports that no server serves host, nor will soon:
@@ -482,6 +507,20 @@ func (p *Proxy) sendLocked(b *backLink, r *proxyReq) {
 	b.inflight++
 	e.ID = r.bid
 	r.seq.Store(0)
+	if r.streamed {
+		head, err := appendEnvelope(nil, &e)
+		if err != nil {
+			return // cannot happen: it decoded
+		}
+		dst, err := b.newSendStream(r.bid, head, &r.seq)
+		if err != nil {
+			return // b is dead: backEnded answers r
+		}
+		r.stop = make(chan struct{})
+		p.wg.Add(1)
+		go p.relayRequest(r, dst, r.stop)
+		return
+	}
 	m := replyMsg(&e, false)
 	m.reqNum = &r.seq
 	b.send(m, nil, 0) // never waits: b has at most its Workers of ours in flight
@@ -501,11 +540,19 @@ func (p *Proxy) answerLocked(r *proxyReq, e *envelope) {
 	}
 }
 
-// forgetLocked removes r from its client's table and counts it answered.
-// p.mu is held.
+// forgetLocked removes r from its client's table and counts it answered;
+// its body relays end. p.mu is held.
 func (p *Proxy) forgetLocked(r *proxyReq) {
 	if r.timer != nil {
 		r.timer.Stop()
+	}
+	if r.stop != nil {
+		close(r.stop)
+		r.stop = nil
+	}
+	if r.body != nil {
+		r.front.removeRecv(r.body)
+		r.body.fail(errUploadDone)
 	}
 	if r.front.reqs[r.id] != r {
 		return
@@ -529,6 +576,10 @@ func (p *Proxy) dropLocked(r *proxyReq) {
 		b.cancel(r.bid)
 		p.fillLocked(b)
 	}
+	if b := r.resp; b != nil {
+		b.cancel(r.respID)
+		b.failRecv(r.respID, errStop)
+	}
 	p.forgetLocked(r)
 }
 
@@ -547,9 +598,9 @@ func (p *Proxy) detachLocked(r *proxyReq) {
 
 // fillLocked gives b queued requests while it has room. p.mu is held.
 func (p *Proxy) fillLocked(b *backLink) {
-	for i := 0; i < len(p.queue) && b.announced && !b.draining && !b.gone && b.inflight < b.workers; {
+	for i := 0; i < len(p.queue) && b.inflight < b.workers; {
 		r := p.queue[i]
-		if !b.serves(r.host) {
+		if !b.takes(r) {
 			i++
 			continue
 		}
@@ -591,17 +642,30 @@ func (b *backLink) handle(_ *link, env *envelope, frame []byte) {
 		}
 		b.served++
 		p.detachLocked(r)
-		p.answerLocked(r, env)
+		if env.Flags&flagStreamed != 0 {
+			p.relayResponseLocked(b, r, env)
+		} else {
+			p.answerLocked(r, env)
+		}
 		p.fillLocked(b)
 	case KindError:
 		r := b.reqs[env.ID]
 		if r == nil {
+			// The server gave up in the middle of a streamed response:
+			// the relay passes it on.
+			b.failRecv(env.ID, &RemoteError{Code: env.Status, Message: env.Message})
 			return
 		}
 		if env.Status == errCodeNotProcessed {
 			b.draining = true // it runs nothing new
 		}
 		p.detachLocked(r)
+		if env.Status == errCodeNotProcessed && r.streamed {
+			// Part of its body may have gone to b: the client sends it
+			// again, if it can.
+			p.notProcessedLocked(r, env.Message)
+			return
+		}
 		if env.Status == errCodeNotProcessed && r.resends < maxResends {
 			// It did not run: it goes elsewhere.
 			r.resends++
@@ -708,7 +772,10 @@ func (p *Proxy) backEnded(b *backLink) {
 		seq := r.seq.Load()
 		notRun := seq == 0 || (b.hasMark.Load() && seq > b.drainSeq.Load())
 		switch {
-		case notRun && r.resends < maxResends:
+		case r.streamed && notRun:
+			p.notProcessedLocked(r, fmt.Sprintf("zmqhttp proxy: connection to server %s lost before it started the request", b.addr))
+			continue
+		case notRun && !r.streamed && r.resends < maxResends:
 			r.resends++
 		case r.replayable && r.attempts < maxReplays:
 			r.attempts++
@@ -747,12 +814,7 @@ func (p *Proxy) Shutdown(ctx context.Context) error {
 	for _, r := range queued {
 		r.queued = false
 		p.stats.notProcessed.Add(1)
-		if r.front.has(capDrain) {
-			p.answerLocked(r, errorEnvelope(0, errCodeNotProcessed, "zmqhttp: proxy shutting down"))
-		} else {
-			p.answerLocked(r, simpleResponse(0, http.StatusServiceUnavailable, "zmqhttp: proxy shutting down",
-				"Retry-After", strconv.Itoa(p.cfg.retryAfterSeconds())))
-		}
+		p.notProcessedLocked(r, "zmqhttp: proxy shutting down")
 	}
 	p.mu.Unlock()
 	p.frontLn.Close() // no new clients
@@ -798,4 +860,168 @@ func (p *Proxy) Close() error {
 		p.wg.Wait()
 	})
 	return nil
+}
+
+// relayResponseLocked passes on the head of a streamed response from b
+// for r, and starts relaying its body. The body is opened on b now, in
+// its reader, so that the chunks that follow find it. A client that does
+// not stream gets the body whole, once it has all arrived. p.mu is held.
+func (p *Proxy) relayResponseLocked(b *backLink, r *proxyReq, env *envelope) {
+	src := b.newRecvStream(env.ID, p.cfg.limits.maxStreamBytes())
+	r.resp, r.respID = b, env.ID
+	e := *env
+	e.ID = r.id
+	if r.stop == nil {
+		r.stop = make(chan struct{})
+	}
+	if !r.front.has(capStream) {
+		p.wg.Add(1)
+		go p.collectResponse(r, &e, src, r.stop)
+		return
+	}
+	head, err := appendEnvelope(nil, &e)
+	if err != nil {
+		return // cannot happen: it decoded
+	}
+	dst, err := r.front.newSendStream(r.id, head, nil)
+	if err != nil {
+		p.dropLocked(r) // the client is gone
+		return
+	}
+	p.wg.Add(1)
+	go p.relayResponse(r, src, dst, r.stop)
+}
+
+// relay copies a streamed body from src (on one link) to dst (on
+// another), a received piece at a time: src's window bounds what the
+// proxy holds, and src grants credit back only as dst's peer takes the
+// bytes. It ends dst (finished, or aborted on error) and returns nil at
+// the end of the body, errStop if stop closed first, or the error that
+// ended src or dst.
+func relay(src *recvStream, dst *sendStream, stop <-chan struct{}) error {
+	for {
+		data, release, err := src.nextPiece()
+		switch {
+		case err == io.EOF:
+			dst.finish(src.trailers())
+			return nil
+		case err != nil:
+			dst.abort(err)
+			return err
+		case data == nil:
+			select {
+			case <-src.notify:
+			case <-stop:
+				dst.abort(errStop)
+				return errStop
+			}
+			continue
+		}
+		_, err = dst.write(data, stop, time.Time{})
+		release()
+		if err != nil {
+			src.fail(err)
+			return err
+		}
+	}
+}
+
+// relayRequest relays r's streamed request body to its server. A broken
+// link is left to backEnded or frontEnded; a body the client spoiled
+// (over the limit, bad chunks) fails the request.
+func (p *Proxy) relayRequest(r *proxyReq, dst *sendStream, stop <-chan struct{}) {
+	defer p.wg.Done()
+	err := relay(r.body, dst, stop)
+	if err == nil || err == errStop || errors.Is(err, errLinkLost) || errors.Is(err, errUploadDone) {
+		return
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if r.front.reqs[r.id] != r || r.resp != nil {
+		return
+	}
+	status := http.StatusBadRequest
+	if errors.Is(err, ErrBodyTooLarge) {
+		status = http.StatusRequestEntityTooLarge
+	}
+	p.dropLocked(r) // CANCEL to its server
+	r.front.sendCtrl(simpleResponse(r.id, status, http.StatusText(status)+": "+err.Error()))
+}
+
+// relayResponse relays r's streamed response body to its client; when the
+// server's side breaks, the client is told with an error envelope (lost,
+// or the server's own error).
+func (p *Proxy) relayResponse(r *proxyReq, src *recvStream, dst *sendStream, stop <-chan struct{}) {
+	defer p.wg.Done()
+	err := relay(src, dst, stop)
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if r.front.reqs[r.id] != r {
+		return // cancelled: the client expects nothing more
+	}
+	if err != nil {
+		r.front.sendCtrl(bodyError(r.id, err))
+	}
+	p.forgetLocked(r)
+}
+
+// bodyError is the error envelope that tells a client its streamed
+// response broke off: the server's own error, or lost.
+func bodyError(id uint64, err error) *envelope {
+	var re *RemoteError
+	if errors.As(err, &re) {
+		return errorEnvelope(id, re.Code, re.Message)
+	}
+	return errorEnvelope(id, errCodeLost, "zmqhttp proxy: the server's streamed response broke off: "+err.Error())
+}
+
+// collectResponse reads a streamed response whole (bounded by
+// Limits.MaxBodyBytes) for a client that does not stream, then answers
+// with it.
+func (p *Proxy) collectResponse(r *proxyReq, e *envelope, src *recvStream, stop <-chan struct{}) {
+	defer p.wg.Done()
+	var body []byte
+	limit := p.cfg.limits.maxBodyBytes()
+	var err error
+	for err == nil {
+		data, release, rerr := src.nextPiece()
+		switch {
+		case rerr == io.EOF:
+			err = io.EOF
+		case rerr != nil:
+			err = rerr
+		case data == nil:
+			select {
+			case <-src.notify:
+			case <-stop:
+				err = errStop
+			}
+		case int64(len(body)+len(data)) > limit:
+			release()
+			err = fmt.Errorf("%w: response body over %d bytes", ErrBodyTooLarge, limit)
+		default:
+			body = append(body, data...)
+			release()
+		}
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if r.front.reqs[r.id] != r {
+		return
+	}
+	if err != io.EOF {
+		if b := r.resp; b != nil {
+			b.cancel(r.respID)
+			b.failRecv(r.respID, err)
+		}
+		if errors.Is(err, ErrBodyTooLarge) {
+			err = &RemoteError{Code: errCodeInternal, Message: err.Error()}
+		}
+		r.front.sendCtrl(bodyError(r.id, err))
+		p.forgetLocked(r)
+		return
+	}
+	e.Flags &^= flagStreamed
+	e.Body, e.ContentLength, e.Trailer = body, int64(len(body)), src.trailers()
+	p.answerLocked(r, e)
 }

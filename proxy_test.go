@@ -6,6 +6,7 @@ package zmqhttp
 // restart.
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -352,7 +353,10 @@ func TestProxyCancel(t *testing.T) {
 	p := startProxy(t, "", "")
 	started := make(chan struct{}, 1)
 	canceled := make(chan struct{}, 1)
-	startServerAt(t, ">"+backendOf(p), http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	ts := startServerAt(t, ">"+backendOf(p), http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/warm" {
+			return
+		}
 		started <- struct{}{}
 		select {
 		case <-r.Context().Done():
@@ -362,6 +366,11 @@ func TestProxyCancel(t *testing.T) {
 	}))
 	waitServers(t, p, 1)
 	c, _ := newClient(t, frontendOf(p))
+	// CANCEL goes only to a peer whose HELLO answer arrived: one round
+	// trip first.
+	if code, _, err := getBody(c, "http://svc/warm"); err != nil || code != 200 {
+		t.Fatalf("warm-up: %d %v", code, err)
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	req, _ := http.NewRequestWithContext(ctx, "GET", "http://svc/", nil)
 	errc := make(chan error, 1)
@@ -377,7 +386,7 @@ func TestProxyCancel(t *testing.T) {
 	select {
 	case <-canceled:
 	case <-time.After(2 * time.Second):
-		t.Fatal("the handler's context was not cancelled")
+		t.Fatalf("the handler's context was not cancelled; proxy %+v; server %+v", p.Stats(), ts.L.Stats())
 	}
 	if in := p.Stats().InFlight; in != 0 {
 		t.Errorf("in flight after cancel: %d", in)
@@ -498,4 +507,90 @@ func TestProxyBrokerRestart(t *testing.T) {
 	resp.Body.Close()
 	t.Logf("served %v after the restart", time.Since(start))
 	waitServers(t, p2, 2)
+}
+
+// TestProxyStreamedBodies: an 8 MiB upload of unknown length echoed back
+// streamed, and a 16 MiB download, pass through the proxy intact, and a
+// cancelled streamed download stops its handler.
+func TestProxyStreamedBodies(t *testing.T) {
+	t.Parallel()
+	p := startProxy(t, "", "")
+	handlerDone := make(chan error, 1)
+	startServerAt(t, ">"+backendOf(p), http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		switch r.URL.Path {
+		case "/echo": // read first: net/http's HTTP/1 server is not full duplex
+			b, _ := io.ReadAll(r.Body)
+			w.Write(b)
+		case "/download":
+			chunk := bytes.Repeat([]byte("0123456789abcdef"), 4096)
+			for i := 0; i < 256; i++ { // 16 MiB
+				if _, err := w.Write(chunk); err != nil {
+					return
+				}
+			}
+		case "/endless":
+			chunk := make([]byte, 64<<10)
+			for {
+				if _, err := w.Write(chunk); err != nil {
+					handlerDone <- err
+					return
+				}
+			}
+		}
+	}))
+	waitServers(t, p, 1)
+	c, _ := newClient(t, frontendOf(p))
+
+	payload := make([]byte, 8<<20)
+	for i := range payload {
+		payload[i] = byte(i * 7)
+	}
+	pr, pw := io.Pipe()
+	go func() {
+		for off := 0; off < len(payload); off += 100 << 10 {
+			pw.Write(payload[off:min(off+100<<10, len(payload))])
+		}
+		pw.Close()
+	}()
+	resp, err := c.Post("http://svc/echo", "application/octet-stream", pr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if err != nil || !bytes.Equal(got, payload) {
+		t.Fatalf("echo: %d bytes, %v", len(got), err)
+	}
+
+	resp, err = c.Get("http://svc/download")
+	if err != nil {
+		t.Fatal(err)
+	}
+	n, err := io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	if err != nil || n != 16<<20 {
+		t.Fatalf("download: %d bytes, %v", n, err)
+	}
+
+	ctx, cancel := context.WithCancel(context.Background())
+	req, _ := http.NewRequestWithContext(ctx, "GET", "http://svc/endless", nil)
+	resp, err = c.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	io.CopyN(io.Discard, resp.Body, 4<<20)
+	cancel()
+	resp.Body.Close()
+	select {
+	case <-handlerDone:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the endless handler did not stop after the client cancelled")
+	}
+	deadline := time.Now().Add(2 * time.Second)
+	for p.Stats().InFlight != 0 && time.Now().Before(deadline) {
+		time.Sleep(5 * time.Millisecond)
+	}
+	if st := p.Stats(); st.InFlight != 0 {
+		t.Errorf("in flight after everything ended: %+v", st)
+	}
 }
