@@ -6,6 +6,7 @@ package zmqhttp
 // restart.
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"errors"
@@ -592,5 +593,51 @@ func TestProxyStreamedBodies(t *testing.T) {
 	}
 	if st := p.Stats(); st.InFlight != 0 {
 		t.Errorf("in flight after everything ended: %+v", st)
+	}
+}
+
+// TestProxyEvictsSilentServer: a server that announces itself and then
+// goes silent (no PONG, no PING, its connection open) is evicted within
+// the heartbeat timeout, and its replayable request runs elsewhere.
+func TestProxyEvictsSilentServer(t *testing.T) {
+	t.Parallel()
+	const hbTimeout = 300 * time.Millisecond
+	p := startProxy(t, "", "", WithHeartbeat(100*time.Millisecond, hbTimeout))
+	raw, err := net.Dial("tcp", p.BackendAddr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer raw.Close()
+	br, _, err := handshakeAs(raw, zmq4.Router, []zmq4.SocketType{zmq4.Dealer}, false, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_ = br // never read again: the server is frozen
+	hello, _ := appendEnvelope(nil, &envelope{Version: ProtocolVersion, Kind: KindHello, Flags: ourCaps,
+		Timeout: 100000, Header: []string{"Workers", "4"}})
+	w := bufio.NewWriter(raw)
+	writeEnvelopeMsg(w, hello)
+	w.Flush()
+	waitServers(t, p, 1)
+	c, _ := newClient(t, frontendOf(p), WithHeartbeat(100*time.Millisecond, hbTimeout))
+	res := make(chan error, 1)
+	go func() {
+		code, body, err := getBody(c, "http://svc/")
+		if err == nil && (code != 200 || body != "alive") {
+			err = fmt.Errorf("%d %q", code, body)
+		}
+		res <- err
+	}()
+	start := time.Now()
+	deadline := start.Add(5 * time.Second)
+	for p.Stats().Evictions == 0 && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if d := time.Since(start); p.Stats().Evictions != 1 || d > 2*hbTimeout {
+		t.Fatalf("evicted after %v: %+v", d, p.Stats())
+	}
+	startServerAt(t, ">"+backendOf(p), nameHandler("alive", 0, nil))
+	if err := <-res; err != nil {
+		t.Fatalf("the silent server's GET: %v", err)
 	}
 }
