@@ -641,3 +641,44 @@ func TestProxyEvictsSilentServer(t *testing.T) {
 		t.Fatalf("the silent server's GET: %v", err)
 	}
 }
+
+// TestProxyScaling: with a 5 ms handler and 8 workers per server, three
+// servers behind the proxy serve at least 2.5 times what one does.
+func TestProxyScaling(t *testing.T) {
+	if raceEnabled || testing.Short() {
+		t.Skip("a throughput measurement: not under -race or -short")
+	}
+	p := startProxy(t, "", "")
+	h := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { time.Sleep(5 * time.Millisecond) })
+	c, _ := newClient(t, frontendOf(p))
+	rate := func() float64 {
+		const callers, d = 48, time.Second
+		var n atomic.Int64
+		stop := time.Now().Add(d)
+		var wg sync.WaitGroup
+		for g := 0; g < callers; g++ {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for time.Now().Before(stop) {
+					if code, _, err := getBody(c, "http://svc/"); err == nil && code == 200 {
+						n.Add(1)
+					}
+				}
+			}()
+		}
+		wg.Wait()
+		return float64(n.Load()) / d.Seconds()
+	}
+	startServerAt(t, ">"+backendOf(p), h, WithWorkers(8))
+	waitServers(t, p, 1)
+	one := rate()
+	startServerAt(t, ">"+backendOf(p), h, WithWorkers(8))
+	startServerAt(t, ">"+backendOf(p), h, WithWorkers(8))
+	waitServers(t, p, 3)
+	three := rate()
+	t.Logf("one server %.0f req/s, three %.0f req/s (%.2fx)", one, three, three/one)
+	if three < 2.5*one {
+		t.Errorf("three servers %.0f req/s, one %.0f: %.2fx, want >= 2.5x", three, one, three/one)
+	}
+}

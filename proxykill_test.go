@@ -20,8 +20,9 @@ import (
 
 // TestProxyKillServer: 0 replayable requests lost, non-replayable ones in
 // flight on the killed server fail with ErrConnectionLost within 1 s of
-// the kill, no POST runs twice (the children's logs), and the survivors
-// keep serving.
+// the kill, no POST runs twice (the children's logs), the survivors keep
+// serving, and a fourth server that joins a second after the kill serves
+// at least 15% of the requests of its first 2 s.
 func TestProxyKillServer(t *testing.T) {
 	if testing.Short() {
 		t.Skip("multi-process")
@@ -103,7 +104,38 @@ func TestProxyKillServer(t *testing.T) {
 	if err := children[0].kill(); err != nil {
 		t.Fatal(err)
 	}
+	// A fourth server joins a second later and takes its share within
+	// 2 s.
+	time.Sleep(time.Second)
+	served := map[string]uint64{}
+	for _, s := range p.Stats().Servers {
+		served[s.Addr] = s.Served
+	}
+	if _, err := relStartChild(t, "server#4", ">"+backendOf(p), filepath.Join(dir, "log3")); err != nil {
+		t.Fatal(err)
+	}
+	waitServers(t, p, 3)
+	joined := p.Stats()
+	time.Sleep(2 * time.Second)
+	var total, newcomer uint64
+	for _, s := range p.Stats().Servers {
+		total += s.Served - served[s.Addr]
+		if _, old := served[s.Addr]; !old {
+			newcomer = s.Served
+		}
+	}
+	for _, s := range joined.Servers {
+		if _, old := served[s.Addr]; !old {
+			total -= s.Served // counted from the moment it announced itself
+			newcomer -= s.Served
+		}
+	}
 	wg.Wait()
+	if total == 0 || newcomer*100 < total*15 {
+		t.Errorf("the fourth server served %d of %d requests in its first 2 s, want >= 15%%", newcomer, total)
+	} else {
+		t.Logf("the fourth server served %d of %d requests (%d%%) in its first 2 s", newcomer, total, newcomer*100/total)
+	}
 	kill := time.Unix(0, killTime.Load())
 	t.Logf("%v: %d GETs and %d POSTs served, %d failures; proxy %+v", time.Since(start).Round(time.Millisecond),
 		gets.Load(), posts.Load(), len(failures), p.Stats())
@@ -122,7 +154,7 @@ func TestProxyKillServer(t *testing.T) {
 	}
 	t.Logf("%d POSTs lost (ErrConnectionLost)", lost)
 	runs := map[string]int{}
-	for i := range children {
+	for i := 0; i < 4; i++ {
 		b, err := os.ReadFile(filepath.Join(dir, fmt.Sprintf("log%d", i)))
 		if err != nil && i != 0 {
 			t.Fatal(err)
@@ -141,8 +173,8 @@ func TestProxyKillServer(t *testing.T) {
 			t.Errorf("POST %s answered but logged %d times", id, runs[id])
 		}
 	}
-	if st := p.Stats(); len(st.Servers) != 2 || st.Evictions != 1 {
-		t.Errorf("after the kill: %d servers, %d evictions", len(st.Servers), st.Evictions)
+	if st := p.Stats(); len(st.Servers) != 3 || st.Evictions != 1 {
+		t.Errorf("at the end: %d servers, %d evictions", len(st.Servers), st.Evictions)
 	}
 	if gets.Load() == 0 || posts.Load() == 0 {
 		t.Error("nothing served")
