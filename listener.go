@@ -26,6 +26,10 @@ import (
 // a queue of WithQueueSize; when both are full the Listener answers 503
 // Service Unavailable with Retry-After itself, without running the handler.
 //
+// A Listener made with a ">" endpoint connects instead of binding (to a
+// Proxy's backend, see NewProxy) and serves that connection the same way;
+// WithWorkers is then also the capacity it announces to the Proxy.
+//
 // Like a keep-alive TCP connection, each connection carries the requests of
 // one peer, one after another; its RemoteAddr names that ZeroMQ peer
 // ("127.0.0.1:50122" for tcp, "ipc:PATH#N" for ipc). An idle connection
