@@ -682,3 +682,41 @@ func TestProxyScaling(t *testing.T) {
 		t.Errorf("three servers %.0f req/s, one %.0f: %.2fx, want >= 2.5x", three, one, three/one)
 	}
 }
+
+// TestProxyStreamBounded: a client that stops reading a 64 MiB streamed
+// response stalls the handler after a few windows (the proxy holds at
+// most one window of the body), and the whole body arrives once it reads.
+func TestProxyStreamBounded(t *testing.T) {
+	t.Parallel()
+	const size = 64 << 20
+	p := startProxy(t, "", "")
+	var written atomic.Int64
+	startServerAt(t, ">"+backendOf(p), http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		chunk := make([]byte, 64<<10)
+		for written.Load() < size {
+			if _, err := w.Write(chunk); err != nil {
+				return
+			}
+			written.Add(int64(len(chunk)))
+		}
+	}))
+	waitServers(t, p, 1)
+	c, _ := newClient(t, frontendOf(p))
+	resp, err := c.Get("http://svc/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	time.Sleep(500 * time.Millisecond) // not reading
+	stalled := written.Load()
+	// Windows of 2 MiB at the client and at the proxy, the handler's and
+	// the sockets' buffers.
+	if stalled > 16<<20 {
+		t.Errorf("the handler wrote %d MiB while the client read nothing", stalled>>20)
+	}
+	n, err := io.Copy(io.Discard, resp.Body)
+	if err != nil || n != size {
+		t.Fatalf("read %d bytes, %v", n, err)
+	}
+	t.Logf("the handler stalled after %.1f MiB", float64(stalled)/(1<<20))
+}
