@@ -97,7 +97,8 @@ func handshakeAs(nc net.Conn, self zmq4.SocketType, accept []zmq4.SocketType, se
 }
 
 // backoff is the wait between two attempts to connect: it starts at lo
-// (config.backoff) and doubles after each failure up to hi.
+// (config.backoff) and doubles after each failure up to hi. It belongs to
+// the one connect loop that uses it.
 type backoff struct {
 	lo, hi, cur time.Duration
 }

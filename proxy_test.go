@@ -720,3 +720,41 @@ func TestProxyStreamBounded(t *testing.T) {
 	}
 	t.Logf("the handler stalled after %.1f MiB", float64(stalled)/(1<<20))
 }
+
+// TestProxyStreamLost: a server whose connection breaks in the middle of a
+// streamed response: the client's read of the body fails with
+// ErrConnectionLost.
+func TestProxyStreamLost(t *testing.T) {
+	t.Parallel()
+	p := startProxy(t, "", "")
+	release := make(chan struct{})
+	startServerAt(t, ">"+backendOf(p), http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Write(make([]byte, 1<<20))
+		w.(http.Flusher).Flush()
+		select {
+		case <-release:
+		case <-r.Context().Done():
+		}
+	}))
+	defer close(release)
+	waitServers(t, p, 1)
+	c, _ := newClient(t, frontendOf(p))
+	resp, err := c.Get("http://svc/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	if _, err := io.ReadFull(resp.Body, make([]byte, 1<<20)); err != nil {
+		t.Fatal(err)
+	}
+	p.mu.Lock()
+	for b := range p.backs {
+		b.close(errors.New("killed")) // as if the server process died
+	}
+	p.mu.Unlock()
+	_, err = io.Copy(io.Discard, resp.Body)
+	var re *RemoteError
+	if !errors.Is(err, ErrConnectionLost) || errors.As(err, &re) {
+		t.Fatalf("reading the rest: %v, want ErrConnectionLost", err)
+	}
+}
