@@ -758,3 +758,42 @@ func TestProxyStreamLost(t *testing.T) {
 		t.Fatalf("reading the rest: %v, want ErrConnectionLost", err)
 	}
 }
+
+// TestProxyBasicClient: a basic client (a DEALER that sends no HELLO) gets
+// a 200 KiB response, which the server streams to the proxy, whole.
+func TestProxyBasicClient(t *testing.T) {
+	t.Parallel()
+	p := startProxy(t, "", "")
+	body := bytes.Repeat([]byte("b"), 200<<10)
+	startServerAt(t, ">"+backendOf(p), http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Write(body[:100])
+		w.(http.Flusher).Flush() // chunked: streamed to the proxy
+		w.Write(body[100:])
+	}))
+	waitServers(t, p, 1)
+	raw, err := net.Dial("tcp", p.FrontendAddr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer raw.Close()
+	br, _, err := handshakeAs(raw, zmq4.Dealer, []zmq4.SocketType{zmq4.Router}, false, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req, _ := appendEnvelope(nil, &envelope{Version: ProtocolVersion, Kind: KindRequest, ID: 1, Method: "GET", URI: "/", Host: "svc"})
+	w := bufio.NewWriter(raw)
+	writeEnvelopeMsg(w, req)
+	w.Flush()
+	raw.SetReadDeadline(time.Now().Add(5 * time.Second))
+	frame, _, err := readEnvelopeFrame(br, 1<<30, nil, func([]byte) {})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var env envelope
+	if err := decodeEnvelope(frame, Limits{}, &env); err != nil {
+		t.Fatal(err)
+	}
+	if env.Kind != KindResponse || env.ID != 1 || env.Status != 200 || env.Flags&flagStreamed != 0 || !bytes.Equal(env.Body, body) {
+		t.Fatalf("reply: kind %v id %d status %d flags %d, %d bytes", env.Kind, env.ID, env.Status, env.Flags, len(env.Body))
+	}
+}
