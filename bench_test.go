@@ -5,8 +5,12 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"slices"
 	"strconv"
+	"sync"
+	"sync/atomic"
 	"testing"
+	"time"
 )
 
 // BenchmarkRoundTrip measures one request/response through Transport,
@@ -130,4 +134,72 @@ func BenchmarkHTTPRoundTrip64KiB(b *testing.B) {
 			}
 		}
 	})
+}
+
+// BenchmarkProxyHop compares a round trip through the broker (Transport →
+// Proxy → connecting Listener) with the direct one (Transport → Listener),
+// 128-byte echo, in one process: "64" runs 64 callers (throughput),
+// "1" one caller (latency; p50-µs is the median round trip).
+//
+//	go test -run '^$' -bench ProxyHop -benchtime 3s .
+func BenchmarkProxyHop(b *testing.B) {
+	for _, par := range []int{1, 64} {
+		for _, via := range []string{"direct", "proxy"} {
+			b.Run(via+"/"+strconv.Itoa(par), func(b *testing.B) { benchProxyHop(b, via == "proxy", par) })
+		}
+	}
+}
+
+func benchProxyHop(b *testing.B, viaProxy bool, callers int) {
+	ep := ""
+	if viaProxy {
+		p := startProxy(b, "", "")
+		startServerAt(b, ">"+backendOf(p), echoHandler(), WithWorkers(512))
+		waitServers(b, p, 1)
+		ep = frontendOf(p)
+	} else {
+		ep = startServer(b, "tcp", echoHandler(), WithWorkers(512)).L.Endpoint()
+	}
+	client, _ := newClient(b, ep)
+	body := bytes.Repeat([]byte("x"), 128)
+	call := func() time.Duration {
+		start := time.Now()
+		resp, err := client.Post("http://svc/", "application/octet-stream", bytes.NewReader(body))
+		if err != nil {
+			b.Error(err)
+			return 0
+		}
+		n, _ := io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		if n != int64(len(body)) {
+			b.Errorf("echoed %d bytes", n)
+		}
+		return time.Since(start)
+	}
+	b.ReportAllocs()
+	b.ResetTimer()
+	if callers == 1 {
+		lat := make([]time.Duration, 0, b.N)
+		for i := 0; i < b.N; i++ {
+			lat = append(lat, call())
+		}
+		b.StopTimer()
+		slices.Sort(lat)
+		b.ReportMetric(float64(lat[len(lat)/2].Microseconds()), "p50-µs")
+		return
+	}
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	for g := 0; g < callers; g++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for next.Add(1) <= int64(b.N) {
+				call()
+			}
+		}()
+	}
+	wg.Wait()
+	b.StopTimer()
+	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "req/s")
 }

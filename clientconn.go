@@ -110,8 +110,7 @@ type clientLink struct {
 func (t *Transport) connectLoop(m *member) {
 	defer t.wg.Done()
 	defer t.memberEnded(m)
-	lo, hi := t.cfg.backoff()
-	wait := lo
+	b := newBackoff(&t.cfg)
 	for m.ctx.Err() == nil {
 		cl, err := t.connect(m)
 		if err != nil {
@@ -142,24 +141,20 @@ func (t *Transport) connectLoop(m *member) {
 				default:
 				}
 			}
-			select {
-			case <-time.After(wait):
-			case <-m.ctx.Done():
+			if !b.wait(m.ctx.Done()) {
 				return
 			}
-			wait = min(wait*2, hi)
 			continue
 		}
-		wait = lo
+		b.reset()
 		t.stats.connects.Add(1)
 		t.serve(cl)
 		if cl.err == errDrained {
 			// The server asked us to go; don't knock again at once.
-			select {
-			case <-time.After(lo):
-			case <-m.ctx.Done():
+			if !b.wait(m.ctx.Done()) {
 				return
 			}
+			b.reset()
 		}
 	}
 }
@@ -362,7 +357,10 @@ func (cl *clientLink) handle(_ *link, env *envelope, frame []byte, _ [][]byte) {
 		case env.Status == errCodeNotProcessed:
 			t.sendAgain(cl, env.ID)
 		default:
-			rerr := &RemoteError{Code: env.Status, Message: env.Message}
+			var rerr error = &RemoteError{Code: env.Status, Message: env.Message}
+			if env.Status == errCodeLost {
+				rerr = fmt.Errorf("%w (%s)", ErrConnectionLost, env.Message)
+			}
 			cl.mu.Lock()
 			rs := cl.recvs[env.ID]
 			cl.mu.Unlock()

@@ -60,6 +60,11 @@ const (
 	errCodeNotProcessed = 503 // the server did not run the request (draining): the client may send it again
 	errCodeInternal     = 500 // the server failed to produce a response
 	errCodeTooLarge     = 413 // the response body was over the server's limit (ErrBodyTooLarge)
+	// errCodeLost: a proxy passed the request on to a server whose
+	// connection then broke before the reply; it may have run. The client
+	// fails it with ErrConnectionLost, as if its own connection had
+	// broken (the proxy already re-sent what was safe to re-send).
+	errCodeLost = 502
 )
 
 // envelope is the single message layout of the protocol: a msgpack array

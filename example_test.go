@@ -153,3 +153,45 @@ func Example_registerProtocol() {
 	// zmq: 200 OK user 42
 	// requests over ZeroMQ: 1
 }
+
+// A broker between clients and servers: servers connect to its backend
+// with a ">" endpoint, clients send to its frontend, and each request goes
+// to a server that serves its Host.
+func ExampleNewProxy() {
+	p, err := zmqhttp.NewProxy("tcp://127.0.0.1:0", "tcp://127.0.0.1:0")
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer p.Close()
+
+	// A server for api.example joins the broker by itself.
+	l, err := zmqhttp.Listen(">tcp://"+p.BackendAddr().String(),
+		zmqhttp.WithWorkers(8), zmqhttp.WithServices("api.example"))
+	if err != nil {
+		log.Fatal(err)
+	}
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		fmt.Fprintf(w, "hello from %s\n", r.Host)
+	})}
+	go srv.Serve(l)
+	defer srv.Close()
+
+	t, err := zmqhttp.NewTransport("tcp://" + p.FrontendAddr().String())
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer t.Close()
+	client := &http.Client{Transport: t, Timeout: 5 * time.Second}
+	for _, url := range []string{"http://api.example/", "http://other.example/"} {
+		resp, err := client.Get(url) // waits for the server to join, if need be
+		if err != nil {
+			log.Fatal(err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		fmt.Printf("%s %s", resp.Status, body)
+	}
+	// Output:
+	// 200 OK hello from api.example
+	// 502 Bad Gateway Bad Gateway: zmqhttp proxy: no server serves host "other.example"
+}

@@ -82,14 +82,18 @@ type linkConfig struct {
 	limits      Limits
 	hbInterval  time.Duration
 	hbTimeout   time.Duration
-	window      int64 // the receive window per stream this side grants
-	sendHello   bool  // client side facing a ROUTER: offer capabilities first
-	server      bool  // answer HELLO (server side)
-	noHeartbeat bool  // WithoutHeartbeats: announce no heartbeat, send no PING, never time the peer out
+	window      int64    // the receive window per stream this side grants
+	sendHello   bool     // client side facing a ROUTER: offer capabilities first
+	server      bool     // answer HELLO (server side)
+	offer       uint64   // the capabilities this side offers; 0 means ourCaps
+	hello       []string // properties the HELLO answer carries in its Header (server side)
+	noHeartbeat bool     // WithoutHeartbeats: announce no heartbeat, send no PING, never time the peer out
 }
 
-// caps is what this side announces: want, less heartbeats if they are off.
+// caps is what this side announces of want: only what it offers, and no
+// heartbeat if they are off.
 func (c *linkConfig) caps(want uint64) uint64 {
+	want &= c.offer | capRouted
 	if c.noHeartbeat {
 		return want &^ capHeartbeat
 	}
@@ -156,6 +160,9 @@ type outMsg struct {
 func newLink(nc *liveConn, br *bufio.Reader, peerType zmq4.SocketType, h linkHandler, cfg linkConfig) *link {
 	if cfg.window <= 0 {
 		cfg.window = defaultStreamWindow
+	}
+	if cfg.offer == 0 {
+		cfg.offer = ourCaps
 	}
 	l := &link{
 		nc:         nc,
@@ -674,7 +681,7 @@ func (l *link) routed(env *envelope, frame []byte, route [][]byte) {
 // gotHello records the peer's capabilities and window; the server side
 // answers with its own.
 func (l *link) gotHello(env *envelope) {
-	caps := env.Flags & knownCaps
+	caps := env.Flags & (l.cfg.offer | capRouted) // what both sides offer (and whether it came through a device)
 	l.caps.Store(caps)
 	if env.Credit > 0 {
 		l.peerWindow.Store(int64(min(env.Credit, 1<<30)))
@@ -687,7 +694,7 @@ func (l *link) gotHello(env *envelope) {
 	}
 	if l.cfg.server {
 		l.sendCtrl(&envelope{Version: ProtocolVersion, Kind: KindHello, ID: env.ID, Flags: l.cfg.caps(ourCaps &^ capAck),
-			Timeout: int64(l.cfg.hbInterval / time.Microsecond), Credit: uint64(l.cfg.window)})
+			Timeout: int64(l.cfg.hbInterval / time.Microsecond), Credit: uint64(l.cfg.window), Header: l.cfg.hello})
 	}
 	l.markReady()
 }

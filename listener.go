@@ -1,13 +1,15 @@
 package zmqhttp
 
 import (
-	"container/list"
+	"bufio"
+	"context"
 	"errors"
 	"fmt"
 	"io"
 	"net"
 	"os"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -27,6 +29,10 @@ import (
 // a queue of WithQueueSize; when both are full the Listener answers 503
 // Service Unavailable with Retry-After itself, without running the handler.
 //
+// A Listener made with a ">" endpoint connects instead of binding (to a
+// Proxy's backend, see NewProxy) and serves that connection the same way;
+// WithWorkers is then also the capacity it announces to the Proxy.
+//
 // Like a keep-alive TCP connection, each connection carries the requests of
 // one peer, one after another; its RemoteAddr names that ZeroMQ peer
 // ("127.0.0.1:50122" for tcp, "ipc:PATH#N" for ipc). An idle connection
@@ -36,19 +42,15 @@ type Listener struct {
 	cfg        config
 	ep         endpoint
 	endpoint   string
-	ln         net.Listener
+	ln         net.Listener  // nil for a connecting Listener
+	connect    bool          // the endpoint began with ">": dial it instead of binding
 	acceptWake chan struct{} // room for one token: acceptQ has a job
 	done       chan struct{} // closed by Close
-	acceptDone chan struct{} // closed when acceptLoop returns
+	acceptDone chan struct{} // closed when the accept (or connect) loop returns
 	stats      listenerCounters
-	wg         sync.WaitGroup // accept loop and every peer's goroutines
+	wg         sync.WaitGroup // accept or connect loop and every peer's goroutines
 	peerSeq    atomic.Uint64
 	closeOnce  sync.Once
-
-	// hsMu guards hs: the connections whose handshake is in progress,
-	// oldest first (the accept loop adds, startPeer removes).
-	hsMu sync.Mutex
-	hs   list.List
 
 	// closed is set by Close, with mu held, so that code holding mu sees
 	// it together with inflight and the queue; hot paths read it without
@@ -134,20 +136,36 @@ func (l *Listener) Stats() ListenerStats {
 
 // Listen binds a Listener at endpoint: "tcp://host:port" ("*" for all
 // interfaces; port 0 or "*" for an ephemeral port) or "ipc:///path".
+//
+// As in CZMQ, a leading "@" binds (the same as no prefix) and a leading
+// ">" connects: Listen(">tcp://broker:5556") dials a Proxy's backend (or
+// any DEALER that binds) and serves the requests that come over that
+// connection exactly like those of an accepted one. It returns at once,
+// without waiting for the broker, and reconnects for its whole life with
+// WithReconnectBackoff's waits (50 ms doubling up to 2 s by default), until
+// Close.
 func Listen(endpoint string, opts ...Option) (*Listener, error) {
-	ep, err := parseEndpoint(endpoint, true)
+	connect := strings.HasPrefix(endpoint, ">")
+	ep, err := parseEndpoint(strings.TrimLeft(endpoint, "@>"), !connect)
 	if err != nil {
 		return nil, err
 	}
-	ln, err := net.Listen(ep.network, ep.addr)
-	if err != nil && ep.scheme == "ipc" && errors.Is(err, syscall.EADDRINUSE) && staleSocket(ep.addr) {
-		// Left by a server that was killed: nothing listens on it.
-		// libzmq removes such a file too.
-		os.Remove(ep.addr)
-		ln, err = net.Listen(ep.network, ep.addr)
+	if strings.HasPrefix(endpoint, "@>") || strings.HasPrefix(endpoint, ">@") ||
+		strings.HasPrefix(endpoint, ">>") || strings.HasPrefix(endpoint, "@@") {
+		return nil, fmt.Errorf("zmqhttp: endpoint %q: one prefix at most, @ or >", endpoint)
 	}
-	if err != nil {
-		return nil, fmt.Errorf("zmqhttp: listen %s: %w", endpoint, err)
+	var ln net.Listener
+	if !connect {
+		ln, err = net.Listen(ep.network, ep.addr)
+		if err != nil && ep.scheme == "ipc" && errors.Is(err, syscall.EADDRINUSE) && staleSocket(ep.addr) {
+			// Left by a server that was killed: nothing listens on it.
+			// libzmq removes such a file too.
+			os.Remove(ep.addr)
+			ln, err = net.Listen(ep.network, ep.addr)
+		}
+		if err != nil {
+			return nil, fmt.Errorf("zmqhttp: listen %s: %w", endpoint, err)
+		}
 	}
 	cfg := newConfig(opts)
 	if err := cfg.checkSecurity(true); err != nil {
@@ -159,6 +177,7 @@ func Listen(endpoint string, opts ...Option) (*Listener, error) {
 		ep:         ep,
 		endpoint:   endpoint,
 		ln:         ln,
+		connect:    connect,
 		acceptWake: make(chan struct{}, 1),
 		done:       make(chan struct{}),
 		peersLeft:  make(chan struct{}),
@@ -167,7 +186,11 @@ func Listen(endpoint string, opts ...Option) (*Listener, error) {
 		conns:      make(map[*vconn]struct{}),
 	}
 	l.wg.Add(1)
-	go l.acceptLoop()
+	if connect {
+		go l.connectLoop()
+	} else {
+		go l.acceptLoop()
+	}
 	return l, nil
 }
 
@@ -182,13 +205,23 @@ func staleSocket(path string) bool {
 	return errors.Is(err, syscall.ECONNREFUSED)
 }
 
-// Addr returns the bound address (a *net.TCPAddr or *net.UnixAddr).
-func (l *Listener) Addr() net.Addr { return l.ln.Addr() }
+// Addr returns the bound address (a *net.TCPAddr or *net.UnixAddr); for a
+// connecting Listener, the address it dials (network "tcp" or "unix").
+func (l *Listener) Addr() net.Addr {
+	if l.connect {
+		return peerAddr{network: l.ep.network, addr: l.ep.addr}
+	}
+	return l.ln.Addr()
+}
 
 // Endpoint returns an endpoint a Transport can dial to reach this
 // Listener: for tcp the bound port, with 127.0.0.1 when bound to all
-// interfaces.
+// interfaces. A connecting Listener returns the endpoint it was given
+// (">tcp://broker:5556"): clients reach it through the broker.
 func (l *Listener) Endpoint() string {
+	if l.connect {
+		return l.endpoint
+	}
 	if l.ep.scheme == "ipc" {
 		return "ipc://" + l.ep.addr
 	}
@@ -265,7 +298,9 @@ func (l *Listener) Close() error {
 			l.verdict(j, true)
 		}
 		close(l.done)
-		err = l.ln.Close() // a unix listener also removes its socket file
+		if l.ln != nil {
+			err = l.ln.Close() // a unix listener also removes its socket file
+		}
 		<-l.acceptDone
 		l.mu.Lock()
 		l.closed.Store(true)
@@ -417,7 +452,7 @@ func (d *drainConn) Close() error {
 }
 
 // LocalAddr returns the Listener's address.
-func (d *drainConn) LocalAddr() net.Addr { return d.l.ln.Addr() }
+func (d *drainConn) LocalAddr() net.Addr { return d.l.Addr() }
 
 // RemoteAddr names the connection.
 func (d *drainConn) RemoteAddr() net.Addr { return peerAddr{network: "zmq", addr: "drain"} }
@@ -434,76 +469,99 @@ func (d *drainConn) SetWriteDeadline(time.Time) error { return nil }
 func (l *Listener) acceptLoop() {
 	defer l.wg.Done()
 	defer close(l.acceptDone)
-	var delay time.Duration
+	a := acceptor{
+		ln:        l.ln,
+		handshake: l.handshake,
+		failed:    &l.stats.handshakeFail,
+		evicted:   &l.stats.hsEvicted,
+		errs:      &l.stats.acceptErrors,
+		done:      l.done,
+		wg:        &l.wg,
+		serve: func(nc *liveConn, br *bufio.Reader, typ zmq4.SocketType, info Peer) {
+			l.runPeer(l.startPeer(nc, br, typ, info))
+		},
+	}
+	a.run()
+}
+
+// connectLoop is a connecting Listener's: it dials the endpoint, greets as
+// ROUTER (it is the server side of the protocol on the client side of
+// TCP), serves the connection as an accepted one until it ends, and dials
+// again with backoff, until Close.
+func (l *Listener) connectLoop() {
+	defer l.wg.Done()
+	defer close(l.acceptDone)
+	b := newBackoff(&l.cfg)
 	for {
-		nc, err := l.ln.Accept()
+		p, err := l.dial()
 		if err != nil {
-			if errors.Is(err, net.ErrClosed) {
+			if !b.wait(l.done) {
 				return
-			}
-			// E.g. EMFILE: keep serving the peers we have, and try
-			// again after a while, as net/http does (5 ms, doubling to
-			// 1 s), rather than spin.
-			l.stats.acceptErrors.Add(1)
-			delay = min(max(2*delay, 5*time.Millisecond), time.Second)
-			select {
-			case <-l.done:
-				return
-			case <-time.After(delay):
 			}
 			continue
 		}
-		delay = 0
-		e := l.admitHandshake(nc)
+		b.reset()
 		l.wg.Add(1)
-		go l.startPeer(nc, e)
+		go func() {
+			defer l.wg.Done()
+			l.runPeer(p)
+		}()
+		select {
+		case <-p.dead:
+		case <-l.done:
+			return // the peer drains as an accepted one does
+		}
+		if !b.wait(l.done) { // a broker that drops us at once is not hammered
+			return
+		}
 	}
 }
 
-// maxHandshakes bounds the handshakes in progress on one Listener. A new
-// connection past it ends the oldest handshake still running: peers that
-// connect and stay silent (or trickle their greeting) cannot lock others
-// out, since a real client completes its handshake in a round trip or two.
-const maxHandshakes = 1024
-
-// admitHandshake lists nc as handshaking, ending the oldest handshake if
-// maxHandshakes are in progress.
-func (l *Listener) admitHandshake(nc net.Conn) *list.Element {
-	l.hsMu.Lock()
-	defer l.hsMu.Unlock()
-	if l.hs.Len() >= maxHandshakes {
-		oldest := l.hs.Remove(l.hs.Front()).(net.Conn)
-		oldest.Close() // its handshake fails and its goroutine ends
-		l.stats.hsEvicted.Add(1)
+// dial connects and handshakes once; the connection is served as a peer.
+func (l *Listener) dial() (*peer, error) {
+	ctx, cancel := context.WithCancel(context.Background()) // ends when Close starts
+	defer cancel()
+	go func() {
+		select {
+		case <-l.done:
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
+	d := net.Dialer{Timeout: l.cfg.dialTimeoutOrDefault()}
+	raw, err := d.DialContext(ctx, l.ep.network, l.ep.addr)
+	if err != nil {
+		return nil, err
 	}
-	return l.hs.PushBack(nc)
-}
-
-// handshakeDone takes e off the list of handshakes in progress (if the
-// accept loop has not evicted it).
-func (l *Listener) handshakeDone(e *list.Element) {
-	l.hsMu.Lock()
-	l.hs.Remove(e) // no-op if evicted already
-	l.hsMu.Unlock()
-}
-
-// startPeer runs the handshake of a new connection, then serves it until
-// it ends.
-func (l *Listener) startPeer(raw net.Conn, hs *list.Element) {
-	defer l.wg.Done()
 	nc := newLiveConn(raw)
-	addr := l.peerAddr(nc)
-	br, typ, info, err := l.cfg.connSecurity(nc, zmq4.Router, true, addr)
-	l.handshakeDone(hs)
-	if err == nil && typ != zmq4.Dealer && typ != zmq4.Req {
-		err = fmt.Errorf("zmqhttp: peer is a %s socket, want DEALER or REQ", typ)
+	stop := context.AfterFunc(ctx, func() { nc.Close() }) // Close need not wait for the handshake
+	br, typ, info, err := l.handshake(nc)
+	if !stop() && err == nil {
+		err = ErrListenerClosed
 	}
 	if err != nil {
 		l.stats.handshakeFail.Add(1)
 		nc.Close()
-		return
+		return nil, err
 	}
-	p := &peer{l: l, addr: addr, info: info}
+	return l.startPeer(nc, br, typ, info), nil
+}
+
+// handshake runs a new connection's handshake, accepted or dialled, with
+// the Listener's security settings (the server side of the mechanism
+// either way), and checks the peer's socket type.
+func (l *Listener) handshake(nc *liveConn) (*bufio.Reader, zmq4.SocketType, Peer, error) {
+	br, typ, info, err := l.cfg.connSecurity(nc, zmq4.Router, true, l.peerAddr(nc))
+	if err == nil && typ != zmq4.Dealer && (typ != zmq4.Req || l.connect) {
+		err = fmt.Errorf("zmqhttp: peer is a %s socket, want DEALER or REQ", typ)
+	}
+	return br, typ, info, err
+}
+
+// startPeer makes a peer of an established connection and starts its
+// link.
+func (l *Listener) startPeer(nc *liveConn, br *bufio.Reader, typ zmq4.SocketType, info Peer) *peer {
+	p := &peer{l: l, addr: info.Addr, info: info}
 	interval, timeout := l.cfg.heartbeat()
 	p.link = newLink(nc, br, typ, p, linkConfig{
 		limits:      l.cfg.limits,
@@ -512,6 +570,7 @@ func (l *Listener) startPeer(raw net.Conn, hs *list.Element) {
 		noHeartbeat: l.cfg.noHeartbeat,
 		window:      l.cfg.streamWindow(),
 		server:      true,
+		hello:       l.helloProps(),
 	})
 	// A peer that arrives while the Listener closes is served as a
 	// draining one: told so (after its HELLO), its requests returned
@@ -525,6 +584,11 @@ func (l *Listener) startPeer(raw net.Conn, hs *list.Element) {
 	if late {
 		l.finishPeer(p)
 	}
+	return p
+}
+
+// runPeer waits for p's connection to end and cleans up after it.
+func (l *Listener) runPeer(p *peer) {
 	<-p.dead
 	p.ended()
 	p.wait()
@@ -533,6 +597,17 @@ func (l *Listener) startPeer(raw net.Conn, hs *list.Element) {
 	} else if p.err == errHeartbeatTimeout {
 		l.stats.silentPeers.Add(1)
 	}
+}
+
+// helloProps are the properties the Listener's HELLO answer carries in its
+// Header field: its capacity (WithWorkers) and the hosts it serves
+// (WithServices), for a Proxy to balance and route on.
+func (l *Listener) helloProps() []string {
+	props := []string{"Workers", strconv.Itoa(l.cfg.workersOrDefault())}
+	for _, h := range l.cfg.services {
+		props = append(props, "Service", h)
+	}
+	return props
 }
 
 func (l *Listener) peerAddr(nc net.Conn) net.Addr {

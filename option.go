@@ -36,6 +36,7 @@ type config struct {
 	plainClient      *[2]string                                               // WithPlainClient's user name and password
 	lookupHost       func(ctx context.Context, host string) ([]string, error) // nil: net.DefaultResolver.LookupHost
 	resolveEvery     time.Duration
+	services         []string
 }
 
 func newConfig(opts []Option) config {
@@ -95,7 +96,7 @@ func (c *config) maxPendingOrDefault() int {
 
 // WithReconnectBackoff sets the first and the largest wait between two
 // attempts to connect to one server address; the wait doubles after each
-// failure. Transport only.
+// failure. Transport and connecting Listener (Listen(">tcp://...")).
 // Default 50ms and 2s.
 func WithReconnectBackoff(min, max time.Duration) Option {
 	return func(c *config) { c.backoffMin, c.backoffMax = min, max }
@@ -123,9 +124,10 @@ func WithDisableCompression() Option { return func(c *config) { c.disableCompres
 
 // WithWorkers sets how many requests the Listener lets the http.Server
 // handle at once: Accept hands out at most n connections that are still
-// open. Listener only. Default 1024: a service that runs a thousand slow
-// handlers at once over HTTP runs them at once here too; lower it to make
-// the Listener push back (503) sooner.
+// open. It is also the capacity a Listener announces to a Proxy, which
+// sends it at most n requests at once. Listener only. Default 1024: a
+// service that runs a thousand slow handlers at once over HTTP runs them at
+// once here too; lower it to make the Listener push back (503) sooner.
 func WithWorkers(n int) Option { return func(c *config) { c.workers = n } }
 
 func (c *config) workersOrDefault() int {
@@ -157,6 +159,14 @@ func (c *config) retryAfterSeconds() int {
 		return 1
 	}
 	return int((c.retryAfter + time.Second - 1) / time.Second)
+}
+
+// WithServices names the HTTP hosts (services) a Listener serves behind a
+// Proxy: the Proxy sends it only requests whose Host (without port,
+// case-insensitive) is one of them. A Listener naming none receives every
+// Host. Listener only. Default none.
+func WithServices(hosts ...string) Option {
+	return func(c *config) { c.services = append(c.services, hosts...) }
 }
 
 // WithHeartbeat sets how often each side sends a heartbeat (PING) on a

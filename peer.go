@@ -159,9 +159,18 @@ func (p *peer) ensureDrainingLocked() {
 // With pooled set, e.Body came from wholeBodies and goes back to the pool
 // once written.
 func (p *peer) reply(rt *route, e *envelope, pooled bool) {
+	m := replyMsg(e, pooled)
+	m.route = rt.framesOrNil()
+	p.send(m, p.dead, p.cfg.hbTimeout)
+}
+
+// replyMsg encodes a whole reply for a link's queue; a large body is
+// spliced in by the writer rather than copied into the encoding. With
+// pooled set, e.Body came from wholeBodies and goes back to the pool once
+// written.
+func replyMsg(e *envelope, pooled bool) outMsg {
 	var body []byte
 	if len(e.Body) >= refMin {
-		// Spliced in by the writer rather than copied into the encoding.
 		body, e.Body = e.Body, nil
 	}
 	b, err := appendEnvelope(getBuf(), e)
@@ -169,8 +178,7 @@ func (p *peer) reply(rt *route, e *envelope, pooled bool) {
 		b, _ = appendEnvelope(b[:0], errorEnvelope(e.ID, errCodeInternal, err.Error()))
 		body = nil
 	}
-	p.send(outMsg{b: b, body: body, pooled: true, pooledBody: pooled && body != nil, route: rt.framesOrNil()},
-		p.dead, p.cfg.hbTimeout)
+	return outMsg{b: b, body: body, pooled: true, pooledBody: pooled && body != nil}
 }
 
 // replyCtrl queues a small reply that must not wait (the reader
@@ -335,17 +343,33 @@ func (p *peer) forget(j *job) {
 	}
 }
 
-// bad answers a message that failed to decode, when its id could be read:
-// a request the server cannot take gets the HTTP answer an HTTP server
-// would give (400, 413 or 431) without running the handler; an unknown
-// version or kind gets an error envelope, since it may not be a request at
-// all. Anything else is dropped and counted.
+// bad answers a message that failed to decode, when its id could be read
+// (see answerBad); anything else is dropped and counted.
 func (p *peer) bad(_ *link, frames [][]byte, err error) {
-	rt := routeFor(frames)
+	e := answerBad(err)
+	if e == nil {
+		p.l.stats.badMessages.Add(1)
+		return
+	}
+	p.l.stats.rejected.Add(1)
+	p.replyCtrl(routeFor(frames), e)
+}
+
+// answerBad returns the answer to a message from a client that failed to
+// decode, or nil if it is to be dropped: a request the server cannot take
+// gets the HTTP answer an HTTP server would give (400, 413 or 431) without
+// running the handler; an unknown version or kind gets an error envelope,
+// since it may not be a request at all.
+func answerBad(err error) *envelope {
 	var oe *oversizeError
 	if errors.As(err, &oe) {
-		p.rejectOversized(rt, oe)
-		return
+		// Over the frame limit and discarded unread: 413, if its id can
+		// be read.
+		ver, kind, id, ok := peekHead(oe.head)
+		if !ok || ver != ProtocolVersion || Kind(kind) != KindRequest {
+			return nil
+		}
+		return simpleResponse(id, http.StatusRequestEntityTooLarge, "Request Entity Too Large: "+oe.Error())
 	}
 	var ie *idError
 	var pe *ProtocolError
@@ -355,13 +379,10 @@ func (p *peer) bad(_ *link, frames [][]byte, err error) {
 	// (a peer that did the same could loop with us forever).
 	if !errors.As(err, &ie) || ie.kind == KindResponse || ie.kind == KindError ||
 		(ie.kind != KindRequest && !unsupported) {
-		p.l.stats.badMessages.Add(1)
-		return
+		return nil
 	}
-	p.l.stats.rejected.Add(1)
 	if unsupported {
-		p.replyCtrl(rt, errorEnvelope(ie.id, errCodeUnsupported, err.Error()))
-		return
+		return errorEnvelope(ie.id, errCodeUnsupported, err.Error())
 	}
 	status := http.StatusBadRequest
 	if pe != nil {
@@ -372,19 +393,7 @@ func (p *peer) bad(_ *link, frames [][]byte, err error) {
 			status = http.StatusRequestEntityTooLarge
 		}
 	}
-	p.replyCtrl(rt, simpleResponse(ie.id, status, http.StatusText(status)+": "+err.Error()))
-}
-
-// rejectOversized answers a request whose message was over the frame
-// limit (and was discarded unread) with 413, if its id can be read.
-func (p *peer) rejectOversized(rt *route, oe *oversizeError) {
-	ver, kind, id, ok := peekHead(oe.head)
-	if !ok || ver != ProtocolVersion || Kind(kind) != KindRequest {
-		p.l.stats.badMessages.Add(1)
-		return
-	}
-	p.l.stats.rejected.Add(1)
-	p.replyCtrl(rt, simpleResponse(id, http.StatusRequestEntityTooLarge, "Request Entity Too Large: "+oe.Error()))
+	return simpleResponse(ie.id, status, http.StatusText(status)+": "+err.Error())
 }
 
 // popIdleLocked takes the most recently idle connection off the list.

@@ -218,7 +218,7 @@ type vconn struct {
 
 func newVConn(l *Listener, j *job) *vconn {
 	c := &vconn{l: l, peer: j.peer, wake: make(chan struct{}, 1)}
-	c.local = &connAddr{Addr: l.ln.Addr(), c: c}
+	c.local = &connAddr{Addr: l.Addr(), c: c}
 	j.handoffs++
 	c.assign(j)
 	l.mu.Lock()
