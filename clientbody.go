@@ -35,6 +35,8 @@ func (t *Transport) roundTripStreamed(req *http.Request, cl *clientLink) (*http.
 		req.Body.Close()
 		return nil, err
 	}
+	c.trace = newCallTrace(req, t)
+	c.trace.getConn(req)
 	t.mu.Lock()
 	switch {
 	case t.closed:
@@ -60,7 +62,9 @@ func (t *Transport) roundTripStreamed(req *http.Request, cl *clientLink) (*http.
 	if err != nil {
 		// The link died: linkEnded resolves the call.
 		req.Body.Close()
+		c.trace.wrote(err)
 	} else {
+		c.trace.wrote(nil) // the head is queued; the body follows
 		go t.upload(req, c, s)
 	}
 	return t.await(req, c, gzipAsked)

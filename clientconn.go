@@ -34,6 +34,7 @@ type call struct {
 	env       *envelope // for re-encoding the Timeout of a call that waited
 	deadline  time.Time
 	encodedAt time.Time
+	trace     callTrace // the caller's httptrace hooks, fired by RoundTrip's goroutine
 
 	seq     atomic.Uint64 // its number among the requests written on its link; 0 until written
 	endOnce sync.Once
@@ -118,6 +119,7 @@ func (t *Transport) connectLoop(m *member) {
 				return // closed or removed meanwhile: not a failure
 			}
 			t.stats.dialFailures.Add(1)
+			t.cfg.logWarn("zmqhttp: connect failed", "server", m.name, "err", bare(err))
 			t.mu.Lock()
 			t.lastErr = err
 			var refused []*call
@@ -148,6 +150,7 @@ func (t *Transport) connectLoop(m *member) {
 		}
 		b.reset()
 		t.stats.connects.Add(1)
+		t.cfg.logInfo("zmqhttp: connected", "server", m.name, "addr", cl.nc.RemoteAddr().String())
 		t.serve(cl)
 		if cl.err == errDrained {
 			// The server asked us to go; don't knock again at once.
@@ -237,6 +240,7 @@ func (t *Transport) linkEnded(cl *clientLink) {
 	if !t.closed && cl.err != errDrained {
 		t.stats.connectionsLost.Add(1)
 		t.lastErr = wrapErr(cl.err, "connection to %s lost", cl.m.name)
+		t.cfg.logWarn("zmqhttp: connection lost", "server", cl.m.name, "err", bare(cl.err))
 	}
 	var again []*call
 	maxReplays := t.cfg.maxReplaysOrDefault()
@@ -389,6 +393,7 @@ func (cl *clientLink) handle(_ *link, env *envelope, frame []byte, _ [][]byte) {
 			cl.hasMark.Store(true)
 		}
 		cl.draining.Store(true)
+		t.cfg.logInfo("zmqhttp: server draining", "server", cl.m.name)
 		t.maybeCloseDrained(cl)
 	default:
 		t.stats.badReplies.Add(1)

@@ -62,7 +62,12 @@ func (e *RemoteError) Unwrap() error {
 
 // bare is err's text without its leading "zmqhttp: ", to quote it inside
 // another of this package's errors: one prefix per error.
-func bare(err error) string { return strings.TrimPrefix(err.Error(), "zmqhttp: ") }
+func bare(err error) string {
+	if err == nil {
+		return ""
+	}
+	return strings.TrimPrefix(err.Error(), "zmqhttp: ")
+}
 
 // wrapErr returns err with context before its text, the package's prefix
 // once, and errors.Is and errors.As seeing err.

@@ -555,6 +555,11 @@ func (l *Listener) handshake(nc *liveConn) (*bufio.Reader, zmq4.SocketType, Peer
 	if err == nil && typ != zmq4.Dealer && (typ != zmq4.Req || l.connect) {
 		err = fmt.Errorf("zmqhttp: peer is a %s socket, want DEALER or REQ", typ)
 	}
+	if err != nil {
+		l.cfg.logWarn("zmqhttp: handshake failed", "addr", nc.RemoteAddr().String(), "err", bare(err))
+	} else {
+		l.cfg.logInfo("zmqhttp: peer connected", "addr", info.Addr.String(), "mechanism", info.Mechanism)
+	}
 	return br, typ, info, err
 }
 
@@ -597,6 +602,7 @@ func (l *Listener) runPeer(p *peer) {
 	} else if p.err == errHeartbeatTimeout {
 		l.stats.silentPeers.Add(1)
 	}
+	l.cfg.logInfo("zmqhttp: peer left", "addr", p.addr.String(), "why", bare(p.err))
 }
 
 // helloProps are the properties the Listener's HELLO answer carries in its

@@ -3,6 +3,7 @@ package zmqhttp
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"math"
 	"time"
 )
@@ -33,6 +34,7 @@ type config struct {
 	authorizer       func(Peer) error
 	plainServer      bool
 	noHeartbeat      bool
+	logger           *slog.Logger                                             // WithLogger's; nil: nothing is logged
 	plainClient      *[2]string                                               // WithPlainClient's user name and password
 	lookupHost       func(ctx context.Context, host string) ([]string, error) // nil: net.DefaultResolver.LookupHost
 	resolveEvery     time.Duration

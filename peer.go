@@ -346,6 +346,7 @@ func (p *peer) forget(j *job) {
 // bad answers a message that failed to decode, when its id could be read
 // (see answerBad); anything else is dropped and counted.
 func (p *peer) bad(_ *link, frames [][]byte, err error) {
+	p.l.cfg.logWarn("zmqhttp: message refused or dropped", "addr", p.addr.String(), "err", bare(err))
 	e := answerBad(err)
 	if e == nil {
 		p.l.stats.badMessages.Add(1)

@@ -313,7 +313,11 @@ func (t *Transport) roundTrip(req *http.Request) (*http.Response, error) {
 	if stop == nil {
 		stop = c.stop // a context that never ends still waits for room in the queue
 	}
-	if err := t.enqueue(c, stop); err != nil {
+	c.trace = newCallTrace(req, t)
+	c.trace.getConn(req)
+	err = t.enqueue(c, stop)
+	c.trace.wrote(err)
+	if err != nil {
 		return nil, err
 	}
 	return t.await(req, c, gzipAsked)
@@ -324,6 +328,7 @@ func (t *Transport) await(req *http.Request, c *call, gzipAsked bool) (*http.Res
 	ctx := req.Context()
 	select {
 	case r := <-c.res:
+		c.trace.firstByte()
 		if r.err != nil {
 			t.endUpload(c, r.err)
 			return nil, prefixed(r.err)
