@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"os/exec"
 	"strings"
@@ -311,5 +312,35 @@ func TestPlainLibzmq(t *testing.T) {
 	_, err = bad.Get("http://svc/plain")
 	if err == nil || !strings.Contains(err.Error(), "refused") || time.Since(start) > 2*time.Second {
 		t.Errorf("to libzmq PLAIN with a bad password, after %v: %v; want a refusal within 2s", time.Since(start), err)
+	}
+}
+
+// TestCurveListenerDropsBadGreetings: a connection whose greeting names
+// another mechanism, or whose CURVE HELLO does not open, is closed at once
+// (well within 1 s), and counted.
+func TestCurveListenerDropsBadGreetings(t *testing.T) {
+	_, ssec, _ := NewCurveKeyPair()
+	ts := startServer(t, "tcp", http.NotFoundHandler(), WithCurveServer(ssec))
+	nullGreeting := curveGreeting()
+	copy(nullGreeting[12:32], "NULL\x00")
+	badHello := append(curveGreeting(), cmdFrame("HELLO", append([]byte{1, 0}, make([]byte, 192)...))...)
+	for name, send := range map[string][]byte{"NULL greeting": nullGreeting, "CURVE HELLO that does not open": badHello} {
+		t.Run(name, func(t *testing.T) {
+			before := ts.L.Stats().HandshakeFailed
+			nc, err := net.Dial("tcp", strings.TrimPrefix(ts.L.Endpoint(), "tcp://"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer nc.Close()
+			nc.Write(send)
+			nc.SetReadDeadline(time.Now().Add(time.Second))
+			start := time.Now()
+			_, err = io.Copy(io.Discard, nc) // until the server closes
+			if err != nil {
+				t.Errorf("not closed within 1s (%v)", err)
+			}
+			t.Logf("closed after %v", time.Since(start))
+			waitFor(t, time.Second, "handshake failure counted", func() bool { return ts.L.Stats().HandshakeFailed > before })
+		})
 	}
 }

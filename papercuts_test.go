@@ -213,3 +213,37 @@ func TestErrorShape(t *testing.T) {
 		t.Errorf("not connected: %v", err)
 	}
 }
+
+// TestTransportCloseNeverConnected: Close returns at once for a Transport
+// whose server never completed a handshake (a TCP peer that stays silent).
+func TestTransportCloseNeverConnected(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			defer c.Close() // silent until the test ends
+		}
+	}()
+	pub, _, _ := NewCurveKeyPair()
+	cpub, csec, _ := NewCurveKeyPair()
+	for _, opts := range [][]Option{nil, {WithCurveClient(pub, cpub, csec)}} {
+		tr, err := NewTransport("tcp://"+ln.Addr().String(), opts...)
+		if err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(100 * time.Millisecond) // in its handshake
+		start := time.Now()
+		tr.Close()
+		if d := time.Since(start); d > time.Second {
+			t.Errorf("Close took %v", d)
+		}
+	}
+	checkNoLeaks(t)
+}
