@@ -13,6 +13,7 @@ import (
 	"os/exec"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -342,5 +343,91 @@ func TestCurveListenerDropsBadGreetings(t *testing.T) {
 			t.Logf("closed after %v", time.Since(start))
 			waitFor(t, time.Second, "handshake failure counted", func() bool { return ts.L.Stats().HandshakeFailed > before })
 		})
+	}
+}
+
+// tamperRelay relays TCP between a client and addr; once armed, it flips a
+// byte in the next bytes the server sends.
+type tamperRelay struct {
+	ln    net.Listener
+	armed atomic.Bool
+}
+
+func newTamperRelay(t *testing.T, addr string) *tamperRelay {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := &tamperRelay{ln: ln}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			s, err := net.Dial("tcp", addr)
+			if err != nil {
+				c.Close()
+				continue
+			}
+			go func() { io.Copy(s, c); s.Close() }()
+			go func() {
+				defer c.Close()
+				buf := make([]byte, 32<<10)
+				for {
+					n, err := s.Read(buf)
+					if n > 0 && n > 20 && r.armed.CompareAndSwap(true, false) {
+						buf[n-1] ^= 0x01 // inside a MESSAGE's box
+					}
+					if n > 0 {
+						if _, werr := c.Write(buf[:n]); werr != nil {
+							return
+						}
+					}
+					if err != nil {
+						return
+					}
+				}
+			}()
+		}
+	}()
+	return r
+}
+
+// TestCurveTamperedOnTheWire: a reply altered on the wire ends the
+// connection; the POST in flight fails as lost (it ran), never with the
+// altered bytes, and is not run again.
+func TestCurveTamperedOnTheWire(t *testing.T) {
+	spub, ssec, _ := NewCurveKeyPair()
+	var runs atomic.Int32
+	ts := startServer(t, "tcp", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		runs.Add(1)
+		time.Sleep(200 * time.Millisecond)
+		io.WriteString(w, strings.Repeat("reply ", 100))
+	}), WithCurveServer(ssec))
+	relay := newTamperRelay(t, strings.TrimPrefix(ts.L.Endpoint(), "tcp://"))
+	cpub, csec, _ := NewCurveKeyPair()
+	c, _ := newClient(t, "tcp://"+relay.ln.Addr().String(), WithCurveClient(spub, cpub, csec))
+	warm, err := c.Get("http://svc/warm") // the session is up
+	if err != nil {
+		t.Fatal(err)
+	}
+	warm.Body.Close()
+	runs.Store(0)
+	go func() { time.Sleep(100 * time.Millisecond); relay.armed.Store(true) }()
+	start := time.Now()
+	resp, err := c.Post("http://svc/p", "text/plain", strings.NewReader("x"))
+	if err == nil {
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		t.Fatalf("the POST succeeded with %q, through a tampered reply", b)
+	}
+	if !errors.Is(err, ErrConnectionLost) || time.Since(start) > 2*time.Second {
+		t.Errorf("after %v: %v; want ErrConnectionLost within 2s", time.Since(start), err)
+	}
+	time.Sleep(300 * time.Millisecond)
+	if n := runs.Load(); n != 1 {
+		t.Errorf("the POST ran %d times, want once", n)
 	}
 }
