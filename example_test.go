@@ -7,11 +7,42 @@ import (
 	"log"
 	"net/http"
 	"net/http/httptest"
+	"os"
 	"strings"
 	"time"
 
 	"github.com/zmqhttp/zmqhttp"
 )
+
+// The whole package in a few lines: a standard http.Server and mux served
+// through a Listener, and an http.Client whose Transport is a Transport.
+func Example() {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /users/{id}", func(w http.ResponseWriter, r *http.Request) {
+		fmt.Fprintf(w, "user %s\n", r.PathValue("id"))
+	})
+	l, err := zmqhttp.Listen("tcp://127.0.0.1:*")
+	if err != nil {
+		log.Fatal(err)
+	}
+	srv := &http.Server{Handler: mux}
+	go srv.Serve(l)
+	defer srv.Shutdown(context.Background())
+
+	t, err := zmqhttp.NewTransport(l.Endpoint())
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer t.Close()
+	c := &http.Client{Transport: t}
+	resp, err := c.Get("http://api/users/42")
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer resp.Body.Close()
+	io.Copy(os.Stdout, resp.Body)
+	// Output: user 42
+}
 
 // An http.Client whose Transport is a zmqhttp.Transport sends its requests
 // to a ZeroMQ endpoint instead of dialing the URL's host.
