@@ -23,7 +23,7 @@ import (
 // goes to the connected server, among those serving its Host, with the
 // most free worker slots (its WithWorkers less what the proxy has in
 // flight there); when none has room it waits in a bounded queue
-// (WithQueueSize, default 1024), then is answered 503 with Retry-After.
+// (WithQueueSize, default 4096, as a Listener's), then is answered 503 with Retry-After.
 // With no server connected, requests wait in the queue until their
 // deadline.
 //
@@ -169,7 +169,7 @@ const proxyCaps = ourCaps
 // and the backend (where servers connect with Listen(">"+backend)), and
 // starts serving. Endpoints are as for Listen; a leading "@" is allowed.
 // Options that apply: WithQueueSize (the requests that may wait for a
-// server, default 1024), WithRetryAfter, WithHeartbeat, WithHandshakeTimeout,
+// server, default 4096, as a Listener's), WithRetryAfter, WithHeartbeat, WithHandshakeTimeout,
 // WithLimits, WithStreamWindow and WithMaxReplays (how often a replayable
 // request is re-sent after its server died, default 3).
 func NewProxy(frontend, backend string, opts ...Option) (*Proxy, error) {
