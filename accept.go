@@ -58,6 +58,7 @@ func (a *acceptor) run() {
 		nc, err := a.ln.Accept()
 		if err != nil {
 			if errors.Is(err, net.ErrClosed) {
+				a.endHandshakes()
 				return
 			}
 			if a.errs != nil {
@@ -75,6 +76,16 @@ func (a *acceptor) run() {
 		e := a.admit(nc)
 		a.wg.Add(1)
 		go a.start(nc, e)
+	}
+}
+
+// endHandshakes closes the connections still in their handshake: the
+// socket is closed, and its owner's Close must not wait for them.
+func (a *acceptor) endHandshakes() {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	for e := a.hs.Front(); e != nil; e = e.Next() {
+		e.Value.(net.Conn).Close()
 	}
 }
 

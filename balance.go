@@ -34,6 +34,7 @@ type member struct {
 	// Guarded by Transport.mu.
 	cur     *clientLink // the live connection, nil while connecting
 	removed bool        // its address went away: its link drains, then the loop ends
+	refused bool        // its last connect attempt was refused (security settings, not a ZeroMQ peer)
 }
 
 // endpointItem is one parsed item of an endpoint list.

@@ -123,10 +123,11 @@ func (t *Transport) connectLoop(m *member) {
 			t.mu.Lock()
 			t.lastErr = err
 			var refused []*call
-			if isRefusal(err) {
-				// The server will refuse the next attempt too: the
-				// calls waiting for a connection fail now, not at
-				// their deadlines.
+			m.refused = isRefusal(err)
+			if m.refused && t.allRefusedLocked() {
+				// Every server refuses, and will refuse the next attempt
+				// too: the calls waiting for a connection fail now, not
+				// at their deadlines.
 				refused, t.waiting = t.waiting, nil
 				for _, c := range refused {
 					delete(t.pending, c.id)
@@ -149,6 +150,9 @@ func (t *Transport) connectLoop(m *member) {
 			continue
 		}
 		b.reset()
+		t.mu.Lock()
+		m.refused = false
+		t.mu.Unlock()
 		t.stats.connects.Add(1)
 		t.cfg.logInfo("zmqhttp: connected", "server", m.name, "addr", cl.nc.RemoteAddr().String())
 		t.serve(cl)
@@ -162,6 +166,17 @@ func (t *Transport) connectLoop(m *member) {
 	}
 }
 
+// allRefusedLocked reports whether every server's last connect attempt
+// was refused. t.mu is held.
+func (t *Transport) allRefusedLocked() bool {
+	for _, m := range t.members {
+		if !m.refused {
+			return false
+		}
+	}
+	return true
+}
+
 // connect dials m and handshakes once.
 func (t *Transport) connect(m *member) (*clientLink, error) {
 	raw, err := t.dialer.DialContext(m.ctx, m.network, m.addr)
@@ -169,7 +184,7 @@ func (t *Transport) connect(m *member) (*clientLink, error) {
 		return nil, wrapErr(err, "dial %s", m.name)
 	}
 	nc := newLiveConn(raw)
-	stop := context.AfterFunc(m.ctx, func() { nc.Close() }) // Close need not wait for the handshake
+	stop := context.AfterFunc(m.ctx, func() { raw.Close() }) // Close need not wait for the handshake (nc's Conn may change in it)
 	br, peer, _, err := t.cfg.connSecurity(nc, zmq4.Dealer, false, raw.RemoteAddr())
 	if !stop() && err == nil {
 		err = ErrTransportClosed

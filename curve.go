@@ -340,6 +340,16 @@ func (c *curveConn) Read(p []byte) (int, error) {
 	}
 	n := copy(p, c.plain)
 	c.plain = c.plain[n:]
+	if len(c.plain) == 0 {
+		// Do not keep the buffers of a large message for the
+		// connection's life.
+		if cap(c.rbuf) > 1<<20 {
+			c.rbuf = nil
+		}
+		if cap(c.pbuf) > 1<<20 {
+			c.pbuf = nil
+		}
+	}
 	return n, nil
 }
 

@@ -317,6 +317,21 @@ func (l *link) send(m outMsg, stop <-chan struct{}, stall time.Duration) error {
 	return nil
 }
 
+// sendOrDrop queues a whole message without waiting, unless the queue
+// already holds max bytes or more: then the peer, which does not read,
+// is disconnected (errSlowPeer). For a sender that must not block (the
+// proxy's replies to a client).
+func (l *link) sendOrDrop(m outMsg, max int64) error {
+	l.mu.Lock()
+	over := l.queued > 0 && l.queued+int64(len(m.b)+len(m.body)) > max
+	l.mu.Unlock()
+	if over {
+		l.close(errSlowPeer)
+		return errSlowPeer
+	}
+	return l.send(m, nil, 0)
+}
+
 // errStop is returned by a wait that its stop channel ended.
 var errStop = errors.New("stopped")
 

@@ -534,7 +534,7 @@ func (l *Listener) dial() (*peer, error) {
 		return nil, err
 	}
 	nc := newLiveConn(raw)
-	stop := context.AfterFunc(ctx, func() { nc.Close() }) // Close need not wait for the handshake
+	stop := context.AfterFunc(ctx, func() { raw.Close() }) // Close need not wait for the handshake (nc's Conn may change in it)
 	br, typ, info, err := l.handshake(nc)
 	if !stop() && err == nil {
 		err = ErrListenerClosed

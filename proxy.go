@@ -64,7 +64,8 @@ type Proxy struct {
 	inflight int                    // requests received from clients and not yet answered
 	closing  bool                   // Shutdown or Close began: requests are returned unprocessed
 	closed   bool                   // Close began: links are closing, nothing is re-sent
-	idle     chan struct{}          // closed when closing and inflight is 0
+	idle     chan struct{}          // closed when closing and inflight is 0 (then nil)
+	idleWait chan struct{}          // the idle channel of the first Shutdown, which every Shutdown waits on
 }
 
 // proxyCounters are updated atomically.
@@ -181,6 +182,14 @@ func NewProxy(frontend, backend string, opts ...Option) (*Proxy, error) {
 	if err != nil {
 		return nil, err
 	}
+	cfg := newConfig(opts)
+	if err := cfg.checkOptions(); err != nil {
+		return nil, err
+	}
+	if cfg.curveServer != nil || cfg.curveClient != nil || cfg.plainServer || cfg.plainClient != nil || cfg.authorizer != nil {
+		// Accepting them and running NULL would leave the broker open.
+		return nil, errors.New("zmqhttp: NewProxy: the broker does not take security options yet (CURVE, PLAIN, WithAuthorizer): run it on a trusted network")
+	}
 	fln, err := net.Listen(fep.network, fep.addr)
 	if err != nil {
 		return nil, fmt.Errorf("zmqhttp: proxy frontend %s: %w", frontend, err)
@@ -191,7 +200,7 @@ func NewProxy(frontend, backend string, opts ...Option) (*Proxy, error) {
 		return nil, fmt.Errorf("zmqhttp: proxy backend %s: %w", backend, err)
 	}
 	p := &Proxy{
-		cfg:        newConfig(opts),
+		cfg:        cfg,
 		frontLn:    fln,
 		backLn:     bln,
 		frontEP:    fep,
@@ -294,8 +303,10 @@ func (p *Proxy) serveBack(nc *liveConn, br *bufio.Reader, typ zmq4.SocketType, _
 		b.close(errNoHello)
 	}
 	<-b.dead
-	p.backEnded(b)
+	// The writer is done before what was written is judged: a request it
+	// numbered after dead closed must not look unsent.
 	b.wait()
+	p.backEnded(b)
 }
 
 // handle acts on a client's request or control message (its reader).
@@ -425,6 +436,13 @@ func (p *Proxy) routeLocked(r *proxyReq) {
 		p.unroutedLocked(r)
 		return
 	}
+	if p.closing {
+		// Shutdown emptied the queue already: nobody would take it
+		// out again.
+		p.stats.notProcessed.Add(1)
+		p.notProcessedLocked(r, "zmqhttp: proxy shutting down")
+		return
+	}
 	if len(p.queue) >= p.cfg.queueSizeOrDefault() {
 		p.stats.overloaded.Add(1)
 		p.answerLocked(r, simpleResponse(0, http.StatusServiceUnavailable, "Service Unavailable: zmqhttp proxy: every server is busy",
@@ -433,7 +451,12 @@ func (p *Proxy) routeLocked(r *proxyReq) {
 	}
 	r.queued = true
 	p.queue = append(p.queue, r)
-	if !r.deadline.IsZero() && r.timer == nil {
+	if !r.deadline.IsZero() {
+		// Again each time it is queued: a timer that fired while it was
+		// at a server found it not queued and did nothing.
+		if r.timer != nil {
+			r.timer.Stop()
+		}
 		r.timer = time.AfterFunc(time.Until(r.deadline), func() { p.expire(r) })
 	}
 }
@@ -529,15 +552,19 @@ func (p *Proxy) sendLocked(b *backLink, r *proxyReq) {
 	b.send(m, nil, 0) // never waits: b has at most its Workers of ours in flight
 }
 
+// maxClientQueue bounds the replies the proxy holds for one client.
+const maxClientQueue = 4 * linkQueueBytes
+
 // answerLocked answers r's client with e (its ID set to the client's) and
 // forgets r. p.mu is held.
 func (p *Proxy) answerLocked(r *proxyReq, e *envelope) {
 	e.ID = r.id
 	p.forgetLocked(r)
 	if e.Kind == KindResponse {
-		// A client that reads slowly holds its own replies, which are
-		// bounded by what it sent: the send does not wait.
-		r.front.send(replyMsg(e, false), nil, 0)
+		// The send must not wait (p.mu is held, and a server's reader
+		// is here): a client that lets maxClientQueue bytes of replies
+		// pile up does not read, and is disconnected.
+		r.front.sendOrDrop(replyMsg(e, false), maxClientQueue)
 	} else {
 		r.front.sendCtrl(e)
 	}
@@ -803,12 +830,17 @@ func (p *Proxy) backEnded(b *backLink) {
 func (p *Proxy) Shutdown(ctx context.Context) error {
 	p.mu.Lock()
 	p.closing = true
-	idle := make(chan struct{})
-	if p.inflight == 0 {
-		close(idle)
-	} else {
-		p.idle = idle
+	if p.idleWait == nil {
+		// One channel for every Shutdown call: closed (and forgotten)
+		// once nothing is in flight.
+		p.idle = make(chan struct{})
+		p.idleWait = p.idle
+		if p.inflight == 0 {
+			close(p.idle)
+			p.idle = nil
+		}
 	}
+	idle := p.idleWait
 	for f := range p.fronts {
 		f.ensureDrainingLocked()
 	}

@@ -95,6 +95,18 @@ func (c *config) checkSecurity(server bool) error {
 	if err := c.checkOptions(); err != nil {
 		return err
 	}
+	// An option for the other side would be ignored, leaving this side
+	// open or in clear without a word: refuse it.
+	switch {
+	case server && c.curveClient != nil:
+		return errors.New("zmqhttp: WithCurveClient is a Transport option; a Listener takes WithCurveServer")
+	case server && c.plainClient != nil:
+		return errors.New("zmqhttp: WithPlainClient is a Transport option; a Listener takes WithPlainServer")
+	case !server && c.curveServer != nil:
+		return errors.New("zmqhttp: WithCurveServer is a Listener option; a Transport takes WithCurveClient")
+	case !server && (c.plainServer || c.authorizer != nil):
+		return errors.New("zmqhttp: WithPlainServer and WithAuthorizer are Listener options")
+	}
 	if _, err := c.curveSettings(server); err != nil {
 		return err
 	}

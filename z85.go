@@ -48,12 +48,12 @@ func z85Decode(s string) ([]byte, error) {
 		for j := 0; j < 5; j++ {
 			d := z85Values[s[i+j]]
 			if d == 0xff {
-				return nil, fmt.Errorf("z85 text: invalid character %q at %d", s[i+j], i+j)
+				return nil, fmt.Errorf("z85 text: invalid character at %d", i+j) // not quoted: it may be a secret key
 			}
 			v = v*85 + uint64(d)
 		}
 		if v > 0xffffffff {
-			return nil, fmt.Errorf("z85 text: group %q at %d is out of range", s[i:i+5], i)
+			return nil, fmt.Errorf("z85 text: the group at %d is out of range", i)
 		}
 		out = append(out, byte(v>>24), byte(v>>16), byte(v>>8), byte(v))
 	}
