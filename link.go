@@ -128,6 +128,7 @@ type link struct {
 	once       sync.Once
 	err        error // why the link died; set once, before dead is closed
 
+	renv        envelope      // the reader goroutine's: the message being handled
 	heard       atomic.Bool   // the reader has read a message
 	reqsRead    atomic.Uint64 // written by the reader goroutine: request envelopes read
 	reqsWritten uint64        // the writer goroutine's: request envelopes written
@@ -611,50 +612,30 @@ func (l *link) readLoop() {
 			}
 			route = nil
 		}
-		var oe *oversizeError
-		switch {
-		case errors.As(err, &oe):
-			_, kind, id, ok := peekHead(oe.head)
-			if ok && Kind(kind) == KindRequest {
-				l.reqsRead.Add(1)
+		if err != nil {
+			if l.readFailed(err, route) {
+				return
 			}
-			if ok && Kind(kind) == KindChunk && route == nil {
-				l.failRecv(id, err)
-			}
-			l.h.bad(l, route, err)
 			continue
-		case err == errNotEnvelope:
-			l.h.bad(l, route, err)
-			continue
-		case isTimeout(err):
-			l.close(errHeartbeatTimeout)
-			return
-		case err != nil:
-			l.close(err)
-			return
 		}
-		var env envelope
-		if err := decodeEnvelope(frame, l.cfg.limits, &env); err != nil {
-			var ie *idError
-			switch {
-			case errors.As(err, &ie) && ie.kind == KindRequest:
-				l.reqsRead.Add(1)
-			case ie != nil && ie.kind == KindChunk && route == nil:
-				l.failRecv(ie.id, err)
-			}
-			l.h.bad(l, route, err)
+		// One envelope per link, reused: handlers copy what they keep
+		// (so none is allocated per message).
+		env := &l.renv
+		*env = envelope{}
+		if err := decodeEnvelope(frame, l.cfg.limits, env); err != nil {
+			l.badEnvelope(err, route)
 			continue
 		}
 		if env.Kind == KindRequest {
 			l.reqsRead.Add(1)
 		}
 		if route != nil {
-			l.routed(&env, frame, route)
+			l.routed(env, frame, route)
 			continue
 		}
 		switch env.Kind {
 		case KindChunk:
-			l.recvChunk(&env, frame)
+			l.recvChunk(env, frame)
 		case KindCredit:
 			l.addCredit(env.ID, env.Credit)
 		case KindPing:
@@ -662,10 +643,10 @@ func (l *link) readLoop() {
 		case KindPong:
 			// Its arrival already counted as a sign of life.
 		case KindHello:
-			l.gotHello(&env)
-			l.h.handle(l, &env, frame, nil)
+			l.gotHello(env)
+			l.h.handle(l, env, frame, nil)
 		default:
-			l.h.handle(l, &env, frame, nil)
+			l.h.handle(l, env, frame, nil)
 		}
 		if !l.heard.Load() {
 			l.heard.Store(true) // after HELLO's capabilities are recorded
@@ -691,6 +672,47 @@ func (l *link) routed(env *envelope, frame []byte, route [][]byte) {
 	default:
 		l.h.handle(l, env, frame, route)
 	}
+}
+
+// readFailed handles an error from reading a message: a message dropped
+// (over the size limit, or not an envelope) is reported to the handler
+// and the reader goes on; anything else ends the link, and readFailed
+// reports true.
+func (l *link) readFailed(err error, route [][]byte) bool {
+	var oe *oversizeError
+	switch {
+	case errors.As(err, &oe):
+		_, kind, id, ok := peekHead(oe.head)
+		if ok && Kind(kind) == KindRequest {
+			l.reqsRead.Add(1)
+		}
+		if ok && Kind(kind) == KindChunk && route == nil {
+			l.failRecv(id, err)
+		}
+		l.h.bad(l, route, err)
+		return false
+	case err == errNotEnvelope:
+		l.h.bad(l, route, err)
+		return false
+	case isTimeout(err):
+		l.close(errHeartbeatTimeout)
+	default:
+		l.close(err)
+	}
+	return true
+}
+
+// badEnvelope reports a message that did not decode to the handler (a
+// request among them still counts for DRAINING's watermark).
+func (l *link) badEnvelope(err error, route [][]byte) {
+	var ie *idError
+	switch {
+	case errors.As(err, &ie) && ie.kind == KindRequest:
+		l.reqsRead.Add(1)
+	case ie != nil && ie.kind == KindChunk && route == nil:
+		l.failRecv(ie.id, err)
+	}
+	l.h.bad(l, route, err)
 }
 
 // gotHello records the peer's capabilities and window; the server side
