@@ -22,7 +22,7 @@ import (
 // with ZMQHTTP_CMD_ARGS set, runs main's run on those arguments.
 func TestMain(m *testing.M) {
 	if args := os.Getenv("ZMQHTTP_CMD_ARGS"); args != "" {
-		os.Exit(run(strings.Fields(args), os.Stderr))
+		os.Exit(run(strings.Fields(args), os.Stdout, os.Stderr))
 	}
 	os.Exit(m.Run())
 }
@@ -84,13 +84,13 @@ func TestUsage(t *testing.T) {
 	} {
 		if tc.args == "" {
 			var b bytes.Buffer
-			if got := run(nil, &b); got != tc.code || !strings.Contains(b.String(), "usage") {
+			if got := run(nil, &b, &b); got != tc.code || !strings.Contains(b.String(), "usage") {
 				t.Errorf("no args: %d %q", got, b.String())
 			}
 			continue
 		}
 		var b bytes.Buffer
-		if got := run(strings.Fields(tc.args), &b); got != tc.code {
+		if got := run(strings.Fields(tc.args), &b, &b); got != tc.code {
 			t.Errorf("%q: exit %d, want %d (%s)", tc.args, got, tc.code, b.String())
 		}
 	}
