@@ -187,4 +187,3 @@ func writeHead(w io.Writer, resp *http.Response) {
 	h.Write(w)
 	io.WriteString(w, "\r\n")
 }
-
