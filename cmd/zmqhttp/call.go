@@ -71,7 +71,13 @@ obtained, 2 on a usage error.
 		return usageError(fs, stderr, "want ENDPOINT and PATH, got %d arguments", len(pos))
 	}
 	endpoint, target := pos[0], pos[1]
-	req, err := newCallRequest(*method, endpoint, target, headers, *data, stdin)
+	const name = "zmqhttp call"
+	body, err := readData(*data, stdin)
+	if err != nil {
+		fmt.Fprintf(stderr, "%s: %v\n", name, err)
+		return 1
+	}
+	req, err := newCallRequest(*method, endpoint, target, headers, body)
 	if err != nil {
 		return usageError(fs, stderr, "%v", err)
 	}
@@ -79,7 +85,6 @@ obtained, 2 on a usage error.
 	if err != nil {
 		return usageError(fs, stderr, "%v", err)
 	}
-	const name = "zmqhttp call"
 	// Like curl: what the server sent, no transparent gzip.
 	tr, err := zmqhttp.NewTransport(endpoint, append(opts, zmqhttp.WithDisableCompression())...)
 	if err != nil {
@@ -109,27 +114,32 @@ obtained, 2 on a usage error.
 	return 0
 }
 
-// newCallRequest builds call's request. target is a path, sent with
-// endpoint's host as Host, or an http URL.
-func newCallRequest(method, endpoint, target string, headers []string, data string, stdin io.Reader) (*http.Request, error) {
-	var body []byte
-	hasBody := data != ""
+// readData returns the body -d gives: nil for none, DATA as given, the
+// contents of a file for @FILE, standard input for @-.
+func readData(data string, stdin io.Reader) ([]byte, error) {
 	switch {
+	case data == "":
+		return nil, nil
 	case data == "@-":
 		b, err := io.ReadAll(stdin)
 		if err != nil {
 			return nil, fmt.Errorf("-d @-: %w", err)
 		}
-		body = b
+		return b, nil
 	case strings.HasPrefix(data, "@"):
 		b, err := os.ReadFile(data[1:])
 		if err != nil {
 			return nil, fmt.Errorf("-d: %w", err)
 		}
-		body = b
-	default:
-		body = []byte(data)
+		return b, nil
 	}
+	return []byte(data), nil
+}
+
+// newCallRequest builds call's request. target is a path, sent with
+// endpoint's host as Host, or an http URL. A nil body sends none.
+func newCallRequest(method, endpoint, target string, headers []string, body []byte) (*http.Request, error) {
+	hasBody := body != nil
 	if method == "" {
 		method = http.MethodGet
 		if hasBody {
