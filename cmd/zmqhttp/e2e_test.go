@@ -339,4 +339,3 @@ func equalHeaders(a, b http.Header) bool {
 	}
 	return true
 }
-

@@ -51,7 +51,7 @@ func runGateway(args []string, stderr io.Writer) int {
 	defer tr.Close()
 	logger := log.New(stderr, name+": ", log.LstdFlags)
 	var counts codeCounter
-	handler := counts.wrap(newGateway(tr, *timeout, *host, logger))
+	handler := counts.wrap(newGateway(tr, *timeout, *host, *maxBody, logger))
 
 	ln, err := net.Listen("tcp", *listen)
 	if err != nil {
@@ -109,8 +109,11 @@ func serveUntilSignal(name string, stderr io.Writer, grace time.Duration, srv *h
 // newGateway returns the gateway's handler: a ReverseProxy forwarding
 // every request over rt (a zmqhttp Transport) with the request's Host
 // (or host, if set), waiting at most timeout for each response head.
-func newGateway(rt http.RoundTripper, timeout time.Duration, host string, logger *log.Logger) http.Handler {
-	return &httputil.ReverseProxy{
+// A request body over maxBody (if > 0) is answered 413: at once for a
+// declared length, when the excess is read otherwise.
+func newGateway(rt http.RoundTripper, timeout time.Duration, host string, maxBody int64, logger *log.Logger) http.Handler {
+	onError := errorHandler("zmqhttp gateway", logger)
+	rp := &httputil.ReverseProxy{
 		Rewrite: func(pr *httputil.ProxyRequest) {
 			h := pr.In.Host
 			if host != "" {
@@ -126,7 +129,42 @@ func newGateway(rt http.RoundTripper, timeout time.Duration, host string, logger
 		},
 		Transport:     headTimeout{rt: rt, d: timeout},
 		FlushInterval: -1, // server-sent events: each write goes out at once
-		ErrorHandler:  errorHandler("zmqhttp gateway", logger),
+		ErrorHandler:  onError,
 		ErrorLog:      logger,
 	}
+	if maxBody <= 0 {
+		return rp
+	}
+	// The Transport's own limit bounds the response bodies it receives;
+	// the request body is bounded here (zmqhttp's Transport does not check
+	// a streamed request body against its limit before sending it).
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.ContentLength > maxBody {
+			onError(w, r, fmt.Errorf("%w: request body of %d bytes over %d", zmqhttp.ErrBodyTooLarge, r.ContentLength, maxBody))
+			return
+		}
+		if r.Body != nil && r.Body != http.NoBody {
+			r.Body = &limitedBody{ReadCloser: r.Body, left: maxBody, limit: maxBody}
+		}
+		rp.ServeHTTP(w, r)
+	})
+}
+
+// limitedBody fails with ErrBodyTooLarge once more than its limit is read.
+type limitedBody struct {
+	io.ReadCloser
+	left  int64 // bytes still allowed
+	limit int64 // the limit, for the error
+}
+
+func (b *limitedBody) Read(p []byte) (int, error) {
+	if int64(len(p)) > b.left+1 {
+		p = p[:b.left+1]
+	}
+	n, err := b.ReadCloser.Read(p)
+	b.left -= int64(n)
+	if b.left < 0 {
+		return 0, fmt.Errorf("%w: request body over %d bytes", zmqhttp.ErrBodyTooLarge, b.limit)
+	}
+	return n, err
 }

@@ -5,6 +5,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"log"
 	"net"
 	"net/http"
 	"os"
@@ -195,3 +196,5 @@ func TestProxyCommand(t *testing.T) {
 		t.Errorf("exit %d after SIGTERM\n%s", code, out)
 	}
 }
+
+func discardLogger() *log.Logger { return log.New(io.Discard, "", 0) }
