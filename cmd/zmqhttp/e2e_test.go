@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
+	"fmt"
 	"io"
 	"net/http"
 	"os"
@@ -14,6 +15,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -63,7 +65,20 @@ type proc struct {
 // start runs name with args; it is killed at cleanup if still running.
 func start(t *testing.T, stdout io.Writer, name string, args ...string) *proc {
 	t.Helper()
+	return startWith(t, nil, stdout, name, args...)
+}
+
+// startEnv runs name with args and env added to the environment, stdout
+// discarded.
+func startEnv(t *testing.T, env []string, name string, args ...string) *proc {
+	t.Helper()
+	return startWith(t, env, nil, name, args...)
+}
+
+func startWith(t *testing.T, env []string, stdout io.Writer, name string, args ...string) *proc {
+	t.Helper()
 	p := &proc{cmd: exec.Command(name, args...), stderr: &syncBuffer{}, done: make(chan error, 1)}
+	p.cmd.Env = append(os.Environ(), env...)
 	p.cmd.Stdout = stdout
 	p.cmd.Stderr = p.stderr
 	p.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
@@ -115,20 +130,38 @@ func (p *proc) stop(t *testing.T) int {
 	}
 }
 
-// buildCommand builds the command into a temporary directory.
+var (
+	buildOnce sync.Once
+	builtBin  string // the built command, shared by the tests that run it
+	buildErr  error
+	buildDir  string // removed by TestMain
+)
+
+// buildCommand builds the command once per test binary, into a temporary
+// directory that TestMain removes.
 func buildCommand(t *testing.T) string {
 	t.Helper()
 	goTool, err := exec.LookPath("go")
 	if err != nil {
 		t.Skip("no go tool to build the command with")
 	}
-	bin := filepath.Join(t.TempDir(), "zmqhttp")
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
-	defer cancel()
-	if out, err := exec.CommandContext(ctx, goTool, "build", "-o", bin, ".").CombinedOutput(); err != nil {
-		t.Fatalf("go build: %v\n%s", err, out)
+	buildOnce.Do(func() {
+		if buildDir, buildErr = os.MkdirTemp("", "zmqhttp-cmd-test-"); buildErr != nil {
+			return
+		}
+		bin := filepath.Join(buildDir, "zmqhttp")
+		ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+		defer cancel()
+		if out, err := exec.CommandContext(ctx, goTool, "build", "-o", bin, ".").CombinedOutput(); err != nil {
+			buildErr = fmt.Errorf("go build: %v\n%s", err, out)
+			return
+		}
+		builtBin = bin
+	})
+	if buildErr != nil {
+		t.Fatal(buildErr)
 	}
-	return bin
+	return builtBin
 }
 
 // hopByHop are the headers a proxy drops (RFC 9110 7.6.1), and Date,

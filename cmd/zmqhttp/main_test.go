@@ -25,7 +25,11 @@ func TestMain(m *testing.M) {
 	if args := os.Getenv("ZMQHTTP_CMD_ARGS"); args != "" {
 		os.Exit(run(strings.Fields(args), os.Stdout, os.Stderr))
 	}
-	os.Exit(m.Run())
+	code := m.Run()
+	if buildDir != "" {
+		os.RemoveAll(buildDir)
+	}
+	os.Exit(code)
 }
 
 // syncBuffer is a bytes.Buffer safe for the child's writer and the test.
