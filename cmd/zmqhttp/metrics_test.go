@@ -69,7 +69,7 @@ func TestMetricsFormat(t *testing.T) {
 	s := checkExposition(t, b.String())
 	for k, want := range map[string]string{
 		"zmqhttp_transport_connects_total": "3", "zmqhttp_transport_replays_total": "2", "zmqhttp_transport_pending": "7",
-		`zmqhttp_transport_server_connected{endpoint="tcp://a:1",address="10.0.0.1:1"}`:          "1",
+		`zmqhttp_transport_server_connected{endpoint="tcp://a:1",address="10.0.0.1:1"}`:       "1",
 		`zmqhttp_transport_server_in_flight{endpoint="ipc:///run/\"odd\"\\path",address="x"}`: "1",
 	} {
 		if s[k] != want {
@@ -153,4 +153,3 @@ func metricsPage(t *testing.T, url string) map[string]string {
 	}
 	return checkExposition(t, string(b))
 }
-
