@@ -64,7 +64,12 @@ func (h headTimeout) RoundTrip(req *http.Request) (*http.Response, error) {
 		cancel(fmt.Errorf("no response within %v: %w", h.d, context.DeadlineExceeded))
 	})
 	resp, err := h.rt.RoundTrip(req.WithContext(ctx))
-	t.Stop()
+	if !t.Stop() && err == nil {
+		// The timer fired as the head arrived: the body is cut off, so
+		// the request timed out after all.
+		resp.Body.Close()
+		err = context.Cause(ctx)
+	}
 	if err != nil {
 		cancel(nil)
 		return nil, err
