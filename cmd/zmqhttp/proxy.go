@@ -13,7 +13,7 @@ func runProxy(args []string, stderr io.Writer) int {
 	fs := newFlagSet("proxy", "-frontend ENDPOINT -backend ENDPOINT [flags]", stderr)
 	frontend := fs.String("frontend", "", "endpoint clients connect to, e.g. tcp://*:5555 (required)")
 	backend := fs.String("backend", "", "endpoint servers connect to with Listen(\">tcp://host:5556\"), e.g. tcp://*:5556 (required)")
-	queue := fs.Int("queue", 0, "requests that may wait for a server with room (0: 1024)")
+	queue := fs.Int("queue", 0, "requests that may wait for a server with room (0: the library default, see WithQueueSize)")
 	hbInterval := fs.Duration("heartbeat", 0, "heartbeat interval on every connection (0: 1s)")
 	hbTimeout := fs.Duration("heartbeat-timeout", 0, "silence after which a connection is dropped (0: 3 heartbeats)")
 	grace := fs.Duration("shutdown-timeout", 30*time.Second, "how long a graceful shutdown waits for requests in flight")
