@@ -120,12 +120,18 @@ func (p *proc) waitFor(t *testing.T, re string) string {
 func (p *proc) stop(t *testing.T) int {
 	t.Helper()
 	p.cmd.Process.Signal(syscall.SIGTERM)
+	return p.wait(t)
+}
+
+// wait waits for the process to exit and returns the exit code.
+func (p *proc) wait(t *testing.T) int {
+	t.Helper()
 	select {
 	case <-p.done:
 		p.done <- nil // for cleanup
 		return p.cmd.ProcessState.ExitCode()
 	case <-time.After(10 * time.Second):
-		t.Fatalf("%v did not exit within 10s of SIGTERM", p.cmd.Args)
+		t.Fatalf("%v did not exit within 10s", p.cmd.Args)
 		return -1
 	}
 }

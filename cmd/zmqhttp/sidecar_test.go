@@ -6,6 +6,7 @@ import (
 	"net/http/httptest"
 	"net/url"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -103,5 +104,61 @@ func TestSidecarUpstreamDown(t *testing.T) {
 	code, body := get(t, "GET", ts.URL+"/", nil)
 	if code != 502 || !strings.HasPrefix(body, "zmqhttp sidecar: 502 Bad Gateway: ") || !strings.Contains(body, "connection refused") {
 		t.Errorf("%d %q", code, body)
+	}
+}
+
+// TestGracefulStop: SIGTERM to the built gateway and sidecar while a slow
+// request is in flight through both: the request is still answered 200 in
+// full, and both exit 0.
+func TestGracefulStop(t *testing.T) {
+	t.Parallel()
+	bin := buildCommand(t)
+	started := make(chan struct{}, 1)
+	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		started <- struct{}{}
+		time.Sleep(700 * time.Millisecond)
+		io.WriteString(w, "finished")
+	}))
+	t.Cleanup(up.Close)
+	sidecar := startEnv(t, nil, bin, "sidecar", "-listen", "tcp://127.0.0.1:0", "-to", up.URL)
+	endpoint := sidecar.waitFor(t, `listening on (tcp://\S+),`)
+	gateway := startEnv(t, nil, bin, "gateway", "-listen", "127.0.0.1:0", "-to", endpoint)
+	gw := gateway.waitFor(t, `listening on (http://\S+),`)
+
+	type result struct {
+		code int
+		body string
+	}
+	done := make(chan result, 1)
+	go func() {
+		resp, err := http.Get(gw + "/slow")
+		if err != nil {
+			done <- result{body: err.Error()}
+			return
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		done <- result{resp.StatusCode, string(b)}
+	}()
+	select {
+	case <-started:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the request did not reach the upstream")
+	}
+	gateway.cmd.Process.Signal(syscall.SIGTERM)
+	sidecar.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case r := <-done:
+		if r.code != 200 || r.body != "finished" {
+			t.Errorf("in flight at SIGTERM: %d %q", r.code, r.body)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("no answer")
+	}
+	if code := gateway.wait(t); code != 0 {
+		t.Errorf("gateway exited %d", code)
+	}
+	if code := sidecar.wait(t); code != 0 {
+		t.Errorf("sidecar exited %d", code)
 	}
 }
