@@ -17,7 +17,12 @@ import (
 // as JSON (and /status/404 as 404 with a body); it returns its endpoint.
 func echoServer(t *testing.T, opts ...zmqhttp.Option) string {
 	t.Helper()
-	l, err := zmqhttp.Listen("tcp://127.0.0.1:0", opts...)
+	return echoServerAt(t, "tcp://127.0.0.1:0", opts...)
+}
+
+func echoServerAt(t *testing.T, endpoint string, opts ...zmqhttp.Option) string {
+	t.Helper()
+	l, err := zmqhttp.Listen(endpoint, opts...)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -153,6 +158,23 @@ func TestCallExitCodes(t *testing.T) {
 		}
 		if code != 0 && out != "" {
 			t.Errorf("%q: exit %d with stdout %q", tc.args, code, out)
+		}
+	}
+}
+
+// TestCallIPC: call over ipc sends Host "localhost" for a path, and a
+// comma-separated endpoint list works.
+func TestCallIPC(t *testing.T) {
+	t.Parallel()
+	ep := echoServerAt(t, "ipc://"+filepath.Join(t.TempDir(), "s.sock"))
+	for _, endpoint := range []string{ep, ep + "," + echoServer(t)} {
+		code, out, errs := call("-timeout", "5s", endpoint, "/x")
+		var got echoed
+		if code != 0 || json.Unmarshal([]byte(out), &got) != nil || got.URI != "/x" {
+			t.Errorf("%s: exit %d, stdout %q, stderr %q", endpoint, code, out, errs)
+		}
+		if endpoint == ep && got.Host != "localhost" {
+			t.Errorf("over ipc: Host %q, want localhost", got.Host)
 		}
 	}
 }
