@@ -1,16 +1,42 @@
-// Command zmqhttp runs the parts of zmqhttp that stand alone.
+// Command zmqhttp runs the parts of zmqhttp that stand alone, and puts
+// services that do not speak zmqhttp on either side of it.
 //
 // Usage:
 //
-//	zmqhttp proxy -frontend ENDPOINT -backend ENDPOINT [flags]
+//	zmqhttp gateway -listen ADDR -to ENDPOINT [flags]   HTTP in, zmqhttp out
+//	zmqhttp sidecar -listen ENDPOINT -to URL [flags]    zmqhttp in, HTTP out
+//	zmqhttp call [flags] ENDPOINT PATH                  one request, like curl
+//	zmqhttp keygen [-format text|env] [-server]         a new CURVE key pair
+//	zmqhttp proxy -frontend ENDPOINT -backend ENDPOINT  the broker
 //
-// The proxy subcommand runs the broker (zmqhttp.NewProxy) in the
-// foreground: clients point their Transport at the frontend, servers
-// Listen(">" + backend). On SIGTERM or SIGINT it shuts down gracefully
-// (within -shutdown-timeout; a second signal closes at once).
+// gateway serves HTTP on -listen and forwards every request through a
+// zmqhttp Transport to -to (httputil.ReverseProxy; bodies and server-sent
+// events stream). A request the Transport cannot carry is answered 413
+// (a body over -max-body), 504 (no response head within -timeout) or 502
+// (anything else), with a text body saying why.
 //
-// Exit status: 0 after a clean shutdown, 1 on a runtime error (an endpoint
-// that cannot be bound, a shutdown that timed out), 2 on a usage error.
+// sidecar serves zmqhttp on -listen (a Listener and an http.Server) and
+// forwards every request over plain HTTP to -to, an existing service in
+// any language (httputil.ReverseProxy over net/http's Transport).
+//
+// call sends one request and writes the response body to stdout (with -i
+// the status line and headers first). It exits 0 on any HTTP response,
+// whatever its status, and 1 when no response was obtained.
+//
+// gateway, sidecar and proxy stop gracefully on SIGTERM or SIGINT (within
+// -shutdown-timeout; a second signal stops waiting). With -metrics ADDR
+// they serve their counters at http://ADDR/metrics in Prometheus' text
+// format.
+//
+// CURVE: sidecar takes the server's secret key (-curve-server-secret or
+// $ZMQHTTP_CURVE_SERVER_SECRET); gateway and call take the server's public
+// key (-curve-server-key or $ZMQHTTP_CURVE_SERVER_KEY) and, optionally, the
+// client's own pair (-curve-public/-curve-secret or $ZMQHTTP_CURVE_PUBLIC,
+// $ZMQHTTP_CURVE_SECRET; a fresh pair when omitted). keygen makes pairs.
+//
+// Exit status: 0 after a clean shutdown (or, for call, any HTTP response),
+// 1 on a runtime error (an endpoint that cannot be bound, a shutdown that
+// timed out, a request that got no response), 2 on a usage error.
 package main
 
 import (
@@ -23,29 +49,39 @@ import (
 	"os/signal"
 	"syscall"
 	"time"
-
-	"github.com/zmqhttp/zmqhttp"
 )
 
 func main() {
-	os.Exit(run(os.Args[1:], os.Stderr))
+	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
 }
 
 const usage = `usage: zmqhttp <command> [flags]
 
 commands:
-  proxy   run the broker: clients connect to -frontend, servers to -backend
+  gateway   HTTP in, zmqhttp out: put HTTP clients in front of a zmqhttp service
+  sidecar   zmqhttp in, HTTP out: serve an existing HTTP service over zmqhttp
+  call      send one request and print the response body (like curl)
+  keygen    print a new CURVE key pair
+  proxy     run the broker: clients connect to -frontend, servers to -backend
 
 Run "zmqhttp <command> -h" for a command's flags.
 `
 
 // run runs the command line args and returns the exit status.
-func run(args []string, stderr io.Writer) int {
+func run(args []string, stdout, stderr io.Writer) int {
 	if len(args) == 0 {
 		fmt.Fprint(stderr, usage)
 		return 2
 	}
 	switch args[0] {
+	case "gateway":
+		return runGateway(args[1:], stderr)
+	case "sidecar":
+		return runSidecar(args[1:], stderr)
+	case "call":
+		return runCall(args[1:], os.Stdin, stdout, stderr)
+	case "keygen":
+		return runKeygen(args[1:], stdout, stderr)
 	case "proxy":
 		return runProxy(args[1:], stderr)
 	case "-h", "-help", "--help", "help":
@@ -56,42 +92,47 @@ func run(args []string, stderr io.Writer) int {
 	return 2
 }
 
-func runProxy(args []string, stderr io.Writer) int {
-	fs := flag.NewFlagSet("zmqhttp proxy", flag.ContinueOnError)
+// newFlagSet returns the flag set of subcommand name, printing its usage
+// line and flags on -h.
+func newFlagSet(name, synopsis string, stderr io.Writer) *flag.FlagSet {
+	fs := flag.NewFlagSet("zmqhttp "+name, flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	frontend := fs.String("frontend", "", "endpoint clients connect to, e.g. tcp://*:5555 (required)")
-	backend := fs.String("backend", "", "endpoint servers connect to with Listen(\">tcp://host:5556\"), e.g. tcp://*:5556 (required)")
-	queue := fs.Int("queue", 0, "requests that may wait for a server with room (0: 4096)")
-	hbInterval := fs.Duration("heartbeat", 0, "heartbeat interval on every connection (0: 1s)")
-	hbTimeout := fs.Duration("heartbeat-timeout", 0, "silence after which a connection is dropped (0: 3 heartbeats)")
-	grace := fs.Duration("shutdown-timeout", 30*time.Second, "how long a graceful shutdown waits for requests in flight")
 	fs.Usage = func() {
-		fmt.Fprintf(stderr, "usage: zmqhttp proxy -frontend ENDPOINT -backend ENDPOINT [flags]\n\n")
+		fmt.Fprintf(stderr, "usage: zmqhttp %s %s\n\n", name, synopsis)
 		fs.PrintDefaults()
 	}
+	return fs
+}
+
+// parseFlags parses args into fs. It returns ok, or the exit status:
+// 0 for -h, 2 for a usage error (already reported by fs).
+func parseFlags(fs *flag.FlagSet, args []string) (code int, ok bool) {
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
-			return 0
+			return 0, false
 		}
-		return 2
+		return 2, false
 	}
-	if *frontend == "" || *backend == "" || fs.NArg() > 0 {
-		fs.Usage()
-		return 2
-	}
-	p, err := zmqhttp.NewProxy(*frontend, *backend,
-		zmqhttp.WithQueueSize(*queue), zmqhttp.WithHeartbeat(*hbInterval, *hbTimeout))
-	if err != nil {
-		fmt.Fprintf(stderr, "zmqhttp proxy: %v\n", err)
-		return 1
-	}
-	fmt.Fprintf(stderr, "zmqhttp proxy: clients on %s, servers on %s\n", p.FrontendAddr(), p.BackendAddr())
+	return 0, true
+}
 
+// usageError reports a usage error of fs's subcommand and returns 2.
+func usageError(fs *flag.FlagSet, stderr io.Writer, format string, a ...any) int {
+	fmt.Fprintf(stderr, "%s: %s\n\n", fs.Name(), fmt.Sprintf(format, a...))
+	fs.Usage()
+	return 2
+}
+
+// shutdownOnSignal waits for SIGTERM or SIGINT, then calls shutdown with a
+// context that ends after grace or at a second signal. It returns
+// shutdown's error.
+func shutdownOnSignal(name string, stderr io.Writer, grace time.Duration, shutdown func(context.Context) error) error {
 	sig := make(chan os.Signal, 2)
 	signal.Notify(sig, syscall.SIGTERM, syscall.SIGINT)
+	defer signal.Stop(sig)
 	s := <-sig
-	fmt.Fprintf(stderr, "zmqhttp proxy: %v: shutting down\n", s)
-	ctx, cancel := context.WithTimeout(context.Background(), *grace)
+	fmt.Fprintf(stderr, "%s: %v: shutting down\n", name, s)
+	ctx, cancel := context.WithTimeout(context.Background(), grace)
 	defer cancel()
 	go func() {
 		select {
@@ -100,10 +141,5 @@ func runProxy(args []string, stderr io.Writer) int {
 		case <-ctx.Done():
 		}
 	}()
-	if err := p.Shutdown(ctx); err != nil {
-		p.Close()
-		fmt.Fprintf(stderr, "zmqhttp proxy: shutdown: %v (closed with requests in flight)\n", err)
-		return 1
-	}
-	return 0
+	return shutdown(ctx)
 }

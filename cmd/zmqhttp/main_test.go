@@ -5,6 +5,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"log"
 	"net"
 	"net/http"
 	"os"
@@ -22,9 +23,13 @@ import (
 // with ZMQHTTP_CMD_ARGS set, runs main's run on those arguments.
 func TestMain(m *testing.M) {
 	if args := os.Getenv("ZMQHTTP_CMD_ARGS"); args != "" {
-		os.Exit(run(strings.Fields(args), os.Stderr))
+		os.Exit(run(strings.Fields(args), os.Stdout, os.Stderr))
 	}
-	os.Exit(m.Run())
+	code := m.Run()
+	if buildDir != "" {
+		os.RemoveAll(buildDir)
+	}
+	os.Exit(code)
 }
 
 // syncBuffer is a bytes.Buffer safe for the child's writer and the test.
@@ -81,16 +86,24 @@ func TestUsage(t *testing.T) {
 		{"", 2}, {"-h", 0}, {"nope", 2}, {"proxy -h", 0}, {"proxy", 2},
 		{"proxy -frontend tcp://127.0.0.1:0", 2}, {"proxy -frontend bad -backend tcp://127.0.0.1:0", 1},
 		{"proxy -bogus", 2},
+		{"gateway -h", 0}, {"gateway", 2}, {"gateway -listen 127.0.0.1:0", 2}, {"gateway -to tcp://127.0.0.1:1", 2},
+		{"gateway -listen 127.0.0.1:0 -to tcp://127.0.0.1:1 extra", 2}, {"gateway -listen 127.0.0.1:0 -to tcp://127.0.0.1:1 -max-body -1", 2},
+		{"gateway -listen 127.0.0.1:0 -to nonsense", 1}, {"gateway -listen 256.0.0.1:0 -to tcp://127.0.0.1:1", 1},
+		{"gateway -listen 127.0.0.1:0 -to tcp://127.0.0.1:1 -curve-public x -curve-secret y", 2},
+		{"sidecar -h", 0}, {"sidecar", 2}, {"sidecar -listen tcp://127.0.0.1:0", 2}, {"sidecar -listen tcp://127.0.0.1:0 -to 127.0.0.1:8081", 2},
+		{"sidecar -listen nonsense -to http://127.0.0.1:1", 1}, {"sidecar -listen tcp://127.0.0.1:0 -to http://127.0.0.1:1 -curve-server-secret short", 1},
+		{"sidecar -listen tcp://127.0.0.1:0 -to http://127.0.0.1:1 -metrics 256.0.0.1:0", 1},
+		{"call -h", 0}, {"call", 2}, {"keygen -h", 0}, {"keygen -format x", 2},
 	} {
 		if tc.args == "" {
 			var b bytes.Buffer
-			if got := run(nil, &b); got != tc.code || !strings.Contains(b.String(), "usage") {
+			if got := run(nil, &b, &b); got != tc.code || !strings.Contains(b.String(), "usage") {
 				t.Errorf("no args: %d %q", got, b.String())
 			}
 			continue
 		}
 		var b bytes.Buffer
-		if got := run(strings.Fields(tc.args), &b); got != tc.code {
+		if got := run(strings.Fields(tc.args), &b, &b); got != tc.code {
 			t.Errorf("%q: exit %d, want %d (%s)", tc.args, got, tc.code, b.String())
 		}
 	}
@@ -125,11 +138,12 @@ func waitAccept(t *testing.T, addr string, within time.Duration) {
 
 // TestProxyCommand: the proxy binds both ports within a second, survives
 // bare TCP connects that never greet, serves a server that connects and a
-// client, restarts on the same ports right after kill -9, and exits 0 on
-// SIGTERM.
+// client, counts them on -metrics, restarts on the same ports right after
+// kill -9, and exits 0 on SIGTERM.
 func TestProxyCommand(t *testing.T) {
 	front, back := freePort(t), freePort(t)
-	args := []string{"proxy", "-frontend", "tcp://" + front, "-backend", "tcp://" + back, "-heartbeat", "200ms"}
+	metricsAddr := freePort(t)
+	args := []string{"proxy", "-frontend", "tcp://" + front, "-backend", "tcp://" + back, "-heartbeat", "200ms", "-metrics", metricsAddr}
 	cmd, out, done := command(t, args...)
 	waitAccept(t, front, time.Second)
 	waitAccept(t, back, time.Second)
@@ -179,6 +193,13 @@ func TestProxyCommand(t *testing.T) {
 		t.Fatalf("through the proxy: %v\n%s", err, out)
 	}
 
+	// Its metrics count the request and the server.
+	waitAccept(t, metricsAddr, time.Second)
+	page := metricsPage(t, "http://"+metricsAddr+"/metrics")
+	if page["zmqhttp_proxy_requests_total"] != "1" || page["zmqhttp_proxy_servers"] != "1" || page["zmqhttp_proxy_in_flight"] != "0" {
+		t.Errorf("proxy metrics: %v", page)
+	}
+
 	// kill -9, then the same ports at once.
 	cmd.Process.Kill()
 	<-done
@@ -195,3 +216,5 @@ func TestProxyCommand(t *testing.T) {
 		t.Errorf("exit %d after SIGTERM\n%s", code, out)
 	}
 }
+
+func discardLogger() *log.Logger { return log.New(io.Discard, "", 0) }
