@@ -17,6 +17,10 @@ import (
 // roundTripStreamed sends req with its body streamed on cl.
 func (t *Transport) roundTripStreamed(req *http.Request, cl *clientLink) (*http.Response, error) {
 	ctx := req.Context()
+	if limit := t.cfg.limits.maxStreamBytes(); limit > 0 && req.ContentLength > limit {
+		req.Body.Close()
+		return nil, fmt.Errorf("%w: request body of %d bytes, limit %d", ErrBodyTooLarge, req.ContentLength, limit)
+	}
 	env, gzipAsked, err := t.buildRequest(req, nil, true)
 	if err != nil {
 		req.Body.Close()
@@ -78,12 +82,17 @@ func (t *Transport) upload(req *http.Request, c *call, s *sendStream) {
 	defer req.Body.Close()
 	buf := make([]byte, 32<<10)
 	var n int64
+	limit := t.cfg.limits.maxStreamBytes()
 	for {
 		m, rerr := req.Body.Read(buf)
 		if m > 0 {
 			n += int64(m)
 			if req.ContentLength > 0 && n > req.ContentLength {
 				t.failUpload(c, s, fmt.Errorf("zmqhttp: ContentLength=%d with a longer Body", req.ContentLength))
+				return
+			}
+			if limit > 0 && n > limit {
+				t.failUpload(c, s, fmt.Errorf("%w: request body over %d bytes", ErrBodyTooLarge, limit))
 				return
 			}
 			if _, err := s.write(buf[:m], c.stop, time.Time{}); err != nil {

@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 )
@@ -246,4 +247,50 @@ func TestTransportCloseNeverConnected(t *testing.T) {
 		}
 	}
 	checkNoLeaks(t)
+}
+
+// TestTransportRequestLimits: a Transport's Limits.MaxBodyBytes bounds the
+// request bodies it streams too (declared length: at once; unknown: as
+// they go), and headers named by Connection do not travel; Stats counts
+// requests.
+func TestTransportRequestLimits(t *testing.T) {
+	var mu sync.Mutex
+	var seen http.Header
+	ts := startServer(t, "tcp", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		io.Copy(io.Discard, r.Body)
+		mu.Lock()
+		seen = r.Header.Clone()
+		mu.Unlock()
+	}))
+	c, tr := newClient(t, ts.L.Endpoint(), WithLimits(Limits{MaxBodyBytes: 1 << 20}))
+	_, err := c.Post("http://svc/", "text/plain", strings.NewReader(strings.Repeat("x", 2<<20)))
+	if !errors.Is(err, ErrBodyTooLarge) {
+		t.Errorf("2 MiB declared body with a 1 MiB limit: %v", err)
+	}
+	pr, pw := io.Pipe()
+	go func() {
+		pw.Write(make([]byte, 2<<20))
+		pw.Close()
+	}()
+	_, err = c.Post("http://svc/", "text/plain", pr)
+	if !errors.Is(err, ErrBodyTooLarge) {
+		t.Errorf("2 MiB body of unknown length with a 1 MiB limit: %v", err)
+	}
+	req, _ := http.NewRequest("GET", "http://svc/", nil)
+	req.Header.Set("Connection", "X-Hop, keep-alive")
+	req.Header.Set("X-Hop", "1")
+	req.Header.Set("X-End", "2")
+	resp, err := c.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	mu.Lock()
+	if seen.Get("X-Hop") != "" || seen.Get("X-End") != "2" {
+		t.Errorf("server saw %v: want X-End and not X-Hop", seen)
+	}
+	mu.Unlock()
+	if n := tr.Stats().Requests; n != 3 {
+		t.Errorf("Stats().Requests = %d, want 3", n)
+	}
 }

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"net"
 	"net/http"
 	"net/textproto"
@@ -62,6 +63,7 @@ type Transport struct {
 
 // transportCounters are updated atomically.
 type transportCounters struct {
+	requests        atomic.Uint64
 	dialFailures    atomic.Uint64
 	connects        atomic.Uint64
 	lateReplies     atomic.Uint64
@@ -72,6 +74,7 @@ type transportCounters struct {
 
 // TransportStats is a snapshot of a Transport's counters.
 type TransportStats struct {
+	Requests        uint64 // calls of RoundTrip (a request sent again counts once)
 	Connects        uint64 // connections established
 	DialFailures    uint64 // failed attempts to connect or handshake
 	ConnectionsLost uint64 // established connections that broke
@@ -92,6 +95,7 @@ func (t *Transport) Stats() TransportStats {
 	servers := t.serversLocked()
 	t.mu.Unlock()
 	return TransportStats{
+		Requests:        t.stats.requests.Load(),
 		Connects:        t.stats.connects.Load(),
 		DialFailures:    t.stats.dialFailures.Load(),
 		ConnectionsLost: t.stats.connectionsLost.Load(),
@@ -223,6 +227,7 @@ func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 		}
 		return nil, errNotCreated
 	}
+	t.stats.requests.Add(1)
 	orig := req
 	for attempt := 0; ; attempt++ {
 		resp, err := t.roundTrip(req)
@@ -509,7 +514,21 @@ func (t *Transport) buildRequest(req *http.Request, body []byte, streamed bool) 
 		cl = -1
 	}
 	header := make([]string, 0, 2*len(req.Header)+6)
-	header = appendHeader(header, req.Header, requestSkip)
+	skip := requestSkip
+	if conn := req.Header["Connection"]; len(conn) > 0 {
+		// Headers the Connection header names are hop-by-hop too: they
+		// stop here with it (the server could not tell them from the
+		// others once Connection is gone).
+		skip = maps.Clone(requestSkip)
+		for _, v := range conn {
+			for _, name := range strings.Split(v, ",") {
+				if name = textproto.TrimString(name); name != "" {
+					skip[textproto.CanonicalMIMEHeaderKey(name)] = true
+				}
+			}
+		}
+	}
+	header = appendHeader(header, req.Header, skip)
 	// User-Agent: the default when the caller set none; nothing when the
 	// caller set it to "" (the documented way to send none).
 	if ua, ok := req.Header["User-Agent"]; !ok {
