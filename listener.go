@@ -56,7 +56,8 @@ type Listener struct {
 	// it together with inflight and the queue; hot paths read it without
 	// mu.
 	closed atomic.Bool
-	// closing is set first thing in Close, closeDone last.
+	// closing is set first thing in Close (with mu held, and closingAt),
+	// closeDone last.
 	closing   atomic.Bool
 	closeDone atomic.Bool
 
@@ -70,7 +71,8 @@ type Listener struct {
 	peersClosing bool                // maybeClosePeers has closed (or scheduled closing) every peer
 	drainGiven   bool                // Accept has returned the drain connection
 	conns        map[*vconn]struct{} // open connections handed to the server
-	held         []*job              // requests awaiting their verdict (holdVerdict)
+	held         map[*job]time.Time  // requests awaiting their verdict, by when their connection closed (holdVerdict)
+	closingAt    time.Time           // when Close began; set with closing, read-only after
 	peersLeft    chan struct{}       // closed when the Listener is closed and every peer has gone
 }
 
@@ -291,11 +293,12 @@ func (l *Listener) Close() error {
 	l.closeOnce.Do(func() {
 		l.mu.Lock()
 		l.closing.Store(true)
+		l.closingAt = time.Now()
 		held := l.held
 		l.held = nil
 		l.mu.Unlock()
-		for _, j := range held {
-			l.verdict(j, true)
+		for j, closedAt := range held {
+			l.verdict(j, l.closingAt.Sub(closedAt) <= verdictWait)
 		}
 		close(l.done)
 		if l.ln != nil {
@@ -332,7 +335,10 @@ func (l *Listener) Close() error {
 	return err
 }
 
-// settleMax bounds how long Close waits in settle.
+// settleMax bounds how long Close waits in settle. It covers only
+// scheduling: a server goroutine going from reading a head to closing its
+// connection. Measured under load (2 cores, load average 5–8, -race), such
+// connections closed at most 25 ms after Close began.
 const settleMax = 500 * time.Millisecond
 
 // settle waits, briefly, for every connection whose request head the

@@ -8,7 +8,6 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"slices"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -768,6 +767,11 @@ func (c *vconn) Close() error {
 		return nil
 	}
 	c.closed = true
+	// Where the Listener's Close stood at this close, read here, under
+	// mu, once (see notRunLocked), closing first: a Close that runs
+	// between this close and the verdict must not change it.
+	closing, closeDone := c.l.closing.Load(), c.l.closeDone.Load()
+	closedAt := time.Now()
 	j := c.cur
 	c.cur = nil
 	var whole *envelope
@@ -788,9 +792,9 @@ func (c *vconn) Close() error {
 			} else {
 				whole = j.resp.envelope(j.env.ID)
 			}
-		case c.notRunLocked(j):
+		case notRunLocked(j, closing, closeDone):
 			notRun = true
-		case j.headDone && !j.entered && out == nil:
+		case j.headDone && !j.entered && out == nil && !closing:
 			hold = true
 		default:
 			noResponse = true
@@ -803,7 +807,10 @@ func (c *vconn) Close() error {
 	switch {
 	case j == nil:
 	case hold:
-		c.l.holdVerdict(j)
+		if testHookHold != nil {
+			testHookHold()
+		}
+		c.l.holdVerdict(j, closedAt)
 	case finish:
 		for _, d := range j.resp.out {
 			out.write(d, j.abort, time.Time{})
@@ -844,16 +851,19 @@ func (c *vconn) Close() error {
 //     connections itself only after Close returns); holdVerdict covers a
 //     close just before Close.
 //
-// Everything else may have run and gets an error, never a second run.
-// c.mu is held.
-func (c *vconn) notRunLocked(j *job) bool {
+// closing and closeDone are the Listener's, read in that order when the
+// connection closed. A connection that closes after closeDone with its
+// head read before Close began and nothing done since is one settle gave
+// up on. Everything else may have run and gets an error, never a second
+// run. The connection's mu is held.
+func notRunLocked(j *job, closing, closeDone bool) bool {
 	switch {
 	case !j.headDone:
 		return true
 	case j.entered:
 		return false
 	}
-	return j.closedAtHead || (c.l.closing.Load() && !c.l.closeDone.Load())
+	return j.closedAtHead || (closing && !closeDone)
 }
 
 // maxHandoffs bounds the new connections (from Accept) one request is
@@ -864,41 +874,47 @@ func (c *vconn) notRunLocked(j *job) bool {
 // do not count: each closes once, and only served requests make them.
 const maxHandoffs = 3
 
-// verdictWait is how long a request whose connection closed right after
-// its head was read, with nothing done since, waits for the Listener to
-// close (see holdVerdict).
+// verdictWait is how long before the Listener's Close began a connection
+// may have closed, right after the server read its request's head and
+// with nothing done since, for that request to count as dropped by a
+// server shutting down (see holdVerdict). It covers only scheduling: the
+// server's Shutdown goroutine going from marking itself shutting down to
+// closing the Listener. Measured under load (2 cores, load average 5–8,
+// -race), Close began at most 15 ms after such a close.
 const verdictWait = 250 * time.Millisecond
 
-// holdVerdict answers j, whose connection the server closed after reading
-// its head and doing nothing more, once it is known why: http.Server
-// marks itself shutting down a moment before it closes the Listener, and
-// drops a request whose head it reads in between; if the Listener closes
-// within verdictWait, that is what happened and j goes back as not
-// processed. Otherwise the handler may have run (it panicked, or the
-// server was closed, before it touched the request) and j gets an error.
-func (l *Listener) holdVerdict(j *job) {
+// testHookHold, if set, runs between a connection's close and
+// holdVerdict.
+var testHookHold func()
+
+// holdVerdict answers j, whose connection the server closed at closedAt,
+// before the Listener's Close began, after reading its head and doing
+// nothing more, once it is known why: http.Server marks itself shutting
+// down a moment before it closes the Listener, and drops a request whose
+// head it reads in between; if Close begins within verdictWait of closedAt,
+// that is what happened and j goes back as not processed. Otherwise the
+// handler may have run (it panicked, or the server was closed, before it
+// touched the request) and j gets an error. Close may have begun, or even
+// returned, by the time this runs: only when it began counts.
+func (l *Listener) holdVerdict(j *job, closedAt time.Time) {
 	l.mu.Lock()
-	switch {
-	case l.closeDone.Load():
-		// Closed by the server after Close: it may have run.
+	if l.closing.Load() {
+		notRun := l.closingAt.Sub(closedAt) <= verdictWait
 		l.mu.Unlock()
-		l.verdict(j, false)
-		return
-	case l.closing.Load():
-		l.mu.Unlock()
-		l.verdict(j, true)
+		l.verdict(j, notRun)
 		return
 	}
-	l.held = append(l.held, j)
+	if l.held == nil {
+		l.held = make(map[*job]time.Time)
+	}
+	l.held[j] = closedAt
 	l.mu.Unlock()
-	time.AfterFunc(verdictWait, func() {
+	time.AfterFunc(verdictWait-time.Since(closedAt), func() {
 		l.mu.Lock()
-		i := slices.Index(l.held, j)
-		if i >= 0 {
-			l.held = slices.Delete(l.held, i, i+1)
-		}
+		_, ok := l.held[j]
+		delete(l.held, j)
 		l.mu.Unlock()
-		if i >= 0 {
+		if ok { // Close has not begun: it took j otherwise
 			l.verdict(j, false)
 		}
 	})

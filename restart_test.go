@@ -671,3 +671,48 @@ func TestIdleTimeoutVsReclaim(t *testing.T) {
 	}
 	checkNoLeaks(t)
 }
+
+// ---------------------------------------------------------------------
+
+// TestRestartDropBeforeCloseRace: the server reads a request's head, finds
+// it is shutting down and closes the connection, before the Listener's
+// Close begins; the Listener's whole Close then runs before the goroutine
+// that closed the connection gets to the verdict (as under load). The
+// request never ran: it goes back as not processed, not as error 500.
+func TestRestartDropBeforeCloseRace(t *testing.T) {
+	l, err := Listen("tcp://127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	tr, err := NewTransport(l.Endpoint())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tr.Close()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go func() {
+		req, _ := http.NewRequestWithContext(ctx, http.MethodPost, "http://svc/post", strings.NewReader("once"))
+		if resp, err := tr.RoundTrip(req); err == nil {
+			resp.Body.Close()
+		}
+	}()
+	// Play the http.Server: take the connection, read the head, drop it.
+	c, err := l.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	head := make([]byte, 4096)
+	n, err := c.Read(head)
+	if err != nil || !bytes.HasSuffix(head[:n], []byte("\r\n\r\n")) {
+		t.Fatalf("read %q, %v; want the request head", head[:n], err)
+	}
+	testHookHold = func() { l.Close() }
+	defer func() { testHookHold = nil }()
+	c.Close()
+	if st := l.Stats(); st.NoResponse != 0 || st.ClosedUnanswered != 1 {
+		t.Errorf("NoResponse %d, ClosedUnanswered %d; want 0 and 1: a request the server dropped unrun before Close got an error",
+			st.NoResponse, st.ClosedUnanswered)
+	}
+}
