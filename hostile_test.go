@@ -371,7 +371,7 @@ func (r *hostilePeer) sendRaw(b []byte) error {
 func (r *hostilePeer) recv(d time.Duration) (*envelope, error) {
 	r.nc.SetReadDeadline(time.Now().Add(d))
 	defer r.nc.SetReadDeadline(time.Time{})
-	frame, _, _, err := readEnvelopeFrame(r.br, 64<<20, nil, func([]byte) {})
+	frame, _, _, err := readEnvelopeFrame(r.br, 64<<20, nil, func([]byte) {}, nil)
 	if err != nil {
 		return nil, err
 	}
@@ -961,7 +961,7 @@ func TestHostileHugeReplyFrame(t *testing.T) {
 						return
 					}
 					for {
-						frame, _, _, err := readEnvelopeFrame(br, 1<<20, nil, func([]byte) {})
+						frame, _, _, err := readEnvelopeFrame(br, 1<<20, nil, func([]byte) {}, nil)
 						if err != nil {
 							return
 						}
@@ -984,7 +984,7 @@ func TestHostileHugeReplyFrame(t *testing.T) {
 						head, _ := appendEnvelope(nil, &envelope{Version: ProtocolVersion, Kind: KindResponse, ID: env.ID, Status: 200})
 						hdr := appendFrameHeader([]byte{flagMore, 0}, 0, 300)
 						binary64(hdr[3:], size)
-						nc.Write(append(hdr, head[:16]...))
+						nc.Write(append(append(hdr, head...), make([]byte, 32)...)[:len(hdr)+32])
 					}
 				}()
 			}

@@ -598,9 +598,21 @@ func (l *link) readLoop() {
 		}
 		l.queueCtrl(outMsg{pong: true, b: append([]byte(nil), ctx...)})
 	}
+	// A client fails the call an oversized reply belongs to as soon as
+	// the reply's head is read, not once the rest of it has been read and
+	// discarded (a server could announce a large frame and send nothing).
+	var early func(*oversizeError)
+	var earlyDone bool // early reported the oversized message being discarded
+	if !l.cfg.server {
+		early = func(oe *oversizeError) {
+			l.h.bad(l, nil, oe)
+			earlyDone = true
+		}
+	}
 	var frames [][]byte
 	for {
-		frame, route, fs, err := readEnvelopeFrame(l.br, maxFrame, frames, pong)
+		earlyDone = false
+		frame, route, fs, err := readEnvelopeFrame(l.br, maxFrame, frames, pong, early)
 		frames = fs
 		if len(route) > 0 && !l.cfg.server {
 			// Replies come straight from the server: dropped, whatever
@@ -621,7 +633,9 @@ func (l *link) readLoop() {
 			if ok && Kind(kind) == KindChunk && route == nil {
 				l.failRecv(id, err)
 			}
-			l.h.bad(l, route, err)
+			if !earlyDone {
+				l.h.bad(l, route, err)
+			}
 			continue
 		case err == errNotEnvelope:
 			l.h.bad(l, route, err)
