@@ -627,10 +627,10 @@ func (l *link) readLoop() {
 		switch {
 		case errors.As(err, &oe):
 			_, kind, id, ok := peekHead(oe.head)
-			if ok && Kind(kind) == KindRequest {
+			if ok && kindOf(kind) == KindRequest {
 				l.reqsRead.Add(1)
 			}
-			if ok && Kind(kind) == KindChunk && route == nil {
+			if ok && kindOf(kind) == KindChunk && route == nil {
 				l.failRecv(id, err)
 			}
 			if !earlyDone {

@@ -367,7 +367,7 @@ func answerBad(err error) *envelope {
 		// Over the frame limit and discarded unread: 413, if its id can
 		// be read.
 		ver, kind, id, ok := peekHead(oe.head)
-		if !ok || ver != ProtocolVersion || Kind(kind) != KindRequest {
+		if !ok || ver != ProtocolVersion || kindOf(kind) != KindRequest {
 			return nil
 		}
 		return simpleResponse(id, http.StatusRequestEntityTooLarge, "Request Entity Too Large: "+oe.Error())
