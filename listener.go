@@ -66,6 +66,7 @@ type Listener struct {
 	inflight     int                 // requests received and not yet answered
 	running      int                 // requests holding a worker slot
 	queue        []*job              // requests waiting for a worker slot, oldest first
+	queuedBytes  int                 // the sizes of the jobs in queue
 	acceptQ      []*job              // requests holding a slot, waiting for Accept
 	peersClosing bool                // maybeClosePeers has closed (or scheduled closing) every peer
 	drainGiven   bool                // Accept has returned the drain connection
@@ -305,7 +306,7 @@ func (l *Listener) Close() error {
 		l.mu.Lock()
 		l.closed.Store(true)
 		queued := append(l.queue, l.acceptQ...)
-		l.queue, l.acceptQ = nil, nil
+		l.queue, l.acceptQ, l.queuedBytes = nil, nil, 0
 		peers := make([]*peer, 0, len(l.peers))
 		for p := range l.peers {
 			peers = append(peers, p)

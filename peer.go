@@ -217,7 +217,7 @@ func errorEnvelope(id uint64, code int, msg string) *envelope {
 func (p *peer) receive(env *envelope, frame []byte, arrived time.Time, rt *route) {
 	l := p.l
 	l.stats.requests.Add(1)
-	j := &job{peer: p, route: rt, env: *env, abort: make(chan struct{})}
+	j := &job{peer: p, route: rt, env: *env, abort: make(chan struct{}), size: cap(frame)}
 	key := jobKey{rt.keyOrEmpty(), env.ID}
 	if cap(frame) == wholeFrames.size {
 		j.frame = frame // env's strings and body lie in it

@@ -41,6 +41,7 @@ type job struct {
 	conn       atomic.Pointer[vconn] // the connection carrying it, once assigned
 
 	started bool // guarded by Listener.mu: holds a worker slot
+	size    int  // set before dispatch: the bytes of its envelope frame, counted in Listener.queuedBytes while queued
 
 	handoffs int // owned by whoever assigns the job: new connections (from Accept) it was given to
 
@@ -90,8 +91,15 @@ func (j *job) cancel() {
 
 var errRequestCanceled = errors.New("zmqhttp: request cancelled by the client or past its deadline")
 
+// maxQueueBytes bounds the request bytes (envelope frames) waiting in a
+// Listener's queue: past it a request is answered 503 as when the queue is
+// full, so that peers that send faster than the handlers run (or never
+// read their replies) hold a bounded amount of memory. One request is
+// queued whatever its size when the queue is empty.
+const maxQueueBytes = 4 << 20
+
 // dispatch gives j a worker slot and starts it, or queues it, or answers
-// 503 when the queue is full.
+// 503 when the queue is full (in requests or in bytes).
 func (l *Listener) dispatch(j *job) {
 	l.mu.Lock()
 	if l.closed.Load() {
@@ -111,8 +119,9 @@ func (l *Listener) dispatch(j *job) {
 		l.start(j)
 		return
 	}
-	if len(l.queue) < l.cfg.queueSizeOrDefault() {
+	if len(l.queue) < l.cfg.queueSizeOrDefault() && (len(l.queue) == 0 || l.queuedBytes+j.size <= maxQueueBytes) {
 		l.queue = append(l.queue, j)
+		l.queuedBytes += j.size
 		l.mu.Unlock()
 		return
 	}
@@ -171,6 +180,7 @@ func (l *Listener) finished(j *job) {
 				nj := l.queue[0]
 				l.queue[0] = nil
 				l.queue = l.queue[1:]
+				l.queuedBytes -= nj.size
 				l.running++
 				nj.started = true
 				next = append(next, nj)
