@@ -584,6 +584,9 @@ func TestHostileIdlePeers(t *testing.T) {
 		t.Fatalf("server has %d peers, want %d", got, n+1)
 	}
 	heap := srv.askInt(t, "heap")
+	if path := os.Getenv("ZMQHTTP_HOSTILE_PROFILE"); path != "" {
+		srv.askInt(t, "profile "+path)
+	}
 	per := (heap - base) / n
 	t.Logf("heap: %d KiB at rest with one peer, %d KiB with %d more idle peers: %d bytes per peer (limit %d)",
 		base>>10, heap>>10, n, per, 16<<10)

@@ -46,6 +46,12 @@ const maxDiscard = 1 << 30
 // handshakeReadLimit bounds what a peer may send during the handshake.
 const handshakeReadLimit = 16 << 10
 
+// readBufSize is the size of a connection's read buffer, from the
+// handshake on (the link reads through the handshake's reader). An idle
+// peer holds it for as long as it stays connected, so it is small: frame
+// bodies at least this large are read straight into their own buffers.
+const readBufSize = 4 << 10
+
 // hsConn is the net.Conn zmq4 sees during the handshake. Its reads follow
 // the ZMTP stream — the 64-byte greeting, then frames — and refuse a frame
 // that announces more than handshakeReadLimit bytes before zmq4 sees its
@@ -136,7 +142,7 @@ func handshakeWith(nc net.Conn, typ zmq4.SocketType, server bool, timeout time.D
 	if err := nc.SetDeadline(time.Now().Add(timeout)); err != nil {
 		return nil, "", err
 	}
-	br = bufio.NewReaderSize(nc, 32<<10)
+	br = bufio.NewReaderSize(nc, readBufSize)
 	defer func() {
 		if r := recover(); r != nil {
 			err = fmt.Errorf("zmqhttp: ZMTP handshake: malformed peer input (%v)", r)
