@@ -112,7 +112,7 @@ var (
 type link struct {
 	// Set by newLink, read-only after.
 	nc         *liveConn
-	br         *bufio.Reader // the reader goroutine's
+	br         *bufio.Reader // the reader goroutine's (which replaces it with a larger one once traffic flows)
 	fw         frameWriter   // the writer goroutine's
 	peerType   zmq4.SocketType
 	h          linkHandler
@@ -610,7 +610,14 @@ func (l *link) readLoop() {
 		}
 	}
 	var frames [][]byte
+	busy, grown := false, false // messages other than HELLO, PING, PONG came; l.br has busyReadBufSize
 	for {
+		if busy && !grown && l.br.Buffered() == 0 {
+			// Traffic flows: a larger buffer from now on. Idle peers
+			// (HELLO and heartbeats only) keep the handshake's small one.
+			l.br = bufio.NewReaderSize(l.nc, busyReadBufSize)
+			grown = true
+		}
 		earlyDone = false
 		frame, route, fs, err := readEnvelopeFrame(l.br, maxFrame, frames, pong, early)
 		frames = fs
@@ -661,6 +668,9 @@ func (l *link) readLoop() {
 		}
 		if env.Kind == KindRequest {
 			l.reqsRead.Add(1)
+		}
+		if env.Kind != KindHello && env.Kind != KindPing && env.Kind != KindPong {
+			busy = true
 		}
 		if route != nil {
 			l.routed(&env, frame, route)

@@ -46,11 +46,15 @@ const maxDiscard = 1 << 30
 // handshakeReadLimit bounds what a peer may send during the handshake.
 const handshakeReadLimit = 16 << 10
 
-// readBufSize is the size of a connection's read buffer, from the
-// handshake on (the link reads through the handshake's reader). An idle
-// peer holds it for as long as it stays connected, so it is small: frame
-// bodies at least this large are read straight into their own buffers.
+// readBufSize is the size of a connection's read buffer from the
+// handshake on (the link reads through the handshake's reader) until
+// requests or replies flow: a peer that connects and stays idle holds it
+// for as long as it stays, so it is small.
 const readBufSize = 4 << 10
+
+// busyReadBufSize is the size of the read buffer a link switches to once
+// requests or replies flow on it: fewer reads for many small messages.
+const busyReadBufSize = 32 << 10
 
 // hsConn is the net.Conn zmq4 sees during the handshake. Its reads follow
 // the ZMTP stream — the 64-byte greeting, then frames — and refuse a frame
