@@ -546,7 +546,7 @@ func TestHostileHandshakeFlood(t *testing.T) {
 		nc.Close()
 	}
 	silent = nil
-	time.Sleep(200 * time.Millisecond)
+	time.Sleep(time.Second) // the slowloris goes on trickling
 	check(fmt.Sprintf("%d slowloris connections", n))
 	close(stop)
 	wg.Wait()
@@ -762,7 +762,10 @@ func TestHostileResetCancelsHandlers(t *testing.T) {
 				time.Sleep(10 * time.Millisecond)
 			}
 		}
-		before := srv.askInt(t, "handlers")
+		before := int64(-1) // not asked: the reset follows the requests at once
+		if waitRunning {
+			before = srv.askInt(t, "handlers")
+		}
 		r.nc.(*net.TCPConn).SetLinger(0)
 		r.nc.Close()
 		reset := time.Now()
