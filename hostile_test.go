@@ -977,79 +977,125 @@ func TestHostileDecoding(t *testing.T) {
 	}
 }
 
-// TestHostileHugeReplyFrame: a server whose reply frame announces 2^50
-// bytes fails the call at once (well before its 5 s deadline), and so
-// does one announcing 256 MiB and sending nothing more.
-func TestHostileHugeReplyFrame(t *testing.T) {
-	for _, size := range []uint64{1 << 50, 256 << 20} {
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		served := make(chan struct{})
-		var conns atomic.Int64
-		go func() {
-			defer close(served)
-			for {
-				nc, err := ln.Accept()
+// hostileCall runs one GET (5 s deadline) on a Transport against a
+// hostile server that answers HELLO as a basic server would and answers
+// each request with the bytes reply returns (written as they are, after
+// the handshake). It returns the call's error and how long it took.
+func hostileCall(t *testing.T, reply func(id uint64) []byte) (error, time.Duration, int64) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	served := make(chan struct{})
+	var conns atomic.Int64
+	go func() {
+		defer close(served)
+		var wg sync.WaitGroup
+		defer wg.Wait()
+		for {
+			nc, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			conns.Add(1)
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				defer nc.Close()
+				br, _, err := handshake(nc, zmq4.Router, true, 5*time.Second)
 				if err != nil {
 					return
 				}
-				conns.Add(1)
-				go func() {
-					defer nc.Close()
-					br, _, err := handshake(nc, zmq4.Router, true, 5*time.Second)
+				bw := bufio.NewWriter(nc)
+				for {
+					frame, _, _, err := readEnvelopeFrame(br, 1<<20, nil, func([]byte) {}, nil)
 					if err != nil {
 						return
 					}
-					for {
-						frame, _, _, err := readEnvelopeFrame(br, 1<<20, nil, func([]byte) {}, nil)
-						if err != nil {
-							return
-						}
-						var env envelope
-						if decodeEnvelope(frame, Limits{}, &env) != nil {
-							continue
-						}
-						if env.Kind == KindHello {
-							b, _ := appendEnvelope(nil, &envelope{Version: ProtocolVersion, Kind: KindHello, Flags: capCancel})
-							bw := bufio.NewWriter(nc)
-							writeEnvelopeMsg(bw, b)
-							bw.Flush()
-							continue
-						}
-						if env.Kind != KindRequest {
-							continue
-						}
-						// An empty delimiter, then a frame announcing size bytes
-						// and the start of a response envelope.
-						head, _ := appendEnvelope(nil, &envelope{Version: ProtocolVersion, Kind: KindResponse, ID: env.ID, Status: 200})
-						hdr := appendFrameHeader([]byte{flagMore, 0}, 0, 300)
-						binary64(hdr[3:], size)
-						nc.Write(append(append(hdr, head...), make([]byte, 32)...)[:len(hdr)+32])
+					var env envelope
+					if decodeEnvelope(frame, Limits{}, &env) != nil {
+						continue
 					}
-				}()
-			}
-		}()
-		tr, err := NewTransport("tcp://" + ln.Addr().String())
-		if err != nil {
-			t.Fatal(err)
+					switch env.Kind {
+					case KindHello:
+						b, _ := appendEnvelope(nil, &envelope{Version: ProtocolVersion, Kind: KindHello, Flags: capCancel})
+						writeEnvelopeMsg(bw, b)
+					case KindRequest:
+						bw.Write(reply(env.ID))
+					}
+					bw.Flush()
+				}
+			}()
 		}
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		start := time.Now()
-		req, _ := http.NewRequestWithContext(ctx, "GET", "http://hostile/x", nil)
-		resp, err := (&http.Client{Transport: tr}).Do(req)
-		took := time.Since(start)
-		cancel()
-		if resp != nil {
-			resp.Body.Close()
-		}
-		tr.Close()
+	}()
+	defer func() {
 		ln.Close()
 		<-served
-		t.Logf("reply frame of %d bytes: the call failed after %v (%d connections): %v", size, took.Round(time.Millisecond), conns.Load(), err)
+	}()
+	tr, err := NewTransport("tcp://" + ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tr.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	start := time.Now()
+	req, _ := http.NewRequestWithContext(ctx, "GET", "http://hostile/x", nil)
+	resp, err := (&http.Client{Transport: tr}).Do(req)
+	took := time.Since(start)
+	if resp != nil {
+		resp.Body.Close()
+	}
+	tr.Close() // ends the connection the hostile server holds
+	return err, took, conns.Load()
+}
+
+// TestHostileHugeReplyFrame: a server whose reply frame announces 2^50
+// bytes fails the call at once (well before its 5 s deadline), and so
+// does one announcing 256 MiB and sending nothing after the first bytes.
+func TestHostileHugeReplyFrame(t *testing.T) {
+	for _, size := range []uint64{1 << 50, 256 << 20} {
+		err, took, conns := hostileCall(t, func(id uint64) []byte {
+			// An empty delimiter, then a frame announcing size bytes
+			// and the start of a response envelope.
+			head, _ := appendEnvelope(nil, &envelope{Version: ProtocolVersion, Kind: KindResponse, ID: id, Status: 200})
+			b := appendFrameHeader([]byte{flagMore, 0}, 0, 300)
+			binary64(b[3:], size)
+			return append(append(b, head...), make([]byte, 32)...)[:len(b)+32]
+		})
+		t.Logf("reply frame of %d bytes: the call failed after %v (%d connections): %v", size, took.Round(time.Millisecond), conns, err)
 		if err == nil || errors.Is(err, context.DeadlineExceeded) || took > 2500*time.Millisecond {
 			t.Errorf("reply frame of %d bytes: call ended after %v with %v, want an error well before the 5 s deadline", size, took, err)
+		}
+	}
+}
+
+// TestHostileReplyTypes: a reply with a wrong msgpack type (a float
+// status, a header map) fails its call at once with the decoding error,
+// not at the deadline. (A reply of kind 258 is no response, even if its
+// low byte says 2: PROTOCOL.md section 5 has it dropped and counted.)
+func TestHostileReplyTypes(t *testing.T) {
+	cases := []struct {
+		name string
+		mod  func(f []any)
+	}{
+		{"float status", func(f []any) { f[6] = 200.0 }},
+		{"header map", func(f []any) { f[7] = map[string]string{"X-A": "1"} }},
+	}
+	for _, c := range cases {
+		err, took, _ := hostileCall(t, func(id uint64) []byte {
+			f := []any{1, 2, id, "", "", "", 200, []string{}, []byte("ok"), []string{}, 2, 0, "", 0, 0, 0}
+			c.mod(f)
+			var env []byte
+			if err := codec.NewEncoderBytes(&env, mh).Encode(f); err != nil {
+				panic(err)
+			}
+			b := appendFrameHeader([]byte{flagMore, 0}, 0, len(env))
+			return append(b, env...)
+		})
+		t.Logf("%s: the call failed after %v: %v", c.name, took.Round(time.Millisecond), err)
+		if err == nil || errors.Is(err, context.DeadlineExceeded) || took > 2500*time.Millisecond {
+			t.Errorf("%s: call ended after %v with %v, want a decoding error well before the 5 s deadline", c.name, took, err)
 		}
 	}
 }
