@@ -402,7 +402,24 @@ func (c *vconn) copyParts(j *job, p []byte) int {
 	if len(j.parts) == 0 && j.body == nil {
 		j.bodyDone = true
 	}
+	if len(j.parts) == 0 && j.headDone {
+		j.release()
+	}
 	return n
+}
+
+// release lets go of the request's frame once the server has read all of
+// the request the frame holds (head and whole body): a handler that runs
+// long, or whose reply waits for a peer that does not read, holds no
+// request bytes. Only the id and the numbers of env stay valid. c.mu is
+// held; nothing reassigns a job whose head was read.
+func (j *job) release() {
+	j.env.Method, j.env.URI, j.env.Host, j.env.Message = "", "", "", ""
+	j.env.Header, j.env.Trailer, j.env.Body = nil, nil, nil
+	if j.frame != nil {
+		wholeFrames.put(j.frame)
+		j.frame = nil
+	}
 }
 
 // readBody copies what has arrived of a streamed body into p, in chunked
