@@ -129,6 +129,7 @@ type link struct {
 	err        error // why the link died; set once, before dead is closed
 
 	heard       atomic.Bool   // the reader has read a message
+	sendWaits   atomic.Int32  // senders waiting in send for room in the queue
 	reqsRead    atomic.Uint64 // written by the reader goroutine: request envelopes read
 	reqsWritten uint64        // the writer goroutine's: request envelopes written
 
@@ -294,16 +295,21 @@ func (l *link) send(m outMsg, stop <-chan struct{}, stall time.Duration) error {
 			}
 			stalled = timer.C
 		}
+		l.sendWaits.Add(1)
 		select {
 		case <-space:
 		case <-stop:
+			l.sendWaits.Add(-1)
 			return errStop
 		case <-l.dead:
+			l.sendWaits.Add(-1)
 			return l.err
 		case <-stalled:
+			l.sendWaits.Add(-1)
 			l.close(errSlowPeer)
 			return errSlowPeer
 		}
+		l.sendWaits.Add(-1)
 		l.mu.Lock()
 	}
 	if l.isDead() {
@@ -330,6 +336,26 @@ func (l *link) sendOrDrop(m outMsg, max int64) error {
 		return errSlowPeer
 	}
 	return l.send(m, nil, 0)
+}
+
+// awaitRoom holds the reader goroutine while senders wait for room in the
+// queue (server side: replies the peer does not read as fast as it sends
+// requests), until they get it or the link dies (a queue that makes no
+// progress closes it, see send). The peer's requests then stay in its
+// socket, as over a TCP connection whose server is busy, rather than in
+// memory: a peer that never reads holds the replies that fill its queue
+// and the handlers waiting to add theirs, no more.
+func (l *link) awaitRoom() {
+	for l.sendWaits.Load() > 0 {
+		l.mu.Lock()
+		space := l.space
+		l.mu.Unlock()
+		select {
+		case <-space:
+		case <-l.dead:
+			return
+		}
+	}
 }
 
 // errStop is returned by a wait that its stop channel ended.

@@ -99,6 +99,7 @@ func (p *peer) handle(_ *link, env *envelope, frame []byte, frames [][]byte) {
 				rt.caps |= capDrain
 			}
 		}
+		p.awaitRoom() // backpressure: see link.awaitRoom
 		p.receive(env, frame, time.Now(), rt)
 	case KindHello:
 		if rt != nil {
