@@ -41,7 +41,9 @@ type job struct {
 	conn       atomic.Pointer[vconn] // the connection carrying it, once assigned
 
 	started bool // guarded by Listener.mu: holds a worker slot
-	size    int  // set before dispatch: the bytes of its envelope frame, counted in Listener.queuedBytes while queued
+	size    int  // set before dispatch: the bytes of its envelope frame, counted in Listener.queuedBytes while queued and in peer.unread until read
+
+	unreadDone atomic.Bool // doneUnread ran
 
 	handoffs int // owned by whoever assigns the job: new connections (from Accept) it was given to
 
@@ -408,12 +410,24 @@ func (c *vconn) copyParts(j *job, p []byte) int {
 	return n
 }
 
+// doneUnread takes j's bytes off its peer's unread count, once: the
+// server has read the request, or it ended unread.
+func (j *job) doneUnread() {
+	if j.unreadDone.CompareAndSwap(false, true) && j.peer.unread.Add(-int64(j.size)) <= maxUnreadPerPeer {
+		select {
+		case j.peer.unreadRoom <- struct{}{}:
+		default:
+		}
+	}
+}
+
 // release lets go of the request's frame once the server has read all of
 // the request the frame holds (head and whole body): a handler that runs
 // long, or whose reply waits for a peer that does not read, holds no
 // request bytes. Only the id and the numbers of env stay valid. c.mu is
 // held; nothing reassigns a job whose head was read.
 func (j *job) release() {
+	j.doneUnread()
 	j.env.Method, j.env.URI, j.env.Host, j.env.Message = "", "", "", ""
 	j.env.Header, j.env.Trailer, j.env.Body = nil, nil, nil
 	if j.frame != nil {
