@@ -693,9 +693,10 @@ func TestHostileNonReaders(t *testing.T) {
 			if err != nil {
 				return err
 			}
-			r.nc.SetWriteDeadline(time.Now().Add(10 * time.Second))
+			r.nc.SetWriteDeadline(time.Now().Add(3 * time.Second))
 			if err := writeEnvelopeMsg(r.bw, b); err != nil {
-				// The server may drop a peer that does not read.
+				// The server stopped reading (backpressure) or
+				// dropped the peer, which does not read.
 				return nil
 			}
 			sent.Add(1)
