@@ -39,9 +39,11 @@ var (
 	// window counts). The recvStream that reads a chunk returns its frame.
 	chunkFrames = bytePool{size: maxChunk + 8<<10}
 	// wholeFrames holds frames of requests and responses with whole
-	// bodies of refMin bytes or more. The Listener returns a request's
-	// once the server has read the request; the Transport returns a
-	// response's once its body is read or closed.
+	// bodies of half its size or more (so that a frame never holds more
+	// than twice the bytes it carries: a peer's queued requests cost what
+	// they weigh). The Listener returns a request's once the server has
+	// read the request; the Transport returns a response's once its body
+	// is read or closed.
 	wholeFrames = bytePool{size: wholeBodyMax + 16<<10}
 	// wholeBodies holds whole bodies of refMin to wholeBodyMax bytes: a
 	// handler's response (returned once written) and a caller's request
@@ -62,7 +64,7 @@ func framePool(br *bufio.Reader, size uint64) *bytePool {
 	}
 	switch Kind(b[4]) {
 	case KindRequest, KindResponse:
-		if size <= uint64(wholeFrames.size) {
+		if size >= uint64(wholeFrames.size/2) && size <= uint64(wholeFrames.size) {
 			return &wholeFrames
 		}
 	case KindChunk:

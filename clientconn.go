@@ -427,7 +427,7 @@ func (cl *clientLink) bad(_ *link, _ [][]byte, err error) {
 	var ie *idError
 	switch {
 	case errors.As(err, &oe):
-		if _, kind, id, ok := peekHead(oe.head); ok && Kind(kind) != KindRequest {
+		if _, kind, id, ok := peekHead(oe.head); ok && (kindOf(kind) == KindResponse || kindOf(kind) == KindError) {
 			t.resolve(cl, id, callResult{err: fmt.Errorf("%w: %s", ErrBodyTooLarge, bare(oe))})
 		}
 	case errors.As(err, &ie):

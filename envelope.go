@@ -286,12 +286,15 @@ func decodeEnvelope(b []byte, lim Limits, e *envelope) error {
 		return protoErr(reasonMalformed, "version, kind and id must be unsigned integers")
 	}
 	if ver != ProtocolVersion {
-		return &idError{id: id, kind: Kind(kind), err: protoErr(reasonVersion, "version %d, this peer speaks %d", ver, ProtocolVersion)}
+		return &idError{id: id, kind: kindOf(kind), err: protoErr(reasonVersion, "version %d, this peer speaks %d", ver, ProtocolVersion)}
 	}
-	if !Kind(kind).supported() {
-		return &idError{id: id, kind: Kind(kind), err: protoErr(reasonKind, "%s", Kind(kind))}
+	if !kindOf(kind).supported() {
+		return &idError{id: id, kind: kindOf(kind), err: protoErr(reasonKind, "kind %d", kind)}
 	}
 	if err := checkShape(b, 2*lim.maxHeaderFields()); err != nil {
+		return &idError{id: id, kind: Kind(kind), err: err}
+	}
+	if err := checkTypes(b); err != nil {
 		return &idError{id: id, kind: Kind(kind), err: err}
 	}
 	*e = envelope{}
@@ -317,6 +320,107 @@ func canonicalNames(kv []string) {
 	for i := 0; i < len(kv); i += 2 {
 		kv[i] = textproto.CanonicalMIMEHeaderKey(kv[i])
 	}
+}
+
+// kindOf is the Kind of the kind field's value k: 0 (invalid) for one
+// that does not fit in a Kind, rather than its low byte.
+func kindOf(k uint64) Kind {
+	if k > 255 {
+		return 0
+	}
+	return Kind(k)
+}
+
+// fieldTypes is the msgpack type each field of a v1 envelope must have
+// (nil is accepted in every field: it reads as the zero value); fields
+// after these are skipped whatever they hold.
+var fieldTypes = [envelopeFields]byte{
+	'u', 'u', 'u', // version, kind, id (checked by peekHead)
+	's', 's', 's', // method, uri, host
+	'i',      // status
+	'l',      // header
+	'b',      // body
+	'l',      // trailer
+	'i', 'i', // content_length, timeout
+	's',           // message
+	'u', 'u', 'u', // seq, flags, credit
+}
+
+// checkTypes checks that each field of the envelope at b (whose shape
+// checkShape accepted) has its msgpack type: an integer where an integer
+// goes, a str for a string, bin for the body, an array of str for a header
+// list. The codec alone would take a float for an integer (200.0 as 200)
+// and a map for a list; PROTOCOL.md section 3 forbids both. Negative
+// values of unsigned fields are left to the codec, which refuses them.
+func checkTypes(b []byte) error {
+	n, _ := arrayHeader(b)
+	p := 1
+	if b[0] == 0xdc {
+		p = 3
+	} else if b[0] == 0xdd {
+		p = 5
+	}
+	for i := 0; i < n && i < envelopeFields; i++ {
+		c := b[p]
+		var ok bool
+		want := fieldTypes[i]
+		switch {
+		case c == 0xc0:
+			ok = true
+		case want == 'u' || want == 'i':
+			ok = isMsgpackInt(c)
+		case want == 's':
+			ok = isMsgpackStr(c)
+		case want == 'b':
+			ok = c == 0xc4 || c == 0xc5 || c == 0xc6
+		case want == 'l':
+			ok = checkStrList(b[p:]) == nil
+		}
+		if !ok {
+			return protoErr(reasonMalformed, "field %d (%s): msgpack type 0x%02x, want %s", i, fieldNames[i], c, typeNames[want])
+		}
+		m, _ := walk(b[p:], 1, 1<<30) // checkShape walked it already
+		p += m
+	}
+	return nil
+}
+
+var fieldNames = [envelopeFields]string{"version", "kind", "id", "method", "uri", "host", "status", "header", "body",
+	"trailer", "content_length", "timeout", "message", "seq", "flags", "credit"}
+
+var typeNames = map[byte]string{'u': "an unsigned integer", 'i': "an integer", 's': "str", 'b': "bin", 'l': "an array of str"}
+
+// checkStrList checks that b starts with an array whose elements are all
+// str.
+func checkStrList(b []byte) error {
+	c := b[0]
+	var n, p int
+	switch {
+	case c&0xf0 == 0x90:
+		n, p = int(c&0x0f), 1
+	case c == 0xdc:
+		n, p = int(binary.BigEndian.Uint16(b[1:])), 3
+	case c == 0xdd:
+		n, p = int(binary.BigEndian.Uint32(b[1:])), 5
+	default:
+		return errShape
+	}
+	for range n {
+		if !isMsgpackStr(b[p]) {
+			return errShape
+		}
+		m, _ := walk(b[p:], 2, 1<<30)
+		p += m
+	}
+	return nil
+}
+
+func isMsgpackInt(c byte) bool {
+	return c <= 0x7f || c >= 0xe0 || (c >= 0xcc && c <= 0xd3)
+}
+
+func isMsgpackStr(c byte) bool {
+	return c&0xe0 == 0xa0 || c == 0xd9 || c == 0xda || c == 0xdb
 }
 
 // idError carries the id and kind of an envelope that failed to decode when

@@ -5,6 +5,8 @@ import (
 	"errors"
 	"reflect"
 	"testing"
+
+	"github.com/ugorji/go/codec"
 )
 
 func sampleEnvelopes() []envelope {
@@ -64,11 +66,33 @@ func TestEnvelopeRejects(t *testing.T) {
 		mod(&e)
 		return enc(e)
 	}
+	// fields spoils one field of a valid request given as a field list.
+	fields := func(mod func(f []any)) []byte {
+		f := []any{1, 1, 5, "GET", "/", "h", 0, []string{}, []byte{}, []string{}, 0, 0, "", 0, 0, 0}
+		mod(f)
+		var b []byte
+		if err := codec.NewEncoderBytes(&b, mh).Encode(f); err != nil {
+			t.Fatal(err)
+		}
+		return b
+	}
 	cases := []struct {
 		name   string
 		in     []byte
 		reason string
 	}{
+		// Wrong msgpack types are refused, not converted (section 3).
+		{"kind 257", fields(func(f []any) { f[1] = 257 }), reasonKind},
+		{"header map", fields(func(f []any) { f[7] = map[string]string{"A": "1"} }), reasonMalformed},
+		{"trailer map", fields(func(f []any) { f[9] = map[string]string{"A": "1"} }), reasonMalformed},
+		{"header of ints", fields(func(f []any) { f[7] = []int{1, 2} }), reasonMalformed},
+		{"float status", fields(func(f []any) { f[6] = 200.0 }), reasonMalformed},
+		{"float timeout", fields(func(f []any) { f[11] = 1e6 }), reasonMalformed},
+		{"float32 content length", fields(func(f []any) { f[10] = float32(0) }), reasonMalformed},
+		{"bool flags", fields(func(f []any) { f[14] = true }), reasonMalformed},
+		{"str body", fields(func(f []any) { f[8] = "abc"; f[10] = 3 }), reasonMalformed},
+		{"bin method", fields(func(f []any) { f[3] = []byte("GET") }), reasonMalformed},
+		{"negative credit", fields(func(f []any) { f[15] = -1 }), reasonMalformed},
 		{"empty", nil, reasonMalformed},
 		{"not an array", []byte{0xa3, 'a', 'b', 'c'}, reasonMalformed},
 		{"too few fields", []byte{0x92, 1, 1}, reasonMalformed},
@@ -116,6 +140,14 @@ func FuzzEnvelope(f *testing.F) {
 	}
 	f.Add([]byte{0x93, 1, 1, 5})
 	f.Add([]byte{0xdd, 0xff, 0xff, 0xff, 0xff})
+	// Wrong types and values out of range (hostile_test.go sends the same
+	// to a server): kind 257, a header map, a float timeout and status, a
+	// timeout of 2^62 µs.
+	f.Add([]byte{0x93, 1, 0xcd, 1, 1, 5})
+	f.Add([]byte{0x98, 1, 1, 5, 0xa3, 'G', 'E', 'T', 0xa1, '/', 0xa0, 0, 0x81, 0xa1, 'A', 0xa1, 'b'})
+	f.Add([]byte{0x9c, 1, 1, 5, 0xa3, 'G', 'E', 'T', 0xa1, '/', 0xa0, 0, 0xc0, 0xc0, 0xc0, 0, 0xcb, 0x41, 0x2e, 0x84, 0x80, 0, 0, 0, 0})
+	f.Add([]byte{0x97, 1, 2, 5, 0xc0, 0xc0, 0xc0, 0xcb, 0x40, 0x69, 0, 0, 0, 0, 0, 0})
+	f.Add([]byte{0x9c, 1, 1, 5, 0xa3, 'G', 'E', 'T', 0xa1, '/', 0xa0, 0, 0xc0, 0xc0, 0xc0, 0, 0xd3, 0x40, 0, 0, 0, 0, 0, 0, 0})
 	lim := Limits{MaxBodyBytes: 1 << 16, MaxHeaderBytes: 1 << 12, MaxHeaderFields: 64}
 	f.Fuzz(func(t *testing.T, b []byte) {
 		var e envelope

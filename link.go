@@ -112,7 +112,7 @@ var (
 type link struct {
 	// Set by newLink, read-only after.
 	nc         *liveConn
-	br         *bufio.Reader // the reader goroutine's
+	br         *bufio.Reader // the reader goroutine's (which replaces it with a larger one once traffic flows)
 	fw         frameWriter   // the writer goroutine's
 	peerType   zmq4.SocketType
 	h          linkHandler
@@ -130,6 +130,7 @@ type link struct {
 
 	renv        envelope      // the reader goroutine's: the message being handled
 	heard       atomic.Bool   // the reader has read a message
+	sendWaits   atomic.Int32  // senders waiting in send for room in the queue
 	reqsRead    atomic.Uint64 // written by the reader goroutine: request envelopes read
 	reqsWritten uint64        // the writer goroutine's: request envelopes written
 
@@ -295,16 +296,21 @@ func (l *link) send(m outMsg, stop <-chan struct{}, stall time.Duration) error {
 			}
 			stalled = timer.C
 		}
+		l.sendWaits.Add(1)
 		select {
 		case <-space:
 		case <-stop:
+			l.sendWaits.Add(-1)
 			return errStop
 		case <-l.dead:
+			l.sendWaits.Add(-1)
 			return l.err
 		case <-stalled:
+			l.sendWaits.Add(-1)
 			l.close(errSlowPeer)
 			return errSlowPeer
 		}
+		l.sendWaits.Add(-1)
 		l.mu.Lock()
 	}
 	if l.isDead() {
@@ -331,6 +337,26 @@ func (l *link) sendOrDrop(m outMsg, max int64) error {
 		return errSlowPeer
 	}
 	return l.send(m, nil, 0)
+}
+
+// awaitRoom holds the reader goroutine while senders wait for room in the
+// queue (server side: replies the peer does not read as fast as it sends
+// requests), until they get it or the link dies (a queue that makes no
+// progress closes it, see send). The peer's requests then stay in its
+// socket, as over a TCP connection whose server is busy, rather than in
+// memory: a peer that never reads holds the replies that fill its queue
+// and the handlers waiting to add theirs, no more.
+func (l *link) awaitRoom() {
+	for l.sendWaits.Load() > 0 {
+		l.mu.Lock()
+		space := l.space
+		l.mu.Unlock()
+		select {
+		case <-space:
+		case <-l.dead:
+			return
+		}
+	}
 }
 
 // errStop is returned by a wait that its stop channel ended.
@@ -599,9 +625,28 @@ func (l *link) readLoop() {
 		}
 		l.queueCtrl(outMsg{pong: true, b: append([]byte(nil), ctx...)})
 	}
+	// A client fails the call an oversized reply belongs to as soon as
+	// the reply's head is read, not once the rest of it has been read and
+	// discarded (a server could announce a large frame and send nothing).
+	var early func(*oversizeError)
+	var earlyDone bool // early reported the oversized message being discarded
+	if !l.cfg.server {
+		early = func(oe *oversizeError) {
+			l.h.bad(l, nil, oe)
+			earlyDone = true
+		}
+	}
 	var frames [][]byte
+	busy, grown := false, false // messages other than HELLO, PING, PONG came; l.br has busyReadBufSize
 	for {
-		frame, route, fs, err := readEnvelopeFrame(l.br, maxFrame, frames, pong)
+		if busy && !grown && l.br.Buffered() == 0 {
+			// Traffic flows: a larger buffer from now on. Idle peers
+			// (HELLO and heartbeats only) keep the handshake's small one.
+			l.br = bufio.NewReaderSize(l.nc, busyReadBufSize)
+			grown = true
+		}
+		earlyDone = false
+		frame, route, fs, err := readEnvelopeFrame(l.br, maxFrame, frames, pong, early)
 		frames = fs
 		if len(route) > 0 && !l.cfg.server {
 			// Replies come straight from the server: dropped, whatever
@@ -613,7 +658,7 @@ func (l *link) readLoop() {
 			route = nil
 		}
 		if err != nil {
-			if l.readFailed(err, route) {
+			if l.readFailed(err, route, earlyDone) {
 				return
 			}
 			continue
@@ -628,6 +673,9 @@ func (l *link) readLoop() {
 		}
 		if env.Kind == KindRequest {
 			l.reqsRead.Add(1)
+		}
+		if env.Kind != KindHello && env.Kind != KindPing && env.Kind != KindPong {
+			busy = true
 		}
 		if route != nil {
 			l.routed(env, frame, route)
@@ -676,20 +724,22 @@ func (l *link) routed(env *envelope, frame []byte, route [][]byte) {
 
 // readFailed handles an error from reading a message: a message dropped
 // (over the size limit, or not an envelope) is reported to the handler
-// and the reader goes on; anything else ends the link, and readFailed
-// reports true.
-func (l *link) readFailed(err error, route [][]byte) bool {
+// (unless reported already) and the reader goes on; anything else ends
+// the link, and readFailed reports true.
+func (l *link) readFailed(err error, route [][]byte, reported bool) bool {
 	var oe *oversizeError
 	switch {
 	case errors.As(err, &oe):
 		_, kind, id, ok := peekHead(oe.head)
-		if ok && Kind(kind) == KindRequest {
+		if ok && kindOf(kind) == KindRequest {
 			l.reqsRead.Add(1)
 		}
-		if ok && Kind(kind) == KindChunk && route == nil {
+		if ok && kindOf(kind) == KindChunk && route == nil {
 			l.failRecv(id, err)
 		}
-		l.h.bad(l, route, err)
+		if !reported { // reported: the handler was told as its head arrived
+			l.h.bad(l, route, err)
+		}
 		return false
 	case err == errNotEnvelope:
 		l.h.bad(l, route, err)

@@ -67,6 +67,7 @@ type Listener struct {
 	inflight     int                 // requests received and not yet answered
 	running      int                 // requests holding a worker slot
 	queue        []*job              // requests waiting for a worker slot, oldest first
+	queuedBytes  int                 // the sizes of the jobs in queue
 	acceptQ      []*job              // requests holding a slot, waiting for Accept
 	peersClosing bool                // maybeClosePeers has closed (or scheduled closing) every peer
 	drainGiven   bool                // Accept has returned the drain connection
@@ -308,7 +309,7 @@ func (l *Listener) Close() error {
 		l.mu.Lock()
 		l.closed.Store(true)
 		queued := append(l.queue, l.acceptQ...)
-		l.queue, l.acceptQ = nil, nil
+		l.queue, l.acceptQ, l.queuedBytes = nil, nil, 0
 		peers := make([]*peer, 0, len(l.peers))
 		for p := range l.peers {
 			peers = append(peers, p)
@@ -572,7 +573,7 @@ func (l *Listener) handshake(nc *liveConn) (*bufio.Reader, zmq4.SocketType, Peer
 // startPeer makes a peer of an established connection and starts its
 // link.
 func (l *Listener) startPeer(nc *liveConn, br *bufio.Reader, typ zmq4.SocketType, info Peer) *peer {
-	p := &peer{l: l, addr: info.Addr, info: info}
+	p := &peer{l: l, addr: info.Addr, info: info, unreadRoom: make(chan struct{}, 1)}
 	interval, timeout := l.cfg.heartbeat()
 	p.link = newLink(nc, br, typ, p, linkConfig{
 		limits:      l.cfg.limits,

@@ -142,7 +142,8 @@ func (c *config) workersOrDefault() int {
 // WithQueueSize sets how many received requests may wait for a free worker.
 // When every worker is busy and the queue is full, the Listener answers 503
 // Service Unavailable with Retry-After, without running the handler.
-// Listener only. Default 4096.
+// The queue also holds at most 4 MiB of request messages (one request
+// whatever its size). Listener only. Default 4096.
 func WithQueueSize(n int) Option { return func(c *config) { c.queueSize = n } }
 
 func (c *config) queueSizeOrDefault() int {

@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -23,6 +24,12 @@ type peer struct {
 	info Peer // who the client is, as its handshake established
 
 	closeOnce sync.Once
+
+	// unread is the bytes of its requests (envelope frames) received and
+	// not yet read by the server; unreadRoom (room for one token) is
+	// signalled when it falls to maxUnreadPerPeer or below.
+	unread     atomic.Int64
+	unreadRoom chan struct{}
 
 	// mu guards the following fields (lock order: peer.mu, then vconn.mu,
 	// then Listener.mu).
@@ -99,6 +106,7 @@ func (p *peer) handle(_ *link, env *envelope, frame []byte, frames [][]byte) {
 				rt.caps |= capDrain
 			}
 		}
+		p.backpressure()
 		p.receive(env, frame, time.Now(), rt)
 	case KindHello:
 		if rt != nil {
@@ -217,7 +225,7 @@ func errorEnvelope(id uint64, code int, msg string) *envelope {
 func (p *peer) receive(env *envelope, frame []byte, arrived time.Time, rt *route) {
 	l := p.l
 	l.stats.requests.Add(1)
-	j := &job{peer: p, route: rt, env: *env, abort: make(chan struct{})}
+	j := &job{peer: p, route: rt, env: *env, abort: make(chan struct{}), size: cap(frame)}
 	key := jobKey{rt.keyOrEmpty(), env.ID}
 	if cap(frame) == wholeFrames.size {
 		j.frame = frame // env's strings and body lie in it
@@ -268,6 +276,7 @@ func (p *peer) receive(env *envelope, frame []byte, arrived time.Time, rt *route
 		p.jobs = make(map[jobKey]*job)
 	}
 	p.jobs[key] = j
+	p.unread.Add(int64(j.size))
 	p.mu.Unlock()
 	if rt != nil && rt.caps&capAck != 0 {
 		// Taken: through a device, the client has no other way to
@@ -329,6 +338,35 @@ func (p *peer) cancel(key jobKey) {
 	j.cancel()
 }
 
+// maxUnreadPerPeer bounds the request bytes a peer may have received and
+// not yet read by the server (queued, or waiting for the server to read
+// them) before its next request is read from the socket.
+const maxUnreadPerPeer = 1 << 20
+
+// backpressure holds the reader goroutine before it takes another request
+// while the server is behind with this peer: its earlier requests
+// (maxUnreadPerPeer bytes) wait to be read, or its replies wait for room
+// (see link.awaitRoom). The peer's requests then wait in its socket, as
+// over a TCP connection, not in memory. Requests are held only while no
+// streamed request body is open: a handler waiting for its body's chunks
+// must get them.
+func (p *peer) backpressure() {
+	p.awaitRoom()
+	for p.unread.Load() > maxUnreadPerPeer {
+		p.link.mu.Lock()
+		streams := len(p.recvs)
+		p.link.mu.Unlock()
+		if streams > 0 {
+			return
+		}
+		select {
+		case <-p.unreadRoom:
+		case <-p.dead:
+			return
+		}
+	}
+}
+
 // forget removes j from the peer's table of unanswered requests, and its
 // request body stream from the link.
 func (p *peer) forget(j *job) {
@@ -338,6 +376,7 @@ func (p *peer) forget(j *job) {
 		delete(p.jobs, key)
 	}
 	p.mu.Unlock()
+	j.doneUnread()
 	if j.body != nil {
 		p.removeRecv(j.body)
 	}
@@ -367,7 +406,7 @@ func answerBad(err error) *envelope {
 		// Over the frame limit and discarded unread: 413, if its id can
 		// be read.
 		ver, kind, id, ok := peekHead(oe.head)
-		if !ok || ver != ProtocolVersion || Kind(kind) != KindRequest {
+		if !ok || ver != ProtocolVersion || kindOf(kind) != KindRequest {
 			return nil
 		}
 		return simpleResponse(id, http.StatusRequestEntityTooLarge, "Request Entity Too Large: "+oe.Error())

@@ -40,6 +40,9 @@ type job struct {
 	conn       atomic.Pointer[vconn] // the connection carrying it, once assigned
 
 	started bool // guarded by Listener.mu: holds a worker slot
+	size    int  // set before dispatch: the bytes of its envelope frame, counted in Listener.queuedBytes while queued and in peer.unread until read
+
+	unreadDone atomic.Bool // doneUnread ran
 
 	handoffs int // owned by whoever assigns the job: new connections (from Accept) it was given to
 
@@ -89,8 +92,15 @@ func (j *job) cancel() {
 
 var errRequestCanceled = errors.New("zmqhttp: request cancelled by the client or past its deadline")
 
+// maxQueueBytes bounds the request bytes (envelope frames) waiting in a
+// Listener's queue: past it a request is answered 503 as when the queue is
+// full, so that peers that send faster than the handlers run (or never
+// read their replies) hold a bounded amount of memory. One request is
+// queued whatever its size when the queue is empty.
+const maxQueueBytes = 4 << 20
+
 // dispatch gives j a worker slot and starts it, or queues it, or answers
-// 503 when the queue is full.
+// 503 when the queue is full (in requests or in bytes).
 func (l *Listener) dispatch(j *job) {
 	l.mu.Lock()
 	if l.closed.Load() {
@@ -110,8 +120,9 @@ func (l *Listener) dispatch(j *job) {
 		l.start(j)
 		return
 	}
-	if len(l.queue) < l.cfg.queueSizeOrDefault() {
+	if len(l.queue) < l.cfg.queueSizeOrDefault() && (len(l.queue) == 0 || l.queuedBytes+j.size <= maxQueueBytes) {
 		l.queue = append(l.queue, j)
+		l.queuedBytes += j.size
 		l.mu.Unlock()
 		return
 	}
@@ -170,6 +181,7 @@ func (l *Listener) finished(j *job) {
 				nj := l.queue[0]
 				l.queue[0] = nil
 				l.queue = l.queue[1:]
+				l.queuedBytes -= nj.size
 				l.running++
 				nj.started = true
 				next = append(next, nj)
@@ -391,7 +403,36 @@ func (c *vconn) copyParts(j *job, p []byte) int {
 	if len(j.parts) == 0 && j.body == nil {
 		j.bodyDone = true
 	}
+	if len(j.parts) == 0 && j.headDone {
+		j.release()
+	}
 	return n
+}
+
+// doneUnread takes j's bytes off its peer's unread count, once: the
+// server has read the request, or it ended unread.
+func (j *job) doneUnread() {
+	if j.unreadDone.CompareAndSwap(false, true) && j.peer.unread.Add(-int64(j.size)) <= maxUnreadPerPeer {
+		select {
+		case j.peer.unreadRoom <- struct{}{}:
+		default:
+		}
+	}
+}
+
+// release lets go of the request's frame once the server has read all of
+// the request the frame holds (head and whole body): a handler that runs
+// long, or whose reply waits for a peer that does not read, holds no
+// request bytes. Only the id and the numbers of env stay valid. c.mu is
+// held; nothing reassigns a job whose head was read.
+func (j *job) release() {
+	j.doneUnread()
+	j.env.Method, j.env.URI, j.env.Host, j.env.Message = "", "", "", ""
+	j.env.Header, j.env.Trailer, j.env.Body = nil, nil, nil
+	if j.frame != nil {
+		wholeFrames.put(j.frame)
+		j.frame = nil
+	}
 }
 
 // readBody copies what has arrived of a streamed body into p, in chunked

@@ -745,7 +745,7 @@ func (b *backLink) bad(_ *link, _ [][]byte, err error) {
 	var ie *idError
 	switch {
 	case errors.As(err, &oe):
-		if _, kind, i, ok := peekHead(oe.head); ok && (Kind(kind) == KindResponse || Kind(kind) == KindError) {
+		if _, kind, i, ok := peekHead(oe.head); ok && (kindOf(kind) == KindResponse || kindOf(kind) == KindError) {
 			id = i
 		}
 	case errors.As(err, &ie):

@@ -785,7 +785,7 @@ func TestProxyBasicClient(t *testing.T) {
 	writeEnvelopeMsg(w, req)
 	w.Flush()
 	raw.SetReadDeadline(time.Now().Add(5 * time.Second))
-	frame, _, _, err := readEnvelopeFrame(br, 1<<30, nil, func([]byte) {})
+	frame, _, _, err := readEnvelopeFrame(br, 1<<30, nil, func([]byte) {}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

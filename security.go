@@ -226,7 +226,7 @@ func (c *config) connSecurity(nc *liveConn, typ zmq4.SocketType, server bool, ad
 	// Frames up to the link's largest, plus what a chunk adds.
 	limit := max(c.limits.maxFrameBytes(), maxChunk+4096) + routingAllowance
 	nc.Conn = newCurveConn(raw, br, m.codec, int(limit))
-	return bufio.NewReaderSize(nc, 32<<10), peerType, p, nil
+	return bufio.NewReaderSize(nc, readBufSize), peerType, p, nil
 }
 
 // plainMech returns a PLAIN mechanism for one connection of this side,

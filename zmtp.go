@@ -46,6 +46,16 @@ const maxDiscard = 1 << 30
 // handshakeReadLimit bounds what a peer may send during the handshake.
 const handshakeReadLimit = 16 << 10
 
+// readBufSize is the size of a connection's read buffer from the
+// handshake on (the link reads through the handshake's reader) until
+// requests or replies flow: a peer that connects and stays idle holds it
+// for as long as it stays, so it is small.
+const readBufSize = 4 << 10
+
+// busyReadBufSize is the size of the read buffer a link switches to once
+// requests or replies flow on it: fewer reads for many small messages.
+const busyReadBufSize = 32 << 10
+
 // hsConn is the net.Conn zmq4 sees during the handshake. Its reads follow
 // the ZMTP stream — the 64-byte greeting, then frames — and refuse a frame
 // that announces more than handshakeReadLimit bytes before zmq4 sees its
@@ -136,7 +146,7 @@ func handshakeWith(nc net.Conn, typ zmq4.SocketType, server bool, timeout time.D
 	if err := nc.SetDeadline(time.Now().Add(timeout)); err != nil {
 		return nil, "", err
 	}
-	br = bufio.NewReaderSize(nc, 32<<10)
+	br = bufio.NewReaderSize(nc, readBufSize)
 	defer func() {
 		if r := recover(); r != nil {
 			err = fmt.Errorf("zmqhttp: ZMTP handshake: malformed peer input (%v)", r)
@@ -187,10 +197,16 @@ const oversizeHead = 32
 
 // discardOversized reads and drops the rest of a message whose frame of
 // size bytes (flags already read) is over limit, keeping its first bytes.
-func discardOversized(br *bufio.Reader, flags byte, size uint64, limit int64) error {
+// early, if not nil, is told of the oversized frame as soon as its first
+// bytes are read, before the rest is discarded (which takes as long as
+// the peer takes to send it).
+func discardOversized(br *bufio.Reader, flags byte, size uint64, limit int64, early func(*oversizeError)) error {
 	head := make([]byte, min(size, oversizeHead))
 	if _, err := io.ReadFull(br, head); err != nil {
 		return unexpectedEOF(err)
+	}
+	if early != nil {
+		early(&oversizeError{head: head, size: size, limit: limit})
 	}
 	if err := discardN(br, size-uint64(len(head))); err != nil {
 		return err
@@ -228,6 +244,12 @@ func discardN(br *bufio.Reader, n uint64) error {
 // Command frames (PING and others) are returned as a single-frame message
 // with isCmd set.
 func readMessage(br *bufio.Reader, maxFrame int64, frames [][]byte) (_ [][]byte, isCmd bool, err error) {
+	return readMessageEarly(br, maxFrame, frames, nil)
+}
+
+// readMessageEarly is readMessage, telling early (if not nil) of an
+// oversized message as soon as its head is read (see discardOversized).
+func readMessageEarly(br *bufio.Reader, maxFrame int64, frames [][]byte, early func(*oversizeError)) (_ [][]byte, isCmd bool, err error) {
 	frames = frames[:0]
 	var total uint64
 	for {
@@ -254,7 +276,7 @@ func readMessage(br *bufio.Reader, maxFrame int64, frames [][]byte) (_ [][]byte,
 				// end would keep the connection busy for ever.
 				return frames, false, protoErr(reasonFraming, "frame of %d bytes", size)
 			}
-			return frames, false, discardOversized(br, flags, size, maxFrame)
+			return frames, false, discardOversized(br, flags, size, maxFrame, early)
 		}
 		buf, err := readFrameBody(br, size)
 		if err != nil {
@@ -285,12 +307,13 @@ var errNotEnvelope = errors.New("zmqhttp: message is not an empty delimiter and 
 // (with the context its PONG must carry); other commands are skipped. The
 // error is an *oversizeError or errNotEnvelope for a message dropped (the
 // stream goes on), or what ended the stream; with an *oversizeError, route
-// holds the routing frames read before it. frames is scratch space, reused;
-// route is a slice of its own.
-func readEnvelopeFrame(br *bufio.Reader, maxFrame int64, frames [][]byte, pong func([]byte)) (env []byte, route, _ [][]byte, err error) {
+// holds the routing frames read before it. early, if not nil, is told of
+// an oversized message once its head is read, before the rest of it is
+// discarded. frames is scratch space, reused; route is a slice of its own.
+func readEnvelopeFrame(br *bufio.Reader, maxFrame int64, frames [][]byte, pong func([]byte), early func(*oversizeError)) (env []byte, route, _ [][]byte, err error) {
 	for {
 		var isCmd bool
-		frames, isCmd, err = readMessage(br, maxFrame, frames)
+		frames, isCmd, err = readMessageEarly(br, maxFrame, frames, early)
 		switch {
 		case err != nil:
 			var oe *oversizeError
