@@ -1,6 +1,7 @@
 package main
 
 import (
+	"errors"
 	"bytes"
 	"context"
 	"fmt"
@@ -98,6 +99,22 @@ obtained, 2 on a usage error.
 		ctx, cancel = context.WithTimeout(ctx, *timeout)
 		defer cancel()
 	}
+	// Like curl, fail at once when the endpoint cannot be reached, rather
+	// than wait out -timeout while the Transport keeps reconnecting.
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	go func() {
+		for ctx.Err() == nil {
+			if st := tr.Stats(); st.Connects == 0 && st.DialFailures > 0 {
+				cancel(errUnreachable)
+				return
+			}
+			select {
+			case <-ctx.Done():
+			case <-time.After(20 * time.Millisecond):
+			}
+		}
+	}()
 	resp, err := tr.RoundTrip(req.WithContext(ctx))
 	if err != nil {
 		fmt.Fprintf(stderr, "%s: %v\n", name, err)
@@ -113,6 +130,9 @@ obtained, 2 on a usage error.
 	}
 	return 0
 }
+
+// errUnreachable ends a call whose endpoint could not be reached.
+var errUnreachable = errors.New("cannot reach the endpoint")
 
 // readData returns the body -d gives: nil for none, DATA as given, the
 // contents of a file for @FILE, standard input for @-.

@@ -140,7 +140,7 @@ func TestCallExitCodes(t *testing.T) {
 		stderr string
 	}{
 		{[]string{ep, "/status/404"}, 0, ""},
-		{[]string{"-timeout", "300ms", dead, "/"}, 1, "zmqhttp call: zmqhttp: context deadline exceeded (not connected: dial " + dead},
+		{[]string{"-timeout", "300ms", dead, "/"}, 1, "zmqhttp call: zmqhttp: cannot reach the endpoint (not connected: dial " + dead},
 		{[]string{"-d", "@/nonexistent/file", ep, "/"}, 1, "zmqhttp call: -d: open /nonexistent/file"},
 		{[]string{"tcp://127.0.0.1:99999", "/"}, 1, "zmqhttp call: "},
 		{[]string{"-h"}, 0, "usage: zmqhttp call"},
