@@ -573,7 +573,7 @@ func (l *Listener) handshake(nc *liveConn) (*bufio.Reader, zmq4.SocketType, Peer
 // startPeer makes a peer of an established connection and starts its
 // link.
 func (l *Listener) startPeer(nc *liveConn, br *bufio.Reader, typ zmq4.SocketType, info Peer) *peer {
-	p := &peer{l: l, addr: info.Addr, info: info, unreadRoom: make(chan struct{}, 1)}
+	p := &peer{l: l, addr: info.Addr, info: info}
 	interval, timeout := l.cfg.heartbeat()
 	p.link = newLink(nc, br, typ, p, linkConfig{
 		limits:      l.cfg.limits,

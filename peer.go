@@ -26,10 +26,8 @@ type peer struct {
 	closeOnce sync.Once
 
 	// unread is the bytes of its requests (envelope frames) received and
-	// not yet read by the server; unreadRoom (room for one token) is
-	// signalled when it falls to maxUnreadPerPeer or below.
-	unread     atomic.Int64
-	unreadRoom chan struct{}
+	// not yet read by the server (see admit).
+	unread atomic.Int64
 
 	// mu guards the following fields (lock order: peer.mu, then vconn.mu,
 	// then Listener.mu).
@@ -106,7 +104,16 @@ func (p *peer) handle(_ *link, env *envelope, frame []byte, frames [][]byte) {
 				rt.caps |= capDrain
 			}
 		}
-		p.backpressure()
+		if !p.admit() {
+			// The server is behind with this peer: answered at once, as
+			// when the queue is full, so that the reader goes on reading
+			// (a CANCEL or CREDIT behind it may be what the server waits
+			// for).
+			l.stats.overloaded.Add(1)
+			p.replyCtrl(rt, simpleResponse(env.ID, 503, "zmqhttp: server overloaded",
+				"Retry-After", strconv.Itoa(l.cfg.retryAfterSeconds())))
+			return
+		}
 		p.receive(env, frame, time.Now(), rt)
 	case KindHello:
 		if rt != nil {
@@ -340,31 +347,19 @@ func (p *peer) cancel(key jobKey) {
 
 // maxUnreadPerPeer bounds the request bytes a peer may have received and
 // not yet read by the server (queued, or waiting for the server to read
-// them) before its next request is read from the socket.
+// them): past it its next request is answered 503.
 const maxUnreadPerPeer = 1 << 20
 
-// backpressure holds the reader goroutine before it takes another request
-// while the server is behind with this peer: its earlier requests
-// (maxUnreadPerPeer bytes) wait to be read, or its replies wait for room
-// (see link.awaitRoom). The peer's requests then wait in its socket, as
-// over a TCP connection, not in memory. Requests are held only while no
-// streamed request body is open: a handler waiting for its body's chunks
-// must get them.
-func (p *peer) backpressure() {
+// admit holds the reader goroutine while the peer's replies wait for room
+// (see link.awaitRoom: a peer that does not read them is closed after the
+// stall timeout), then reports whether the server takes another request
+// from the peer: not while maxUnreadPerPeer bytes of its earlier requests
+// wait to be read by the server. The reader never waits on the server's
+// progress: what the server waits for (a CANCEL, a stream's CREDIT or
+// chunks) may be right behind the request in the socket.
+func (p *peer) admit() bool {
 	p.awaitRoom()
-	for p.unread.Load() > maxUnreadPerPeer {
-		p.link.mu.Lock()
-		streams := len(p.recvs)
-		p.link.mu.Unlock()
-		if streams > 0 {
-			return
-		}
-		select {
-		case <-p.unreadRoom:
-		case <-p.dead:
-			return
-		}
-	}
+	return p.unread.Load() <= maxUnreadPerPeer
 }
 
 // forget removes j from the peer's table of unanswered requests, and its

@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"slices"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -87,7 +88,34 @@ func (j *job) cancel() {
 		if c := j.conn.Load(); c != nil {
 			c.abort(j)
 		}
+		j.peer.l.dropQueued(j)
 	})
+}
+
+// dropQueued takes j out of the queue if it waits there: a request its
+// caller gave up on (or whose deadline passed) holds no place, no queued
+// bytes and none of its peer's unread budget.
+func (l *Listener) dropQueued(j *job) {
+	l.mu.Lock()
+	i := -1
+	if !j.started {
+		i = slices.Index(l.queue, j)
+	}
+	if i < 0 {
+		l.mu.Unlock()
+		return
+	}
+	l.queue = slices.Delete(l.queue, i, i+1)
+	l.queuedBytes -= j.size
+	l.mu.Unlock()
+	if !j.deadline.IsZero() && !time.Now().Before(j.deadline) {
+		l.stats.expired.Add(1)
+	}
+	if j.frame != nil { // nobody else has it: it left the queue unassigned
+		wholeFrames.put(j.frame)
+		j.frame = nil
+	}
+	l.finished(j)
 }
 
 var errRequestCanceled = errors.New("zmqhttp: request cancelled by the client or past its deadline")
@@ -412,11 +440,8 @@ func (c *vconn) copyParts(j *job, p []byte) int {
 // doneUnread takes j's bytes off its peer's unread count, once: the
 // server has read the request, or it ended unread.
 func (j *job) doneUnread() {
-	if j.unreadDone.CompareAndSwap(false, true) && j.peer.unread.Add(-int64(j.size)) <= maxUnreadPerPeer {
-		select {
-		case j.peer.unreadRoom <- struct{}{}:
-		default:
-		}
+	if j.unreadDone.CompareAndSwap(false, true) {
+		j.peer.unread.Add(-int64(j.size))
 	}
 }
 

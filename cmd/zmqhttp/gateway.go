@@ -18,7 +18,7 @@ func runGateway(args []string, stderr io.Writer) int {
 	fs := newFlagSet("gateway", "-listen ADDR -to ENDPOINT [flags]", stderr)
 	listen := fs.String("listen", "", "HTTP address to serve, e.g. 127.0.0.1:8080 (required)")
 	to := fs.String("to", "", "zmqhttp endpoint to forward to: tcp://host:port, ipc:///path, or a comma-separated list (required)")
-	timeout := fs.Duration("timeout", 60*time.Second, "answer 504 when the response head (status and headers) takes longer; the body may stream for longer (0: no bound)")
+	timeout := fs.Duration("timeout", 60*time.Second, "answer 504 when the response head (status and headers) takes longer, counted from the start, the request body's upload included; the response body may stream for longer (0: no bound)")
 	host := fs.String("host", "", "Host to send upstream, e.g. the service name a proxy routes on (default: the request's own)")
 	maxBody := fs.Int64("max-body", 0, "largest request or response body in bytes, answered 413 beyond (0: no bound on streamed bodies)")
 	metricsAddr := fs.String("metrics", "", "serve Prometheus metrics at http://ADDR/metrics, e.g. 127.0.0.1:9100 (default: none)")
