@@ -346,9 +346,12 @@ func (p *peer) cancel(key jobKey) {
 }
 
 // maxUnreadPerPeer bounds the request bytes a peer may have received and
-// not yet read by the server (queued, or waiting for the server to read
-// them): past it its next request is answered 503.
-const maxUnreadPerPeer = 1 << 20
+// not yet read by the server (queued, handed to a handler that has not
+// read it yet): past it its next request is answered 503. It is above the
+// Listener's queue bound (maxQueueBytes), so that it stops only a peer
+// whose requests pile up among the running handlers, and one large
+// request never gets the others of its client refused.
+const maxUnreadPerPeer = 8 << 20
 
 // admit holds the reader goroutine while the peer's replies wait for room
 // (see link.awaitRoom: a peer that does not read them is closed after the
