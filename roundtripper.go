@@ -433,8 +433,11 @@ func (t *Transport) ctxError(err, fallback error) error {
 	connected, last := t.anyLiveLocked(), t.lastErr
 	t.mu.Unlock()
 	msg := "zmqhttp: " + bare(err)
-	if !connected && last != nil {
+	switch {
+	case !connected && last != nil:
 		msg = fmt.Sprintf("zmqhttp: %s (not connected: %s)", bare(err), bare(last))
+	case !connected:
+		msg = fmt.Sprintf("zmqhttp: %s (not connected yet: the first attempt to connect to %s, dial and ZMTP handshake, has not ended)", bare(err), t.endpoint)
 	}
 	return &contextError{msg: msg, err: err}
 }
