@@ -347,11 +347,12 @@ func (p *peer) cancel(key jobKey) {
 
 // maxUnreadPerPeer bounds the request bytes a peer may have received and
 // not yet read by the server (queued, handed to a handler that has not
-// read it yet): past it its next request is answered 503. It is above the
-// Listener's queue bound (maxQueueBytes), so that it stops only a peer
-// whose requests pile up among the running handlers, and one large
-// request never gets the others of its client refused.
-const maxUnreadPerPeer = 8 << 20
+// read it yet): past it its next request is answered 503. It bounds how
+// far the server reads ahead of its handlers for one peer (each request
+// read may become a running handler holding its reply), while leaving
+// room for one large request (headers up to 2 MiB by default) beside
+// small ones.
+const maxUnreadPerPeer = 2 << 20
 
 // admit holds the reader goroutine while the peer's replies wait for room
 // (see link.awaitRoom: a peer that does not read them is closed after the
