@@ -128,6 +128,13 @@ func TestOptionValidation(t *testing.T) {
 			t.Errorf("%s: Listen: %v; NewTransport: %v", tc.want, lerr, terr)
 		}
 	}
+	// An option for the other side is refused, not ignored.
+	if _, err := Listen("tcp://127.0.0.1:0", WithMaxPending(10)); err == nil || !strings.Contains(err.Error(), "WithMaxPending is a Transport option") {
+		t.Errorf("Listen with a Transport option: %v", err)
+	}
+	if _, err := NewTransport("tcp://127.0.0.1:1", WithWorkers(8)); err == nil || !strings.Contains(err.Error(), "WithWorkers is a Listener option") {
+		t.Errorf("NewTransport with a Listener option: %v", err)
+	}
 	// Unlimited bodies; heartbeats off on one side while the other has
 	// them at 50 ms / 100 ms: neither side may then ping or time the
 	// other out, so a connection silent for three timeouts lives on.

@@ -95,8 +95,8 @@ func (c *config) checkSecurity(server bool) error {
 	if err := c.checkOptions(); err != nil {
 		return err
 	}
-	// An option for the other side would be ignored, leaving this side
-	// open or in clear without a word: refuse it.
+	// An option for the other side would be ignored without a word (and
+	// a security one would leave this side open or in clear): refuse it.
 	switch {
 	case server && c.curveClient != nil:
 		return errors.New("zmqhttp: WithCurveClient is a Transport option; a Listener takes WithCurveServer")
@@ -106,6 +106,20 @@ func (c *config) checkSecurity(server bool) error {
 		return errors.New("zmqhttp: WithCurveServer is a Listener option; a Transport takes WithCurveClient")
 	case !server && (c.plainServer || c.authorizer != nil):
 		return errors.New("zmqhttp: WithPlainServer and WithAuthorizer are Listener options")
+	case server && c.maxPending != 0:
+		return errors.New("zmqhttp: WithMaxPending is a Transport option")
+	case server && c.maxReplays != 0:
+		return errors.New("zmqhttp: WithMaxReplays is a Transport option")
+	case server && c.disableCompress:
+		return errors.New("zmqhttp: WithDisableCompression is a Transport option")
+	case !server && c.workers != 0:
+		return errors.New("zmqhttp: WithWorkers is a Listener option")
+	case !server && c.queueSize != 0:
+		return errors.New("zmqhttp: WithQueueSize is a Listener option")
+	case !server && c.retryAfter != 0:
+		return errors.New("zmqhttp: WithRetryAfter is a Listener option")
+	case !server && len(c.services) > 0:
+		return errors.New("zmqhttp: WithServices is a Listener option")
 	}
 	if _, err := c.curveSettings(server); err != nil {
 		return err
