@@ -9,7 +9,8 @@ import (
 )
 
 // Option configures a Transport (NewTransport) or a Listener (Listen). Each
-// option says which side it applies to; the other side ignores it.
+// option says which side it applies to; given to the other side, it makes
+// Listen or NewTransport fail.
 type Option func(*config)
 
 // config is the set of settings options write. Zero values mean defaults,
