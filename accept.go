@@ -28,18 +28,13 @@ import (
 // net/http does, rather than spin.
 type acceptor struct {
 	// Set before run, read-only after.
-	ln net.Listener
-	// handshake runs one connection's handshake; if nil, a NULL one as
-	// self, accepting peers of the types in accept, within timeout.
-	handshake func(nc *liveConn) (*bufio.Reader, zmq4.SocketType, Peer, error)
-	self      zmq4.SocketType
-	accept    []zmq4.SocketType
-	timeout   time.Duration
-	failed    *atomic.Uint64  // counts connections dropped during the handshake
-	evicted   *atomic.Uint64  // counts handshakes ended to make room (may be nil)
-	errs      *atomic.Uint64  // counts failed accepts (may be nil)
-	done      <-chan struct{} // closed when accepting should stop
-	wg        *sync.WaitGroup // counts the per-connection goroutines
+	ln        net.Listener
+	handshake func(nc *liveConn) (*bufio.Reader, zmq4.SocketType, Peer, error) // one connection's
+	failed    *atomic.Uint64                                                   // counts connections dropped during the handshake
+	evicted   *atomic.Uint64                                                   // counts handshakes ended to make room (may be nil)
+	errs      *atomic.Uint64                                                   // counts failed accepts (may be nil)
+	done      <-chan struct{}                                                  // closed when accepting should stop
+	wg        *sync.WaitGroup                                                  // counts the per-connection goroutines
 	serve     func(nc *liveConn, br *bufio.Reader, peer zmq4.SocketType, info Peer)
 
 	// mu guards hs: the connections whose handshake is in progress,
@@ -108,16 +103,7 @@ func (a *acceptor) admit(nc net.Conn) *list.Element {
 func (a *acceptor) start(raw net.Conn, e *list.Element) {
 	defer a.wg.Done()
 	nc := newLiveConn(raw)
-	var br *bufio.Reader
-	var typ zmq4.SocketType
-	var info Peer
-	var err error
-	if a.handshake != nil {
-		br, typ, info, err = a.handshake(nc)
-	} else {
-		br, typ, err = handshakeAs(nc, a.self, a.accept, true, a.timeout)
-		info = Peer{Mechanism: "NULL", Addr: raw.RemoteAddr()}
-	}
+	br, typ, info, err := a.handshake(nc)
 	a.mu.Lock()
 	a.hs.Remove(e) // no-op if evicted already
 	a.mu.Unlock()

@@ -166,6 +166,21 @@ func (t *Transport) connectLoop(m *member) {
 	}
 }
 
+// requeueLocked queues c, to be sent again, on the link a new call would
+// get, and returns that link for the caller to send on once t.mu is
+// released; with none up, c waits first in line and the result is nil.
+// t.mu is held.
+func (t *Transport) requeueLocked(c *call) *clientLink {
+	c.refreshTimeout()
+	nl := t.pickLocked()
+	if nl == nil {
+		t.waiting = append([]*call{c}, t.waiting...)
+		return nil
+	}
+	t.assignLocked(nl, c)
+	return nl
+}
+
 // allRefusedLocked reports whether every server's last connect attempt
 // was refused. t.mu is held.
 func (t *Transport) allRefusedLocked() bool {
@@ -532,7 +547,6 @@ func (t *Transport) sendAgain(cl *clientLink, id uint64) {
 		c.resends++
 		t.stats.replays.Add(1)
 		c.seq.Store(0)
-		c.refreshTimeout()
 		if cl.has(capRouted) {
 			// The device may hand it to the same draining server again:
 			// pause, longer each time, before sending it again.
@@ -540,13 +554,10 @@ func (t *Transport) sendAgain(cl *clientLink, id uint64) {
 			t.mu.Unlock()
 			return
 		}
-		if nl := t.pickLocked(); nl != nil {
-			t.assignLocked(nl, c)
-			t.mu.Unlock()
+		nl := t.requeueLocked(c)
+		t.mu.Unlock()
+		if nl != nil {
 			t.sendOn(nl, c, nil)
-		} else {
-			t.waiting = append([]*call{c}, t.waiting...)
-			t.mu.Unlock()
 		}
 		t.maybeCloseDrained(cl)
 		return

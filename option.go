@@ -32,6 +32,7 @@ type config struct {
 	window           int
 	curveServer      *string    // WithCurveServer's secret key
 	curveClient      *[3]string // WithCurveClient's keys
+	curve            *curveKeys // either one's keys, parsed by checkSecurity (Listen, NewTransport)
 	authorizer       func(Peer) error
 	plainServer      bool
 	noHeartbeat      bool

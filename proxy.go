@@ -210,12 +210,10 @@ func NewProxy(frontend, backend string, opts ...Option) (*Proxy, error) {
 		backs:      make(map[*backLink]struct{}),
 		known:      make(map[string]bool),
 	}
-	front := acceptor{ln: fln, self: zmq4.Router, accept: []zmq4.SocketType{zmq4.Dealer, zmq4.Req},
-		timeout: p.cfg.handshakeTimeoutOrDefault(), failed: &p.stats.handshakeFail, done: p.done, wg: &p.wg,
-		serve: p.serveFront}
-	back := acceptor{ln: bln, self: zmq4.Dealer, accept: []zmq4.SocketType{zmq4.Router},
-		timeout: p.cfg.handshakeTimeoutOrDefault(), failed: &p.stats.handshakeFail, done: p.done, wg: &p.wg,
-		serve: p.serveBack}
+	front := acceptor{ln: fln, handshake: p.handshaker(zmq4.Router, zmq4.Dealer, zmq4.Req),
+		failed: &p.stats.handshakeFail, done: p.done, wg: &p.wg, serve: p.serveFront}
+	back := acceptor{ln: bln, handshake: p.handshaker(zmq4.Dealer, zmq4.Router),
+		failed: &p.stats.handshakeFail, done: p.done, wg: &p.wg, serve: p.serveBack}
 	var loops sync.WaitGroup
 	loops.Add(2)
 	go func() { defer loops.Done(); front.run() }()
@@ -257,6 +255,15 @@ func (p *Proxy) linkConfig() linkConfig {
 	interval, timeout := p.cfg.heartbeat()
 	return linkConfig{limits: p.cfg.limits, hbInterval: interval, hbTimeout: timeout, offer: proxyCaps,
 		window: p.cfg.streamWindow()}
+}
+
+// handshaker returns the NULL handshake of the proxy's connections on one
+// side: as a socket of type self, with a peer of one of the types accept.
+func (p *Proxy) handshaker(self zmq4.SocketType, accept ...zmq4.SocketType) func(*liveConn) (*bufio.Reader, zmq4.SocketType, Peer, error) {
+	return func(nc *liveConn) (*bufio.Reader, zmq4.SocketType, Peer, error) {
+		br, typ, err := handshakeAs(nc, self, accept, true, p.cfg.handshakeTimeoutOrDefault())
+		return br, typ, Peer{Mechanism: "NULL", Addr: nc.RemoteAddr()}, err
+	}
 }
 
 // serveFront serves one client connection until it ends (its accept

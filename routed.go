@@ -39,16 +39,11 @@ func (t *Transport) resendRouted(c *call) {
 		t.mu.Unlock()
 		return
 	}
-	c.refreshTimeout()
-	nl := t.pickLocked()
-	if nl == nil {
-		t.waiting = append([]*call{c}, t.waiting...)
-		t.mu.Unlock()
-		return
-	}
-	t.assignLocked(nl, c)
+	nl := t.requeueLocked(c)
 	t.mu.Unlock()
-	t.sendOn(nl, c, nil)
+	if nl != nil {
+		t.sendOn(nl, c, nil)
+	}
 }
 
 // accepted records that a server behind the device took call id. The
@@ -92,11 +87,7 @@ func (t *Transport) watchAcks(cl *clientLink) {
 // acknowledged, and takes a call at ackMissLimit misses as lost in the
 // device.
 func (t *Transport) sweepAcks(cl *clientLink) {
-	type resend struct {
-		c  *call
-		on *clientLink
-	}
-	var again []resend
+	var again []queued
 	var lost []*call
 	maxReplays := t.cfg.maxReplaysOrDefault()
 	t.mu.Lock()
@@ -117,18 +108,12 @@ func (t *Transport) sweepAcks(cl *clientLink) {
 		t.stats.replays.Add(1)
 		c.seq.Store(0)
 		c.shared = true // the first copy may still be queued: keep its bytes as they are
-		c.refreshTimeout()
-		if nl := t.pickLocked(); nl != nil {
-			t.assignLocked(nl, c)
-			again = append(again, resend{c, nl})
-		} else {
-			t.waiting = append(t.waiting, c)
+		if nl := t.requeueLocked(c); nl != nil {
+			again = append(again, queued{nl, c})
 		}
 	}
 	t.mu.Unlock()
-	for _, r := range again {
-		t.sendOn(r.on, r.c, nil)
-	}
+	t.sendQueued(again)
 	for _, c := range lost {
 		c.end()
 		c.res <- callResult{err: fmt.Errorf("%w: no server behind the device at %s acknowledged the request within %v (it may still run)",

@@ -121,9 +121,11 @@ func (c *config) checkSecurity(server bool) error {
 	case !server && len(c.services) > 0:
 		return errors.New("zmqhttp: WithServices is a Listener option")
 	}
-	if _, err := c.curveSettings(server); err != nil {
+	keys, err := c.curveSettings(server)
+	if err != nil {
 		return err
 	}
+	c.curve = keys // parsed once, for every connection
 	if server && c.plainServer {
 		if c.curveServer != nil {
 			return errors.New("zmqhttp: WithPlainServer and WithCurveServer together: a connection has one mechanism")
@@ -195,10 +197,7 @@ func (c *config) curveSettings(server bool) (*curveKeys, error) {
 // what handshake does, and the Peer the connection belongs to.
 func (c *config) connSecurity(nc *liveConn, typ zmq4.SocketType, server bool, addr net.Addr) (*bufio.Reader, zmq4.SocketType, Peer, error) {
 	p := Peer{Mechanism: "NULL", Addr: addr}
-	keys, err := c.curveSettings(server)
-	if err != nil {
-		return nil, "", p, err
-	}
+	keys := c.curve
 	timeout := c.handshakeTimeoutOrDefault()
 	if plain := c.plainMech(server, addr); plain != nil {
 		p.Mechanism = "PLAIN"
