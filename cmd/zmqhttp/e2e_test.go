@@ -324,6 +324,7 @@ func TestMigrationEndToEnd(t *testing.T) {
 		`zmqhttp_gateway_in_flight`:                  "0",
 		`zmqhttp_transport_pending`:                  "0",
 		`zmqhttp_transport_connects_total`:           "1",
+		`zmqhttp_transport_requests_total`:           "4",
 	} {
 		if got := page[sample]; got != want {
 			t.Errorf("gateway %s = %q, want %s", sample, got, want)

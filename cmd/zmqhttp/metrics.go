@@ -118,6 +118,7 @@ func b2f(b bool) float64 {
 // writeTransportMetrics writes a Transport's Stats.
 func writeTransportMetrics(w io.Writer, s zmqhttp.TransportStats) {
 	p := promWriter{w}
+	p.counter("zmqhttp_transport_requests_total", "Calls of RoundTrip (a request sent again counts once).", s.Requests)
 	p.counter("zmqhttp_transport_connects_total", "Connections to servers established.", s.Connects)
 	p.counter("zmqhttp_transport_dial_failures_total", "Failed attempts to connect to a server or to complete the handshake.", s.DialFailures)
 	p.counter("zmqhttp_transport_connections_lost_total", "Established connections that broke.", s.ConnectionsLost)

@@ -63,12 +63,12 @@ func checkExposition(t *testing.T, page string) map[string]string {
 func TestMetricsFormat(t *testing.T) {
 	t.Parallel()
 	var b bytes.Buffer
-	writeTransportMetrics(&b, zmqhttp.TransportStats{Connects: 3, Replays: 2, Pending: 7,
+	writeTransportMetrics(&b, zmqhttp.TransportStats{Requests: 11, Connects: 3, Replays: 2, Pending: 7,
 		Servers: []zmqhttp.ServerStats{{Endpoint: `tcp://a:1`, Address: `10.0.0.1:1`, Connected: true, InFlight: 5},
 			{Endpoint: `ipc:///run/"odd"\path`, Address: "x", InFlight: 1}}})
 	s := checkExposition(t, b.String())
 	for k, want := range map[string]string{
-		"zmqhttp_transport_connects_total": "3", "zmqhttp_transport_replays_total": "2", "zmqhttp_transport_pending": "7",
+		"zmqhttp_transport_requests_total": "11", "zmqhttp_transport_connects_total": "3", "zmqhttp_transport_replays_total": "2", "zmqhttp_transport_pending": "7",
 		`zmqhttp_transport_server_connected{endpoint="tcp://a:1",address="10.0.0.1:1"}`:       "1",
 		`zmqhttp_transport_server_in_flight{endpoint="ipc:///run/\"odd\"\\path",address="x"}`: "1",
 	} {
