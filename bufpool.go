@@ -82,15 +82,27 @@ var bufPool sync.Pool
 // maxPooledBuf bounds the buffers kept for reuse.
 const maxPooledBuf = 256 << 10
 
+// boxPool holds empty *[]byte boxes, so that putting a buffer in bufPool
+// allocates no box each time.
+var boxPool sync.Pool
+
 func getBuf() []byte {
-	if b, ok := bufPool.Get().(*[]byte); ok {
-		return (*b)[:0]
+	if p, ok := bufPool.Get().(*[]byte); ok {
+		b := (*p)[:0]
+		*p = nil
+		boxPool.Put(p)
+		return b
 	}
 	return nil
 }
 
 func putBuf(b []byte) {
 	if cap(b) > 0 && cap(b) <= maxPooledBuf {
-		bufPool.Put(&b)
+		p, ok := boxPool.Get().(*[]byte)
+		if !ok {
+			p = new([]byte)
+		}
+		*p = b
+		bufPool.Put(p)
 	}
 }

@@ -22,10 +22,10 @@ import (
 type call struct {
 	// Set before the call is registered, read-only after.
 	id         uint64
-	res        chan callResult // buffered 1; receives exactly once, from whoever removed the call from pending
-	replayable bool            // may be sent again after a lost connection (idempotent method or Idempotency-Key, body in memory)
-	streamed   bool            // the body streams: the call is bound to the link it was opened on
-	stop       chan struct{}   // closed by end: the caller is done with the call
+	res        chan struct{} // buffered 1; receives exactly once, from whoever removed the call from pending, after result is set (see deliver)
+	replayable bool          // may be sent again after a lost connection (idempotent method or Idempotency-Key, body in memory)
+	streamed   bool          // the body streams: the call is bound to the link it was opened on
+	stop       chan struct{} // closed by end: the caller is done with the call; nil for a whole-body call whose context has a Done channel (nobody waits on it)
 
 	// Owned by whoever queues the call (RoundTrip, then the Transport
 	// under mu when it requeues).
@@ -35,6 +35,10 @@ type call struct {
 	deadline  time.Time
 	encodedAt time.Time
 	trace     callTrace // the caller's httptrace hooks, fired by RoundTrip's goroutine
+
+	// result is written once, by whoever removed the call from pending,
+	// before its send on res; read by the caller after its receive.
+	result callResult
 
 	seq     atomic.Uint64 // its number among the requests written on its link; 0 until written
 	endOnce sync.Once
@@ -51,8 +55,22 @@ type call struct {
 	ackMisses   int         // through a device: watchAcks rounds that found it written and not acknowledged
 }
 
+// deliver resolves c with r: r goes in result (one channel of empty
+// values, not one of callResults, is one allocation less per call). Only
+// whoever removed c from pending calls it, once.
+func (c *call) deliver(r callResult) {
+	c.result = r
+	c.res <- struct{}{}
+}
+
 // end closes stop once.
-func (c *call) end() { c.endOnce.Do(func() { close(c.stop) }) }
+func (c *call) end() {
+	c.endOnce.Do(func() {
+		if c.stop != nil {
+			close(c.stop)
+		}
+	})
+}
 
 // refreshTimeout re-encodes c if it has a deadline and waited long enough
 // for its Timeout field to overstate the time left.
@@ -136,7 +154,7 @@ func (t *Transport) connectLoop(m *member) {
 			t.mu.Unlock()
 			for _, c := range refused {
 				c.end()
-				c.res <- callResult{err: err}
+				c.deliver(callResult{err: err})
 			}
 			if m.kick != nil {
 				select { // its host name may resolve elsewhere now
@@ -307,7 +325,7 @@ func (t *Transport) linkEnded(cl *clientLink) {
 		}
 		delete(t.pending, id)
 		c.end()
-		c.res <- callResult{err: err}
+		c.deliver(callResult{err: err})
 	}
 	for _, c := range again {
 		c.seq.Store(0) // not written on the next link yet
@@ -484,7 +502,7 @@ func (t *Transport) gotResponse(cl *clientLink, env *envelope, frame []byte) {
 	if !ok {
 		t.stats.lateReplies.Add(1)
 	} else {
-		c.res <- r
+		c.deliver(r)
 	}
 	t.maybeCloseDrained(cl)
 }
@@ -506,7 +524,7 @@ func (t *Transport) resolve(cl *clientLink, id uint64, r callResult) {
 		return
 	}
 	c.end()
-	c.res <- r
+	c.deliver(r)
 }
 
 // unlinkLocked detaches c from its link. t.mu is held; the caller then
@@ -565,6 +583,6 @@ func (t *Transport) sendAgain(cl *clientLink, id uint64) {
 	delete(t.pending, id)
 	t.mu.Unlock()
 	c.end()
-	c.res <- callResult{err: err}
+	c.deliver(callResult{err: err})
 	t.maybeCloseDrained(cl)
 }

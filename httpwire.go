@@ -341,6 +341,10 @@ func (p *respParser) parseHeader(block []byte) error {
 	if err != nil || len(code) != 3 || n < 100 {
 		return fmt.Errorf("%w: status line %q", errMalformedReponse, line)
 	}
+	if p.hdr == nil {
+		// One allocation for the fields, not one per doubling.
+		p.hdr = make([]string, 0, 2*strings.Count(rest, "\r\n"))
+	}
 	kv, err := parseFields(rest, p.hdr[:0])
 	if err != nil {
 		return err

@@ -184,7 +184,7 @@ func (t *Transport) Close() error {
 			c.resendTimer.Stop()
 		}
 		c.end()
-		c.res <- callResult{err: ErrTransportClosed}
+		c.deliver(callResult{err: ErrTransportClosed})
 	}
 	t.waiting = nil
 	var links []*clientLink
@@ -296,7 +296,7 @@ func (t *Transport) roundTrip(req *http.Request) (*http.Response, error) {
 	if err != nil {
 		return nil, err
 	}
-	c := &call{id: env.ID, res: make(chan callResult, 1), replayable: replayable(req), stop: make(chan struct{})}
+	c := &call{id: env.ID, res: make(chan struct{}, 1), replayable: replayable(req)}
 	if dl, ok := ctx.Deadline(); ok {
 		if time.Until(dl) <= 0 {
 			return nil, t.ctxError(context.Cause(ctx), context.DeadlineExceeded)
@@ -309,14 +309,16 @@ func (t *Transport) roundTrip(req *http.Request) (*http.Response, error) {
 		// encoding (see outMsg.body).
 		c.body, env.Body = env.Body, nil
 	}
-	c.msg, err = appendEnvelope(nil, env)
+	c.msg, err = appendEnvelope(getBuf(), env) // back to the pool once answered (await)
 	c.encodedAt = time.Now()
 	if err != nil {
 		return nil, err
 	}
 	stop := ctx.Done()
 	if stop == nil {
-		stop = c.stop // a context that never ends still waits for room in the queue
+		// A context that never ends still waits for room in the queue.
+		c.stop = make(chan struct{})
+		stop = c.stop
 	}
 	c.trace = newCallTrace(req, t)
 	c.trace.getConn(req)
@@ -332,19 +334,26 @@ func (t *Transport) roundTrip(req *http.Request) (*http.Response, error) {
 func (t *Transport) await(req *http.Request, c *call, gzipAsked bool) (*http.Response, error) {
 	ctx := req.Context()
 	select {
-	case r := <-c.res:
+	case <-c.res:
+		r := c.result
 		c.trace.firstByte()
 		if r.err != nil {
 			t.endUpload(c, r.err)
 			return nil, prefixed(r.err)
 		}
-		if c.body != nil && !c.shared {
+		if !c.shared && c.attempts == 0 && c.resends == 0 {
 			// Answered: the server read all of it, so the writer is done
 			// with it, and it is not sent again. (A call sent again
 			// through a device while unacknowledged may still have a
-			// copy queued: its body is left to the garbage collector.)
-			wholeBodies.put(c.body)
-			c.body = nil
+			// copy queued, and one sent again after a lost connection
+			// may still be in the old writer's hands: their buffers are
+			// left to the garbage collector.)
+			if c.body != nil {
+				wholeBodies.put(c.body)
+				c.body = nil
+			}
+			putBuf(c.msg)
+			c.msg = nil
 		}
 		return t.buildResponse(req, c, &r, gzipAsked)
 	case <-ctx.Done():
@@ -372,7 +381,8 @@ func (t *Transport) await(req *http.Request, c *call, gzipAsked bool) (*http.Res
 			t.maybeCloseDrained(sentOn)
 		}
 		if !mine { // resolved meanwhile: the result is ours after all
-			r := <-c.res
+			<-c.res
+			r := c.result
 			if r.err == nil {
 				if r.body == nil {
 					return t.buildResponse(req, c, &r, gzipAsked)
