@@ -18,8 +18,11 @@ type bytePool struct {
 
 // get returns a buffer of length and capacity size.
 func (bp *bytePool) get() []byte {
-	if b, ok := bp.p.Get().(*[]byte); ok {
-		return (*b)[:bp.size]
+	if p, ok := bp.p.Get().(*[]byte); ok {
+		b := (*p)[:bp.size]
+		*p = nil
+		boxPool.Put(p)
+		return b
 	}
 	return make([]byte, bp.size)
 }
@@ -28,8 +31,7 @@ func (bp *bytePool) get() []byte {
 // buffer (another capacity, nil) is left to the garbage collector.
 func (bp *bytePool) put(b []byte) {
 	if cap(b) == bp.size {
-		b = b[:bp.size]
-		bp.p.Put(&b)
+		bp.p.Put(boxed(b[:bp.size]))
 	}
 }
 
@@ -98,11 +100,16 @@ func getBuf() []byte {
 
 func putBuf(b []byte) {
 	if cap(b) > 0 && cap(b) <= maxPooledBuf {
-		p, ok := boxPool.Get().(*[]byte)
-		if !ok {
-			p = new([]byte)
-		}
-		*p = b
-		bufPool.Put(p)
+		bufPool.Put(boxed(b))
 	}
+}
+
+// boxed returns b in a *[]byte from boxPool (a new one if it is empty).
+func boxed(b []byte) *[]byte {
+	p, ok := boxPool.Get().(*[]byte)
+	if !ok {
+		p = new([]byte)
+	}
+	*p = b
+	return p
 }

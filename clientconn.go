@@ -31,9 +31,9 @@ type call struct {
 	// under mu when it requeues).
 	msg       []byte    // the encoded request envelope (a streamed head, or with body spliced in)
 	body      []byte    // a whole body, sent in msg's nil body field; nil if none
-	env       *envelope // for re-encoding the Timeout of a call that waited
-	deadline  time.Time
-	encodedAt time.Time
+	reqEnv    envelope  // RoundTrip's, while it encodes msg (here, not allocated on its own); zero after
+	deadline  time.Time // the caller's; zero if none
+	encodedAt time.Time // when msg's Timeout field was last set (with a deadline)
 	trace     callTrace // the caller's httptrace hooks, fired by RoundTrip's goroutine
 
 	// result is written once, by whoever removed the call from pending,
@@ -72,22 +72,20 @@ func (c *call) end() {
 	})
 }
 
-// refreshTimeout re-encodes c if it has a deadline and waited long enough
-// for its Timeout field to overstate the time left.
+// refreshTimeout brings the Timeout field of c's message up to date if c
+// has a deadline and waited long enough for it to overstate the time
+// left. Only that field is rewritten, not the whole envelope.
 func (c *call) refreshTimeout() {
-	if c.env == nil {
+	if c.deadline.IsZero() {
 		return
 	}
 	now := time.Now()
 	if now.Sub(c.encodedAt) < staleAfter {
 		return
 	}
-	c.env.Timeout = timeoutMicros(c.deadline, now)
-	buf := c.msg[:0]
-	if c.shared {
-		buf = nil // a copy written earlier may still be in a writer's hands
-	}
-	if msg, err := appendEnvelope(buf, c.env); err == nil {
+	// A copy written earlier may still be in a writer's hands: the
+	// message is rewritten in place only when it is not.
+	if msg, ok := setTimeout(c.msg, timeoutMicros(c.deadline, now), !c.shared); ok {
 		c.msg, c.encodedAt = msg, now
 	}
 }

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/textproto"
+	"slices"
 	"sync"
 
 	"github.com/ugorji/go/codec"
@@ -196,8 +197,19 @@ var mh = func() *codec.MsgpackHandle {
 	return h
 }()
 
-// encoderPool reuses codec encoders; each is reset onto the destination.
-var encoderPool = sync.Pool{New: func() any { return codec.NewEncoderBytes(nil, mh) }}
+// encoderPool reuses codec encoders, each with the slice it encodes into
+// (so that the slice, whose address the encoder keeps, is not allocated
+// per call); each is reset onto the destination.
+var encoderPool = sync.Pool{New: func() any {
+	pe := &pooledEncoder{}
+	pe.enc = codec.NewEncoderBytes(&pe.out, mh)
+	return pe
+}}
+
+type pooledEncoder struct {
+	enc *codec.Encoder
+	out []byte
+}
 
 // appendEnvelope appends the msgpack encoding of e to dst, growing dst
 // once to the size the encoding needs.
@@ -205,16 +217,66 @@ func appendEnvelope(dst []byte, e *envelope) ([]byte, error) {
 	if need := encodedSizeHint(e); cap(dst)-len(dst) < need {
 		dst = append(make([]byte, 0, len(dst)+need), dst...)
 	}
-	enc := encoderPool.Get().(*codec.Encoder)
-	out := dst
-	enc.ResetBytes(&out)
-	err := enc.Encode(e)
-	enc.ResetBytes(nil)
-	encoderPool.Put(enc)
+	pe := encoderPool.Get().(*pooledEncoder)
+	pe.out = dst
+	pe.enc.ResetBytes(&pe.out)
+	err := pe.enc.Encode(e)
+	out := pe.out
+	pe.out = nil
+	pe.enc.ResetBytes(&pe.out)
+	encoderPool.Put(pe)
 	if err != nil {
 		return dst, fmt.Errorf("zmqhttp: encode %s envelope: %w", e.Kind, err)
 	}
 	return out, nil
+}
+
+// timeoutField is the index of the Timeout field in an envelope.
+const timeoutField = 11
+
+// setTimeout returns msg, an encoded envelope, with its Timeout field set
+// to micros: rewritten in place if inPlace, else in a copy. The rest of
+// the envelope is unchanged (no re-encoding). It reports false if msg is
+// not a whole envelope (it then returns msg as it is).
+func setTimeout(msg []byte, micros int64, inPlace bool) ([]byte, bool) {
+	if len(msg) < 3 || msg[0] != 0xdc || msg[1] != 0 || msg[2] != envelopeFields {
+		return msg, false
+	}
+	p := 3
+	for i := 0; i < timeoutField; i++ {
+		n, err := walk(msg[p:], 1, 1<<30)
+		if err != nil {
+			return msg, false
+		}
+		p += n
+	}
+	old, err := walk(msg[p:], 1, 1<<30)
+	if err != nil || !isMsgpackInt(msg[p]) {
+		return msg, false
+	}
+	var enc [9]byte
+	v := appendMsgpackInt(enc[:0], micros)
+	if !inPlace {
+		msg = append(make([]byte, 0, len(msg)-old+len(v)), msg...)
+	}
+	return slices.Replace(msg, p, p+old, v...), true
+}
+
+// appendMsgpackInt appends the shortest msgpack encoding of v >= 0.
+func appendMsgpackInt(dst []byte, v int64) []byte {
+	switch {
+	case v < 0:
+		return binary.BigEndian.AppendUint64(append(dst, 0xd3), uint64(v))
+	case v <= 0x7f:
+		return append(dst, byte(v))
+	case v <= 0xff:
+		return append(dst, 0xcc, byte(v))
+	case v <= 0xffff:
+		return binary.BigEndian.AppendUint16(append(dst, 0xcd), uint16(v))
+	case v <= 0xffffffff:
+		return binary.BigEndian.AppendUint32(append(dst, 0xce), uint32(v))
+	}
+	return binary.BigEndian.AppendUint64(append(dst, 0xcf), uint64(v))
 }
 
 // encodedSizeHint is an upper bound, give or take, of e's encoded size.

@@ -18,11 +18,12 @@ import (
 // few segments so that the body is not copied: head, body, and (for a
 // chunked request) the chunk framing around it. A streamed request gets
 // its head only (its body follows from the stream, chunked if it has no
-// length). It reports whether the request is chunked.
-func requestBytes(e *envelope) ([][]byte, bool) {
+// length). It reports whether the request is chunked. The segments are
+// appended to parts.
+func requestBytes(e *envelope, parts [][]byte) ([][]byte, bool) {
 	streamed := e.Flags&flagStreamed != 0
 	var b bytes.Buffer
-	b.Grow(256 + 32*len(e.Header))
+	b.Grow(headSize(e))
 	b.WriteString(e.Method)
 	b.WriteByte(' ')
 	b.WriteString(e.URI)
@@ -67,13 +68,13 @@ func requestBytes(e *envelope) ([][]byte, bool) {
 	}
 	b.WriteString("\r\n")
 	if streamed {
-		return [][]byte{b.Bytes()}, chunked
+		return append(parts, b.Bytes()), chunked
 	}
 	if !chunked {
 		if len(e.Body) == 0 {
-			return [][]byte{b.Bytes()}, false
+			return append(parts, b.Bytes()), false
 		}
-		return [][]byte{b.Bytes(), e.Body}, false
+		return append(parts, b.Bytes(), e.Body), false
 	}
 	if len(e.Body) > 0 {
 		b.WriteString(strconv.FormatInt(int64(len(e.Body)), 16))
@@ -91,7 +92,20 @@ func requestBytes(e *envelope) ([][]byte, bool) {
 		tail.WriteString("\r\n")
 	}
 	tail.WriteString("\r\n")
-	return [][]byte{b.Bytes(), e.Body, tail.Bytes()}, true
+	return append(parts, b.Bytes(), e.Body, tail.Bytes()), true
+}
+
+// headSize is the size of the request head requestBytes renders for e,
+// give or take a few bytes (so that its buffer grows once).
+func headSize(e *envelope) int {
+	n := len(e.Method) + len(e.URI) + len(e.Host) + 96 // request line, Host, framing fields, chunk size
+	for _, s := range e.Header {
+		n += len(s) + 2
+	}
+	for _, s := range e.Trailer {
+		n += len(s) + 2
+	}
+	return n
 }
 
 func trailerNames(kv []string) []string {
@@ -130,6 +144,7 @@ type respParser struct {
 	streaming  bool  // body bytes go to out (aliasing the input) instead of body
 	out        [][]byte
 	err        error
+	renv       envelope // what render fills in (here, not allocated per response)
 }
 
 const (
@@ -428,7 +443,8 @@ func (p *respParser) envelope(id uint64) *envelope { return p.render(id, false) 
 func (p *respParser) headEnvelope(id uint64) *envelope { return p.render(id, true) }
 
 func (p *respParser) render(id uint64, streamed bool) *envelope {
-	e := &envelope{
+	e := &p.renv
+	*e = envelope{
 		Version: ProtocolVersion,
 		Kind:    KindResponse,
 		ID:      id,

@@ -48,7 +48,8 @@ type job struct {
 	handoffs int // owned by whoever assigns the job: new connections (from Accept) it was given to
 
 	// Guarded by conn.mu once assigned (owned by the assigner before).
-	parts        [][]byte   // request bytes not yet read: the head, then a whole body
+	parts        [][]byte   // request bytes not yet read: the head, then a whole body (in partsBuf)
+	partsBuf     [3][]byte  // owned by the assigner: parts' backing array
 	pendIn       []byte     // chunk framing of a streamed body, not yet read
 	headLen      int        // length of the request head
 	read         int        // request bytes the server has read
@@ -279,7 +280,7 @@ func (c *vconn) undecided() bool {
 // is closed or reclaimed (then it returns false). The caller holds
 // j.peer.mu, or owns c exclusively.
 func (c *vconn) assign(j *job) bool {
-	parts, chunked := requestBytes(&j.env)
+	parts, chunked := requestBytes(&j.env, j.partsBuf[:0])
 	c.mu.Lock()
 	// Checked and set in one critical section: Close either sees the
 	// job (and answers it) or assign sees Close.

@@ -373,11 +373,15 @@ func readFrameHeader(br *bufio.Reader) (flags byte, size uint64, err error) {
 		return 0, 0, err
 	}
 	if flags&flagLong != 0 {
-		var hdr [8]byte
-		if _, err := io.ReadFull(br, hdr[:]); err != nil {
+		// Peeked, not read into an array of ours (which would escape
+		// through io.ReadFull's interface).
+		hdr, err := br.Peek(8)
+		if err != nil {
 			return 0, 0, unexpectedEOF(err)
 		}
-		return flags, binary.BigEndian.Uint64(hdr[:]), nil
+		size := binary.BigEndian.Uint64(hdr)
+		br.Discard(8)
+		return flags, size, nil
 	}
 	b, err := br.ReadByte()
 	if err != nil {
