@@ -242,6 +242,8 @@ type vconn struct {
 	peer  *peer
 	local net.Addr
 
+	idleSince time.Time // guarded by peer.mu: when it was listed idle (addIdle)
+
 	// wake has room for one token; it is sent whenever a blocked Read
 	// should look again (deadline changed, job assigned or aborted, Close).
 	wake chan struct{}
