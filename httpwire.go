@@ -19,10 +19,11 @@ import (
 // chunked request) the chunk framing around it. A streamed request gets
 // its head only (its body follows from the stream, chunked if it has no
 // length). It reports whether the request is chunked. The segments are
-// appended to parts.
+// appended to parts. The head (parts[0]) is in a buffer from the buffer
+// pool, to go back once read (job.release).
 func requestBytes(e *envelope, parts [][]byte) ([][]byte, bool) {
 	streamed := e.Flags&flagStreamed != 0
-	var b bytes.Buffer
+	b := bytes.NewBuffer(getBuf())
 	b.Grow(headSize(e))
 	b.WriteString(e.Method)
 	b.WriteByte(' ')
@@ -400,7 +401,11 @@ func (p *respParser) parseHeader(block []byte) error {
 		} else if size >= refMin && size <= wholeBodyMax {
 			p.body = wholeBodies.get()[:0]
 		} else if size <= wholeBodyMax {
-			p.body = make([]byte, 0, size)
+			// Copied into the reply's encoding, then back to the
+			// buffer pool (vconn.reply).
+			if p.body = getBuf(); int64(cap(p.body)) < size {
+				p.body = make([]byte, 0, size)
+			}
 		}
 	default:
 		p.state = psUntilClose
