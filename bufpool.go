@@ -18,8 +18,11 @@ type bytePool struct {
 
 // get returns a buffer of length and capacity size.
 func (bp *bytePool) get() []byte {
-	if b, ok := bp.p.Get().(*[]byte); ok {
-		return (*b)[:bp.size]
+	if p, ok := bp.p.Get().(*[]byte); ok {
+		b := (*p)[:bp.size]
+		*p = nil
+		boxPool.Put(p)
+		return b
 	}
 	return make([]byte, bp.size)
 }
@@ -28,8 +31,7 @@ func (bp *bytePool) get() []byte {
 // buffer (another capacity, nil) is left to the garbage collector.
 func (bp *bytePool) put(b []byte) {
 	if cap(b) == bp.size {
-		b = b[:bp.size]
-		bp.p.Put(&b)
+		bp.p.Put(boxed(b[:bp.size]))
 	}
 }
 
@@ -82,15 +84,32 @@ var bufPool sync.Pool
 // maxPooledBuf bounds the buffers kept for reuse.
 const maxPooledBuf = 256 << 10
 
+// boxPool holds empty *[]byte boxes, so that putting a buffer in bufPool
+// allocates no box each time.
+var boxPool sync.Pool
+
 func getBuf() []byte {
-	if b, ok := bufPool.Get().(*[]byte); ok {
-		return (*b)[:0]
+	if p, ok := bufPool.Get().(*[]byte); ok {
+		b := (*p)[:0]
+		*p = nil
+		boxPool.Put(p)
+		return b
 	}
 	return nil
 }
 
 func putBuf(b []byte) {
 	if cap(b) > 0 && cap(b) <= maxPooledBuf {
-		bufPool.Put(&b)
+		bufPool.Put(boxed(b))
 	}
+}
+
+// boxed returns b in a *[]byte from boxPool (a new one if it is empty).
+func boxed(b []byte) *[]byte {
+	p, ok := boxPool.Get().(*[]byte)
+	if !ok {
+		p = new([]byte)
+	}
+	*p = b
+	return p
 }

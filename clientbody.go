@@ -26,7 +26,7 @@ func (t *Transport) roundTripStreamed(req *http.Request, cl *clientLink) (*http.
 		req.Body.Close()
 		return nil, err
 	}
-	c := &call{id: env.ID, res: make(chan callResult, 1), streamed: true, stop: make(chan struct{})}
+	c := &call{id: env.ID, res: make(chan struct{}, 1), streamed: true, stop: make(chan struct{})}
 	if dl, ok := ctx.Deadline(); ok {
 		if time.Until(dl) <= 0 {
 			req.Body.Close()

@@ -22,19 +22,23 @@ import (
 type call struct {
 	// Set before the call is registered, read-only after.
 	id         uint64
-	res        chan callResult // buffered 1; receives exactly once, from whoever removed the call from pending
-	replayable bool            // may be sent again after a lost connection (idempotent method or Idempotency-Key, body in memory)
-	streamed   bool            // the body streams: the call is bound to the link it was opened on
-	stop       chan struct{}   // closed by end: the caller is done with the call
+	res        chan struct{} // buffered 1; receives exactly once, from whoever removed the call from pending, after result is set (see deliver)
+	replayable bool          // may be sent again after a lost connection (idempotent method or Idempotency-Key, body in memory)
+	streamed   bool          // the body streams: the call is bound to the link it was opened on
+	stop       chan struct{} // closed by end: the caller is done with the call; nil for a whole-body call whose context has a Done channel (nobody waits on it)
 
 	// Owned by whoever queues the call (RoundTrip, then the Transport
 	// under mu when it requeues).
 	msg       []byte    // the encoded request envelope (a streamed head, or with body spliced in)
 	body      []byte    // a whole body, sent in msg's nil body field; nil if none
-	env       *envelope // for re-encoding the Timeout of a call that waited
-	deadline  time.Time
-	encodedAt time.Time
+	reqEnv    envelope  // RoundTrip's, while it encodes msg (here, not allocated on its own); zero after
+	deadline  time.Time // the caller's; zero if none
+	encodedAt time.Time // when msg's Timeout field was last set (with a deadline)
 	trace     callTrace // the caller's httptrace hooks, fired by RoundTrip's goroutine
+
+	// result is written once, by whoever removed the call from pending,
+	// before its send on res; read by the caller after its receive.
+	result callResult
 
 	seq     atomic.Uint64 // its number among the requests written on its link; 0 until written
 	endOnce sync.Once
@@ -51,25 +55,37 @@ type call struct {
 	ackMisses   int         // through a device: watchAcks rounds that found it written and not acknowledged
 }
 
-// end closes stop once.
-func (c *call) end() { c.endOnce.Do(func() { close(c.stop) }) }
+// deliver resolves c with r: r goes in result (one channel of empty
+// values, not one of callResults, is one allocation less per call). Only
+// whoever removed c from pending calls it, once.
+func (c *call) deliver(r callResult) {
+	c.result = r
+	c.res <- struct{}{}
+}
 
-// refreshTimeout re-encodes c if it has a deadline and waited long enough
-// for its Timeout field to overstate the time left.
+// end closes stop once.
+func (c *call) end() {
+	c.endOnce.Do(func() {
+		if c.stop != nil {
+			close(c.stop)
+		}
+	})
+}
+
+// refreshTimeout brings the Timeout field of c's message up to date if c
+// has a deadline and waited long enough for it to overstate the time
+// left. Only that field is rewritten, not the whole envelope.
 func (c *call) refreshTimeout() {
-	if c.env == nil {
+	if c.deadline.IsZero() {
 		return
 	}
 	now := time.Now()
 	if now.Sub(c.encodedAt) < staleAfter {
 		return
 	}
-	c.env.Timeout = timeoutMicros(c.deadline, now)
-	buf := c.msg[:0]
-	if c.shared {
-		buf = nil // a copy written earlier may still be in a writer's hands
-	}
-	if msg, err := appendEnvelope(buf, c.env); err == nil {
+	// A copy written earlier may still be in a writer's hands: the
+	// message is rewritten in place only when it is not.
+	if msg, ok := setTimeout(c.msg, timeoutMicros(c.deadline, now), !c.shared); ok {
 		c.msg, c.encodedAt = msg, now
 	}
 }
@@ -136,7 +152,7 @@ func (t *Transport) connectLoop(m *member) {
 			t.mu.Unlock()
 			for _, c := range refused {
 				c.end()
-				c.res <- callResult{err: err}
+				c.deliver(callResult{err: err})
 			}
 			if m.kick != nil {
 				select { // its host name may resolve elsewhere now
@@ -307,7 +323,7 @@ func (t *Transport) linkEnded(cl *clientLink) {
 		}
 		delete(t.pending, id)
 		c.end()
-		c.res <- callResult{err: err}
+		c.deliver(callResult{err: err})
 	}
 	for _, c := range again {
 		c.seq.Store(0) // not written on the next link yet
@@ -484,7 +500,7 @@ func (t *Transport) gotResponse(cl *clientLink, env *envelope, frame []byte) {
 	if !ok {
 		t.stats.lateReplies.Add(1)
 	} else {
-		c.res <- r
+		c.deliver(r)
 	}
 	t.maybeCloseDrained(cl)
 }
@@ -506,7 +522,7 @@ func (t *Transport) resolve(cl *clientLink, id uint64, r callResult) {
 		return
 	}
 	c.end()
-	c.res <- r
+	c.deliver(r)
 }
 
 // unlinkLocked detaches c from its link. t.mu is held; the caller then
@@ -565,6 +581,6 @@ func (t *Transport) sendAgain(cl *clientLink, id uint64) {
 	delete(t.pending, id)
 	t.mu.Unlock()
 	c.end()
-	c.res <- callResult{err: err}
+	c.deliver(callResult{err: err})
 	t.maybeCloseDrained(cl)
 }

@@ -5,7 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/textproto"
-	"sync"
+	"slices"
 
 	"github.com/ugorji/go/codec"
 )
@@ -183,38 +183,64 @@ func (l Limits) maxFrameBytes() int64 {
 	return l.maxBodyBytes() + int64(l.maxHeaderBytes()) + int64(l.maxHeaderFields())*10 + 4096
 }
 
+// mh is the msgpack codec handle whose encoding and decoding of envelopes
+// encodeEnvelope and readFields (envcodec.go) reproduce without reflection;
+// the tests use it as their reference, and to encode hostile input.
+// Decoded strings and bytes point into the frame: no second copy of each
+// body. A frame is never modified while anything decoded from it is in
+// use; pooled frames (chunks, whole requests and responses) go back to
+// their pool only once nothing refers to them (bufpool.go).
 var mh = func() *codec.MsgpackHandle {
 	h := &codec.MsgpackHandle{}
 	h.WriteExt = true // new spec: str and bin are distinct types
 	h.RawToString = true
 	h.MaxInitLen = 4096
-	// Decoded strings and bytes point into the frame: no second copy of
-	// each body. A frame is never modified while anything decoded from it
-	// is in use; pooled frames (chunks, whole requests and responses) go
-	// back to their pool only once nothing refers to them (bufpool.go).
 	h.ZeroCopy = true
 	return h
 }()
 
-// encoderPool reuses codec encoders; each is reset onto the destination.
-var encoderPool = sync.Pool{New: func() any { return codec.NewEncoderBytes(nil, mh) }}
-
-// appendEnvelope appends the msgpack encoding of e to dst, growing dst
-// once to the size the encoding needs.
+// appendEnvelope appends the msgpack encoding of e to dst (see
+// encodeEnvelope), growing dst once to the size the encoding needs.
 func appendEnvelope(dst []byte, e *envelope) ([]byte, error) {
 	if need := encodedSizeHint(e); cap(dst)-len(dst) < need {
 		dst = append(make([]byte, 0, len(dst)+need), dst...)
 	}
-	enc := encoderPool.Get().(*codec.Encoder)
-	out := dst
-	enc.ResetBytes(&out)
-	err := enc.Encode(e)
-	enc.ResetBytes(nil)
-	encoderPool.Put(enc)
+	out, err := encodeEnvelope(dst, e)
 	if err != nil {
 		return dst, fmt.Errorf("zmqhttp: encode %s envelope: %w", e.Kind, err)
 	}
 	return out, nil
+}
+
+// timeoutField is the index of the Timeout field in an envelope.
+const timeoutField = 11
+
+// setTimeout returns msg, an encoded envelope, with its Timeout field set
+// to micros: rewritten in place if inPlace, else in a copy. The rest of
+// the envelope is unchanged (no re-encoding). It reports false if msg is
+// not a whole envelope (it then returns msg as it is).
+func setTimeout(msg []byte, micros int64, inPlace bool) ([]byte, bool) {
+	if len(msg) < 3 || msg[0] != 0xdc || msg[1] != 0 || msg[2] != envelopeFields {
+		return msg, false
+	}
+	p := 3
+	for i := 0; i < timeoutField; i++ {
+		n, err := walk(msg[p:], 1, 1<<30)
+		if err != nil {
+			return msg, false
+		}
+		p += n
+	}
+	old, err := walk(msg[p:], 1, 1<<30)
+	if err != nil || !isMsgpackInt(msg[p]) {
+		return msg, false
+	}
+	var enc [9]byte
+	v := appendInt(enc[:0], micros) // as the codec writes it
+	if !inPlace {
+		msg = append(make([]byte, 0, len(msg)-old+len(v)), msg...)
+	}
+	return slices.Replace(msg, p, p+old, v...), true
 }
 
 // encodedSizeHint is an upper bound, give or take, of e's encoded size.
@@ -228,8 +254,6 @@ func encodedSizeHint(e *envelope) int {
 	}
 	return n
 }
-
-var decoderPool = sync.Pool{New: func() any { return codec.NewDecoderBytes(nil, mh) }}
 
 // ProtocolError reports an envelope that this peer cannot accept: malformed,
 // of another version, of a kind it does not implement, or over a limit.
@@ -298,13 +322,8 @@ func decodeEnvelope(b []byte, lim Limits, e *envelope) error {
 		return &idError{id: id, kind: Kind(kind), err: err}
 	}
 	*e = envelope{}
-	dec := decoderPool.Get().(*codec.Decoder)
-	dec.ResetBytes(b)
-	err = dec.Decode(e)
-	dec.ResetBytes(nil)
-	decoderPool.Put(dec)
-	if err != nil {
-		return &idError{id: id, kind: Kind(kind), err: protoErr(reasonMalformed, "%v", err)}
+	if err := readFields(b, e); err != nil {
+		return &idError{id: id, kind: Kind(kind), err: err}
 	}
 	if err := validateEnvelope(e, lim); err != nil {
 		return &idError{id: id, kind: e.Kind, err: err}

@@ -18,11 +18,13 @@ import (
 // few segments so that the body is not copied: head, body, and (for a
 // chunked request) the chunk framing around it. A streamed request gets
 // its head only (its body follows from the stream, chunked if it has no
-// length). It reports whether the request is chunked.
-func requestBytes(e *envelope) ([][]byte, bool) {
+// length). It reports whether the request is chunked. The segments are
+// appended to parts. The head (parts[0]) is in a buffer from the buffer
+// pool, to go back once read (job.release).
+func requestBytes(e *envelope, parts [][]byte) ([][]byte, bool) {
 	streamed := e.Flags&flagStreamed != 0
-	var b bytes.Buffer
-	b.Grow(256 + 32*len(e.Header))
+	b := bytes.NewBuffer(getBuf())
+	b.Grow(headSize(e))
 	b.WriteString(e.Method)
 	b.WriteByte(' ')
 	b.WriteString(e.URI)
@@ -67,13 +69,13 @@ func requestBytes(e *envelope) ([][]byte, bool) {
 	}
 	b.WriteString("\r\n")
 	if streamed {
-		return [][]byte{b.Bytes()}, chunked
+		return append(parts, b.Bytes()), chunked
 	}
 	if !chunked {
 		if len(e.Body) == 0 {
-			return [][]byte{b.Bytes()}, false
+			return append(parts, b.Bytes()), false
 		}
-		return [][]byte{b.Bytes(), e.Body}, false
+		return append(parts, b.Bytes(), e.Body), false
 	}
 	if len(e.Body) > 0 {
 		b.WriteString(strconv.FormatInt(int64(len(e.Body)), 16))
@@ -91,7 +93,20 @@ func requestBytes(e *envelope) ([][]byte, bool) {
 		tail.WriteString("\r\n")
 	}
 	tail.WriteString("\r\n")
-	return [][]byte{b.Bytes(), e.Body, tail.Bytes()}, true
+	return append(parts, b.Bytes(), e.Body, tail.Bytes()), true
+}
+
+// headSize is the size of the request head requestBytes renders for e,
+// give or take a few bytes (so that its buffer grows once).
+func headSize(e *envelope) int {
+	n := len(e.Method) + len(e.URI) + len(e.Host) + 96 // request line, Host, framing fields, chunk size
+	for _, s := range e.Header {
+		n += len(s) + 2
+	}
+	for _, s := range e.Trailer {
+		n += len(s) + 2
+	}
+	return n
 }
 
 func trailerNames(kv []string) []string {
@@ -130,6 +145,7 @@ type respParser struct {
 	streaming  bool  // body bytes go to out (aliasing the input) instead of body
 	out        [][]byte
 	err        error
+	renv       envelope // what render fills in (here, not allocated per response)
 }
 
 const (
@@ -341,6 +357,10 @@ func (p *respParser) parseHeader(block []byte) error {
 	if err != nil || len(code) != 3 || n < 100 {
 		return fmt.Errorf("%w: status line %q", errMalformedReponse, line)
 	}
+	if p.hdr == nil {
+		// One allocation for the fields, not one per doubling.
+		p.hdr = make([]string, 0, 2*strings.Count(rest, "\r\n"))
+	}
 	kv, err := parseFields(rest, p.hdr[:0])
 	if err != nil {
 		return err
@@ -381,7 +401,11 @@ func (p *respParser) parseHeader(block []byte) error {
 		} else if size >= refMin && size <= wholeBodyMax {
 			p.body = wholeBodies.get()[:0]
 		} else if size <= wholeBodyMax {
-			p.body = make([]byte, 0, size)
+			// Copied into the reply's encoding, then back to the
+			// buffer pool (vconn.reply).
+			if p.body = getBuf(); int64(cap(p.body)) < size {
+				p.body = make([]byte, 0, size)
+			}
 		}
 	default:
 		p.state = psUntilClose
@@ -424,7 +448,8 @@ func (p *respParser) envelope(id uint64) *envelope { return p.render(id, false) 
 func (p *respParser) headEnvelope(id uint64) *envelope { return p.render(id, true) }
 
 func (p *respParser) render(id uint64, streamed bool) *envelope {
-	e := &envelope{
+	e := &p.renv
+	*e = envelope{
 		Version: ProtocolVersion,
 		Kind:    KindResponse,
 		ID:      id,

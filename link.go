@@ -133,19 +133,26 @@ type link struct {
 	sendWaits   atomic.Int32  // senders waiting in send for room in the queue
 	reqsRead    atomic.Uint64 // written by the reader goroutine: request envelopes read
 	reqsWritten uint64        // the writer goroutine's: request envelopes written
+	// The writer goroutine's scratch, reused each round: buffers to give
+	// back to their pools once written.
+	recycle, recycleBodies [][]byte
 
 	// mu guards the following fields, and the fields of the link's
 	// sendStreams that their docs say it guards.
-	mu     sync.Mutex
-	wake   chan struct{} // room for one token: the writer has work
-	space  chan struct{} // closed and replaced when queued bytes fall
-	ctrl   []outMsg      // control messages, written first
-	msgs   []outMsg      // whole messages, in order
-	queued int64         // bytes in msgs
-	active []*sendStream // streams with something to send, in turn
-	sends  map[uint64]*sendStream
-	recvs  map[uint64]*recvStream
-	fin    bool // write what is queued, then close
+	mu    sync.Mutex
+	wake  chan struct{} // room for one token: the writer has work
+	space chan struct{} // closed and replaced when queued bytes fall, if spaceWanted
+	// spaceWanted: a waiter took space (see spaceLocked), so it is
+	// closed and replaced when queued bytes fall; otherwise it is left
+	// as it is (no channel made per writer round).
+	spaceWanted bool
+	ctrl        []outMsg      // control messages, written first
+	msgs        []outMsg      // whole messages, in order
+	queued      int64         // bytes in msgs
+	active      []*sendStream // streams with something to send, in turn
+	sends       map[uint64]*sendStream
+	recvs       map[uint64]*recvStream
+	fin         bool // write what is queued, then close
 }
 
 // outMsg is one queued message.
@@ -284,7 +291,7 @@ func (l *link) send(m outMsg, stop <-chan struct{}, stall time.Duration) error {
 	l.mu.Lock()
 	var timer *time.Timer
 	for stop != nil && l.queued > 0 && l.queued+int64(len(m.b)+len(m.body)) > linkQueueBytes {
-		space := l.space
+		space := l.spaceLocked()
 		l.mu.Unlock()
 		var stalled <-chan time.Time
 		if stall > 0 {
@@ -349,7 +356,7 @@ func (l *link) sendOrDrop(m outMsg, max int64) error {
 func (l *link) awaitRoom() {
 	for l.sendWaits.Load() > 0 {
 		l.mu.Lock()
-		space := l.space
+		space := l.spaceLocked()
 		l.mu.Unlock()
 		select {
 		case <-space:
@@ -357,6 +364,13 @@ func (l *link) awaitRoom() {
 			return
 		}
 	}
+}
+
+// spaceLocked returns the channel closed when queued bytes next fall, for
+// a waiter. l.mu is held.
+func (l *link) spaceLocked() chan struct{} {
+	l.spaceWanted = true
+	return l.space
 }
 
 // errStop is returned by a wait that its stop channel ended.
@@ -461,13 +475,19 @@ func (l *link) takeLocked(items []writeItem) []writeItem {
 	}
 	if n > 0 {
 		clear(l.msgs[:n])
-		l.msgs = l.msgs[n:]
-		if len(l.msgs) == 0 {
+		if n < len(l.msgs) {
+			l.msgs = l.msgs[n:]
+		} else if l.msgs = l.msgs[:0]; cap(l.msgs) > 1024 {
+			// Emptied: its backing array serves again, unless a burst
+			// made it large.
 			l.msgs = nil
 		}
 		l.queued -= took
-		close(l.space)
-		l.space = make(chan struct{})
+		if l.spaceWanted {
+			close(l.space)
+			l.space = make(chan struct{})
+			l.spaceWanted = false
+		}
 	}
 	turn := len(l.active)
 	for i := 0; i < turn; i++ {
@@ -490,19 +510,26 @@ func (l *link) takeLocked(items []writeItem) []writeItem {
 // large round). Buffers go back to the pool once written.
 func (l *link) writeItems(items []writeItem) error {
 	w := &l.fw
-	var recycle, recycleBodies [][]byte
+	recycle, recycleBodies := l.recycle[:0], l.recycleBodies[:0]
+	defer func() {
+		clear(recycle)
+		clear(recycleBodies)
+		l.recycle, l.recycleBodies = recycle[:0], recycleBodies[:0]
+	}()
 	done := 0 // items before this one are written once flush returns
 	flush := func(upto int) error {
 		err := w.flush()
 		for _, b := range recycle {
 			putBuf(b)
 		}
+		clear(recycle)
 		recycle = recycle[:0]
 		if err == nil {
 			for _, b := range recycleBodies {
 				wholeBodies.put(b)
 			}
 		}
+		clear(recycleBodies)
 		recycleBodies = recycleBodies[:0]
 		if err == nil {
 			// The producers may have their bytes back.

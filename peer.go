@@ -57,9 +57,18 @@ type route struct {
 	caps   uint64 // what the request's client takes (capAck, capDrain), from the request's flags
 }
 
-// maxIdlePerPeer bounds the keep-alive connections a peer keeps waiting
-// for its next request; one more ends (EOF) instead of waiting.
+// maxIdlePerPeer is how many keep-alive connections a peer keeps waiting
+// for its next request however long they wait. Beyond it, up to the
+// Listener's worker count, a connection waits as long as some connection
+// of the peer was used within idleTrim: a peer that has many requests in
+// flight keeps the connections that carry them (with a fixed bound of
+// 64, a peer with 256 requests in flight had every other one served by a
+// new connection: a new http.Server connection goroutine and buffers
+// each time), and gives back those of a burst that has passed.
 const maxIdlePerPeer = 64
+
+// idleTrim is how long a connection beyond maxIdlePerPeer may wait idle.
+const idleTrim = 10 * time.Second
 
 // routeFor returns the route of a message's routing frames, or nil for a
 // direct message.
@@ -449,14 +458,29 @@ func (p *peer) popIdleLocked() *vconn {
 
 // addIdle lists c as waiting for this peer's next request. It refuses
 // (and c should end) when the peer is gone, the Listener is closed, or
-// the peer has maxIdlePerPeer waiting already.
+// the peer has as many waiting as the Listener has workers. Connections
+// beyond maxIdlePerPeer that waited longer than idleTrim are asked to
+// end.
 func (p *peer) addIdle(c *vconn) bool {
+	now := time.Now()
 	p.mu.Lock()
-	defer p.mu.Unlock()
-	if p.gone || p.l.isClosed() || len(p.idle) >= maxIdlePerPeer {
+	if p.gone || p.l.isClosed() || len(p.idle) >= max(maxIdlePerPeer, p.l.cfg.workersOrDefault()) {
+		p.mu.Unlock()
 		return false
 	}
+	// The list is oldest first (popIdleLocked takes the newest).
+	var stale []*vconn
+	for len(p.idle) >= maxIdlePerPeer && now.Sub(p.idle[0].idleSince) > idleTrim {
+		stale = append(stale, p.idle[0])
+		p.idle[0] = nil
+		p.idle = p.idle[1:]
+	}
+	c.idleSince = now
 	p.idle = append(p.idle, c)
+	p.mu.Unlock()
+	for _, sc := range stale {
+		sc.reclaim()
+	}
 	return true
 }
 

@@ -48,7 +48,9 @@ type job struct {
 	handoffs int // owned by whoever assigns the job: new connections (from Accept) it was given to
 
 	// Guarded by conn.mu once assigned (owned by the assigner before).
-	parts        [][]byte   // request bytes not yet read: the head, then a whole body
+	parts        [][]byte   // request bytes not yet read: the head, then a whole body (in partsBuf)
+	partsBuf     [3][]byte  // owned by the assigner: parts' backing array
+	head         []byte     // the whole head (parts[0] as assigned): back to the buffer pool once read
 	pendIn       []byte     // chunk framing of a streamed body, not yet read
 	headLen      int        // length of the request head
 	read         int        // request bytes the server has read
@@ -241,6 +243,8 @@ type vconn struct {
 	peer  *peer
 	local net.Addr
 
+	idleSince time.Time // guarded by peer.mu: when it was listed idle (addIdle)
+
 	// wake has room for one token; it is sent whenever a blocked Read
 	// should look again (deadline changed, job assigned or aborted, Close).
 	wake chan struct{}
@@ -279,7 +283,7 @@ func (c *vconn) undecided() bool {
 // is closed or reclaimed (then it returns false). The caller holds
 // j.peer.mu, or owns c exclusively.
 func (c *vconn) assign(j *job) bool {
-	parts, chunked := requestBytes(&j.env)
+	parts, chunked := requestBytes(&j.env, j.partsBuf[:0])
 	c.mu.Lock()
 	// Checked and set in one critical section: Close either sees the
 	// job (and answers it) or assign sees Close.
@@ -292,6 +296,7 @@ func (c *vconn) assign(j *job) bool {
 	// starts afresh.
 	j.pendIn, j.read, j.headDone, j.closedAtHead, j.entered, j.bodyDone, j.out, j.sent = nil, 0, false, false, false, false, nil, false
 	j.parts = parts
+	j.head = parts[0]
 	j.headLen = len(parts[0])
 	j.chunkedIn = chunked && j.body != nil
 	if j.body != nil && !chunked {
@@ -454,6 +459,10 @@ func (j *job) release() {
 	j.doneUnread()
 	j.env.Method, j.env.URI, j.env.Host, j.env.Message = "", "", "", ""
 	j.env.Header, j.env.Trailer, j.env.Body = nil, nil, nil
+	if j.head != nil {
+		putBuf(j.head)
+		j.head = nil
+	}
 	if j.frame != nil {
 		wholeFrames.put(j.frame)
 		j.frame = nil
@@ -736,11 +745,17 @@ func (c *vconn) Write(p []byte) (int, error) {
 // response completed at or after the job's deadline (the caller's, less a
 // transit allowance) is dropped too, so a handler that stopped because its
 // context ended never beats the caller's own timer with a half-done answer.
-// With pooled set, e.Body came from wholeBodies.
+// With pooled set, e.Body came from wholeBodies. e is j's response parser's
+// (its body is the parser's own copy): a small body, copied into the
+// reply's encoding, goes to the buffer pool.
 func (c *vconn) reply(j *job, e *envelope, pooled bool) {
 	late := !j.deadline.IsZero() && !time.Now().Before(j.deadline)
 	if !j.canceled() && !late {
 		c.peer.reply(j.route, e, pooled)
+	}
+	if !pooled && len(e.Body) > 0 && len(e.Body) < refMin {
+		putBuf(e.Body)
+		e.Body = nil
 	}
 	c.l.finished(j)
 	c.signal()
@@ -857,6 +872,7 @@ func (c *vconn) Close() error {
 				finish = true
 			} else {
 				whole = j.resp.envelope(j.env.ID)
+				j.resp.body = nil // the reply has it now
 			}
 		case notRunLocked(j, closing, closeDone):
 			notRun = true

@@ -184,7 +184,7 @@ func (t *Transport) Close() error {
 			c.resendTimer.Stop()
 		}
 		c.end()
-		c.res <- callResult{err: ErrTransportClosed}
+		c.deliver(callResult{err: ErrTransportClosed})
 	}
 	t.waiting = nil
 	var links []*clientLink
@@ -292,31 +292,41 @@ func (t *Transport) roundTrip(req *http.Request) (*http.Response, error) {
 	if err != nil {
 		return nil, err
 	}
-	env, gzipAsked, err := t.buildRequest(req, body, false)
+	c := &call{res: make(chan struct{}, 1), replayable: replayable(req)}
+	env := &c.reqEnv
+	gzipAsked, err := t.fillRequest(env, req, body, false)
 	if err != nil {
 		return nil, err
 	}
-	c := &call{id: env.ID, res: make(chan callResult, 1), replayable: replayable(req), stop: make(chan struct{})}
+	c.id = env.ID
 	if dl, ok := ctx.Deadline(); ok {
-		if time.Until(dl) <= 0 {
+		now := time.Now()
+		if !now.Before(dl) {
 			return nil, t.ctxError(context.Cause(ctx), context.DeadlineExceeded)
 		}
-		c.env, c.deadline = env, dl
-		env.Timeout = timeoutMicros(dl, time.Now())
+		c.deadline, c.encodedAt = dl, now
+		env.Timeout = timeoutMicros(dl, now)
 	}
 	if len(env.Body) >= refMin {
 		// The body goes into the message as it is, not copied into the
 		// encoding (see outMsg.body).
 		c.body, env.Body = env.Body, nil
 	}
-	c.msg, err = appendEnvelope(nil, env)
-	c.encodedAt = time.Now()
+	c.msg, err = appendEnvelope(getBuf(), env) // back to the pool once answered (await)
+	if len(env.Body) > 0 {
+		// Copied into the message: a small body's buffer (readBody's,
+		// from the buffer pool) goes back now.
+		putBuf(env.Body)
+	}
+	*env = envelope{} // keeps nothing of req's
 	if err != nil {
 		return nil, err
 	}
 	stop := ctx.Done()
 	if stop == nil {
-		stop = c.stop // a context that never ends still waits for room in the queue
+		// A context that never ends still waits for room in the queue.
+		c.stop = make(chan struct{})
+		stop = c.stop
 	}
 	c.trace = newCallTrace(req, t)
 	c.trace.getConn(req)
@@ -332,19 +342,26 @@ func (t *Transport) roundTrip(req *http.Request) (*http.Response, error) {
 func (t *Transport) await(req *http.Request, c *call, gzipAsked bool) (*http.Response, error) {
 	ctx := req.Context()
 	select {
-	case r := <-c.res:
+	case <-c.res:
+		r := c.result
 		c.trace.firstByte()
 		if r.err != nil {
 			t.endUpload(c, r.err)
 			return nil, prefixed(r.err)
 		}
-		if c.body != nil && !c.shared {
+		if !c.shared && c.attempts == 0 && c.resends == 0 {
 			// Answered: the server read all of it, so the writer is done
 			// with it, and it is not sent again. (A call sent again
 			// through a device while unacknowledged may still have a
-			// copy queued: its body is left to the garbage collector.)
-			wholeBodies.put(c.body)
-			c.body = nil
+			// copy queued, and one sent again after a lost connection
+			// may still be in the old writer's hands: their buffers are
+			// left to the garbage collector.)
+			if c.body != nil {
+				wholeBodies.put(c.body)
+				c.body = nil
+			}
+			putBuf(c.msg)
+			c.msg = nil
 		}
 		return t.buildResponse(req, c, &r, gzipAsked)
 	case <-ctx.Done():
@@ -372,7 +389,8 @@ func (t *Transport) await(req *http.Request, c *call, gzipAsked bool) (*http.Res
 			t.maybeCloseDrained(sentOn)
 		}
 		if !mine { // resolved meanwhile: the result is ours after all
-			r := <-c.res
+			<-c.res
+			r := c.result
 			if r.err == nil {
 				if r.body == nil {
 					return t.buildResponse(req, c, &r, gzipAsked)
@@ -485,6 +503,16 @@ func (t *Transport) checkRequest(req *http.Request) error {
 // with streamed set, the head of a request whose body follows in chunks.
 // It does not modify req.
 func (t *Transport) buildRequest(req *http.Request, body []byte, streamed bool) (*envelope, bool, error) {
+	env := new(envelope)
+	gzipAsked, err := t.fillRequest(env, req, body, streamed)
+	if err != nil {
+		return nil, false, err
+	}
+	return env, gzipAsked, nil
+}
+
+// fillRequest is buildRequest, filling in env.
+func (t *Transport) fillRequest(env *envelope, req *http.Request, body []byte, streamed bool) (bool, error) {
 	method := req.Method
 	if method == "" {
 		method = http.MethodGet
@@ -507,7 +535,7 @@ func (t *Transport) buildRequest(req *http.Request, body []byte, streamed bool) 
 	case streamed:
 		cl = req.ContentLength
 	case req.ContentLength > 0 && req.ContentLength != cl:
-		return nil, false, fmt.Errorf("zmqhttp: ContentLength=%d with Body length %d", req.ContentLength, cl)
+		return false, fmt.Errorf("zmqhttp: ContentLength=%d with Body length %d", req.ContentLength, cl)
 	case unknown && cl > 0:
 		chunked = true
 	case unknown && hasBody && !bodylessMethod(method):
@@ -557,7 +585,7 @@ func (t *Transport) buildRequest(req *http.Request, body []byte, streamed bool) 
 		gzipAsked = true
 		header = append(header, "Accept-Encoding", "gzip")
 	}
-	env := &envelope{
+	*env = envelope{
 		Version:       ProtocolVersion,
 		Kind:          KindRequest,
 		ID:            t.nextID.Add(1),
@@ -576,9 +604,9 @@ func (t *Transport) buildRequest(req *http.Request, body []byte, streamed bool) 
 		env.Flags |= flagStreamed
 	}
 	if err := validateEnvelope(env, t.cfg.limits); err != nil {
-		return nil, false, wrapErr(err, "cannot send request")
+		return false, wrapErr(err, "cannot send request")
 	}
-	return env, gzipAsked, nil
+	return gzipAsked, nil
 }
 
 const defaultUserAgent = "Go-http-client/1.1"
@@ -650,10 +678,18 @@ func (t *Transport) readBody(req *http.Request) ([]byte, error) {
 		// Known length: read exactly that much into one allocation, then
 		// make sure nothing follows.
 		var body []byte
-		if req.ContentLength >= refMin && req.ContentLength <= wholeBodyMax {
+		switch {
+		case req.ContentLength < refMin:
+			// Copied into the request's message, then back to the pool
+			// (roundTrip).
+			if body = getBuf(); int64(cap(body)) <= req.ContentLength {
+				body = make([]byte, 0, req.ContentLength+1)
+			}
+			body = body[:req.ContentLength]
+		case req.ContentLength <= wholeBodyMax:
 			body = wholeBodies.get()[:req.ContentLength] // back to the pool once answered (await)
-		} else {
-			body = make([]byte, req.ContentLength)
+		default:
+			body = make([]byte, req.ContentLength, req.ContentLength+1)
 		}
 		n, err := io.ReadFull(req.Body, body)
 		if err == io.ErrUnexpectedEOF || err == io.EOF {
@@ -662,8 +698,7 @@ func (t *Transport) readBody(req *http.Request) ([]byte, error) {
 		if err != nil {
 			return nil, wrapErr(err, "reading request body")
 		}
-		var one [1]byte
-		if m, _ := io.ReadFull(req.Body, one[:]); m > 0 {
+		if readsMore(req.Body, body) {
 			return nil, fmt.Errorf("zmqhttp: ContentLength=%d with a longer Body", req.ContentLength)
 		}
 		return body, nil
@@ -677,6 +712,18 @@ func (t *Transport) readBody(req *http.Request) ([]byte, error) {
 		return nil, fmt.Errorf("%w: request body over %d bytes", ErrBodyTooLarge, limit)
 	}
 	return buf.Bytes(), nil
+}
+
+// readsMore reports whether r has more to read, reading one byte into
+// body's spare capacity if it has some (an array of its own would escape
+// to the heap on every call).
+func readsMore(r io.Reader, body []byte) bool {
+	one := body[len(body):cap(body)]
+	if len(one) == 0 {
+		one = make([]byte, 1)
+	}
+	m, _ := io.ReadFull(r, one[:1])
+	return m > 0
 }
 
 // buildResponse makes the *http.Response for req from a response envelope,

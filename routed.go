@@ -116,7 +116,7 @@ func (t *Transport) sweepAcks(cl *clientLink) {
 	t.sendQueued(again)
 	for _, c := range lost {
 		c.end()
-		c.res <- callResult{err: fmt.Errorf("%w: no server behind the device at %s acknowledged the request within %v (it may still run)",
-			ErrConnectionLost, cl.m.name, ackTick*ackMissLimit)}
+		c.deliver(callResult{err: fmt.Errorf("%w: no server behind the device at %s acknowledged the request within %v (it may still run)",
+			ErrConnectionLost, cl.m.name, ackTick*ackMissLimit)})
 	}
 }

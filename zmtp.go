@@ -373,11 +373,15 @@ func readFrameHeader(br *bufio.Reader) (flags byte, size uint64, err error) {
 		return 0, 0, err
 	}
 	if flags&flagLong != 0 {
-		var hdr [8]byte
-		if _, err := io.ReadFull(br, hdr[:]); err != nil {
+		// Peeked, not read into an array of ours (which would escape
+		// through io.ReadFull's interface).
+		hdr, err := br.Peek(8)
+		if err != nil {
 			return 0, 0, unexpectedEOF(err)
 		}
-		return flags, binary.BigEndian.Uint64(hdr[:]), nil
+		size := binary.BigEndian.Uint64(hdr)
+		br.Discard(8)
+		return flags, size, nil
 	}
 	b, err := br.ReadByte()
 	if err != nil {
@@ -628,13 +632,27 @@ func parseEndpointItem(ep string, listen bool) (endpoint, error) {
 // it lets a read or a write fail only when no byte moved for that long —
 // so a large message on a slow link is progress, while a peer that stopped
 // is dead.
-// Writes go out in pieces of at most liveWriteChunk bytes, each with a
-// fresh deadline.
+// Writes go out in pieces of at most liveWriteChunk bytes, each given at
+// least the timeout (see moveWriteDeadline).
 type liveConn struct {
 	net.Conn
 	timeout atomic.Int64 // nanoseconds without progress before a read or write fails; 0: none
 
 	readDeadlineSet int64 // the reading goroutine's: when it last moved the read deadline
+	// writeDeadlineSet is when a write last moved the write deadline
+	// (unix nanoseconds), to the timeout and an eighth beyond.
+	writeDeadlineSet atomic.Int64
+}
+
+// moveWriteDeadline gives a write that starts now at least the timeout
+// to make progress (at most an eighth more). Moving the deadline costs a
+// timer update: it is moved when an eighth of the timeout has passed
+// since the last move, not for every write.
+func (c *liveConn) moveWriteDeadline(to int64) {
+	if now := time.Now().UnixNano(); now-c.writeDeadlineSet.Load() > to/8 {
+		c.Conn.SetWriteDeadline(time.Unix(0, now+to+to/8))
+		c.writeDeadlineSet.Store(now)
+	}
 }
 
 const liveWriteChunk = 64 << 10
@@ -670,7 +688,7 @@ func (c *liveConn) writeBuffers(v *net.Buffers) error {
 	}
 	for len(*v) > 0 {
 		if to > 0 {
-			c.Conn.SetWriteDeadline(time.Now().Add(time.Duration(to)))
+			c.moveWriteDeadline(to)
 		}
 		n, err := v.WriteTo(w)
 		if err != nil {
@@ -690,7 +708,7 @@ func (c *liveConn) Write(p []byte) (int, error) {
 	}
 	written := 0
 	for written < len(p) {
-		c.Conn.SetWriteDeadline(time.Now().Add(time.Duration(to)))
+		c.moveWriteDeadline(to)
 		n, err := c.Conn.Write(p[written:min(len(p), written+liveWriteChunk)])
 		written += n
 		if err != nil {
