@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/textproto"
 	"slices"
+	"sync"
 
 	"github.com/ugorji/go/codec"
 )
@@ -183,29 +184,47 @@ func (l Limits) maxFrameBytes() int64 {
 	return l.maxBodyBytes() + int64(l.maxHeaderBytes()) + int64(l.maxHeaderFields())*10 + 4096
 }
 
-// mh is the msgpack codec handle whose encoding and decoding of envelopes
-// encodeEnvelope and readFields (envcodec.go) reproduce without reflection;
-// the tests use it as their reference, and to encode hostile input.
-// Decoded strings and bytes point into the frame: no second copy of each
-// body. A frame is never modified while anything decoded from it is in
-// use; pooled frames (chunks, whole requests and responses) go back to
-// their pool only once nothing refers to them (bufpool.go).
 var mh = func() *codec.MsgpackHandle {
 	h := &codec.MsgpackHandle{}
 	h.WriteExt = true // new spec: str and bin are distinct types
 	h.RawToString = true
 	h.MaxInitLen = 4096
+	// Decoded strings and bytes point into the frame: no second copy of
+	// each body. A frame is never modified while anything decoded from it
+	// is in use; pooled frames (chunks, whole requests and responses) go
+	// back to their pool only once nothing refers to them (bufpool.go).
 	h.ZeroCopy = true
 	return h
 }()
 
-// appendEnvelope appends the msgpack encoding of e to dst (see
-// encodeEnvelope), growing dst once to the size the encoding needs.
+// encoderPool reuses codec encoders, each with the slice it encodes into
+// (so that the slice, whose address the encoder keeps, is not allocated
+// per call); each is reset onto the destination.
+var encoderPool = sync.Pool{New: func() any {
+	pe := &pooledEncoder{}
+	pe.enc = codec.NewEncoderBytes(&pe.out, mh)
+	return pe
+}}
+
+type pooledEncoder struct {
+	enc *codec.Encoder
+	out []byte
+}
+
+// appendEnvelope appends the msgpack encoding of e to dst, growing dst
+// once to the size the encoding needs.
 func appendEnvelope(dst []byte, e *envelope) ([]byte, error) {
 	if need := encodedSizeHint(e); cap(dst)-len(dst) < need {
 		dst = append(make([]byte, 0, len(dst)+need), dst...)
 	}
-	out, err := encodeEnvelope(dst, e)
+	pe := encoderPool.Get().(*pooledEncoder)
+	pe.out = dst
+	pe.enc.ResetBytes(&pe.out)
+	err := pe.enc.Encode(e)
+	out := pe.out
+	pe.out = nil
+	pe.enc.ResetBytes(&pe.out)
+	encoderPool.Put(pe)
 	if err != nil {
 		return dst, fmt.Errorf("zmqhttp: encode %s envelope: %w", e.Kind, err)
 	}
@@ -236,11 +255,28 @@ func setTimeout(msg []byte, micros int64, inPlace bool) ([]byte, bool) {
 		return msg, false
 	}
 	var enc [9]byte
-	v := appendInt(enc[:0], micros) // as the codec writes it
+	v := appendMsgpackInt(enc[:0], micros)
 	if !inPlace {
 		msg = append(make([]byte, 0, len(msg)-old+len(v)), msg...)
 	}
 	return slices.Replace(msg, p, p+old, v...), true
+}
+
+// appendMsgpackInt appends the shortest msgpack encoding of v >= 0.
+func appendMsgpackInt(dst []byte, v int64) []byte {
+	switch {
+	case v < 0:
+		return binary.BigEndian.AppendUint64(append(dst, 0xd3), uint64(v))
+	case v <= 0x7f:
+		return append(dst, byte(v))
+	case v <= 0xff:
+		return append(dst, 0xcc, byte(v))
+	case v <= 0xffff:
+		return binary.BigEndian.AppendUint16(append(dst, 0xcd), uint16(v))
+	case v <= 0xffffffff:
+		return binary.BigEndian.AppendUint32(append(dst, 0xce), uint32(v))
+	}
+	return binary.BigEndian.AppendUint64(append(dst, 0xcf), uint64(v))
 }
 
 // encodedSizeHint is an upper bound, give or take, of e's encoded size.
@@ -254,6 +290,8 @@ func encodedSizeHint(e *envelope) int {
 	}
 	return n
 }
+
+var decoderPool = sync.Pool{New: func() any { return codec.NewDecoderBytes(nil, mh) }}
 
 // ProtocolError reports an envelope that this peer cannot accept: malformed,
 // of another version, of a kind it does not implement, or over a limit.
@@ -322,8 +360,13 @@ func decodeEnvelope(b []byte, lim Limits, e *envelope) error {
 		return &idError{id: id, kind: Kind(kind), err: err}
 	}
 	*e = envelope{}
-	if err := readFields(b, e); err != nil {
-		return &idError{id: id, kind: Kind(kind), err: err}
+	dec := decoderPool.Get().(*codec.Decoder)
+	dec.ResetBytes(b)
+	err = dec.Decode(e)
+	dec.ResetBytes(nil)
+	decoderPool.Put(dec)
+	if err != nil {
+		return &idError{id: id, kind: Kind(kind), err: protoErr(reasonMalformed, "%v", err)}
 	}
 	if err := validateEnvelope(e, lim); err != nil {
 		return &idError{id: id, kind: e.Kind, err: err}
