@@ -36,6 +36,7 @@ type sendStream struct {
 	handed   int64          // bytes the producer handed over, in all
 	taken    int64          // bytes the writer took
 	written  int64          // bytes the writer has written to the connection
+	waitEnd  int64          // the producer's write waits until written reaches this
 	credit   int64          // bytes the receiver allows beyond what was taken
 	seq      uint64         // chunks taken
 	closed   bool           // the producer is done: the last chunk follows
@@ -100,10 +101,15 @@ func (s *sendStream) takeLocked() writeItem {
 }
 
 // wroteLocked records that the writer has written n more bytes of the
-// stream. l.mu is held.
+// stream. The producer is woken once its write is all written (a 16 MiB
+// write goes out in many chunks: one wake-up, not one per chunk), or at
+// once after a failure (it waits for the writer to let go of its bytes).
+// l.mu is held.
 func (s *sendStream) wroteLocked(n int) {
 	s.written += int64(n)
-	s.wake()
+	if s.written >= s.waitEnd || s.err != nil {
+		s.wake()
+	}
 }
 
 func (s *sendStream) wake() {
@@ -136,6 +142,7 @@ func (s *sendStream) write(p []byte, stop <-chan struct{}, deadline time.Time) (
 	s.pending += len(p)
 	s.handed += int64(len(p))
 	end := s.handed
+	s.waitEnd = end
 	s.activateLocked()
 	s.l.mu.Unlock()
 	s.l.signal()
@@ -302,7 +309,7 @@ func (r *recvStream) readSome(p []byte) (int, error) {
 		m := copy(p[n:], r.pieces[0].data)
 		n += m
 		if m == len(r.pieces[0].data) {
-			chunkFrames.put(r.pieces[0].frame)
+			putChunkFrame(r.pieces[0].frame)
 			r.pieces[0] = piece{}
 			r.pieces = r.pieces[1:]
 		} else {
@@ -330,7 +337,7 @@ func (r *recvStream) nextPiece() ([]byte, func(), error) {
 	r.pieces[0] = piece{}
 	r.pieces = r.pieces[1:]
 	r.consumed(len(pc.data)) // unlocks
-	return pc.data, func() { chunkFrames.put(pc.frame) }, nil
+	return pc.data, func() { putChunkFrame(pc.frame) }, nil
 }
 
 // endLocked is the error a read that got n bytes returns: none if it got
