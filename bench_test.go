@@ -106,6 +106,40 @@ func BenchmarkDownload16MiB(b *testing.B) {
 	})
 }
 
+// BenchmarkDownload16MiBCopy is BenchmarkDownload16MiB with a handler that
+// writes 32 KiB at a time, as io.Copy and http.ServeContent do.
+func BenchmarkDownload16MiBCopy(b *testing.B) {
+	payload := bytes.Repeat([]byte("z"), 16<<20)
+	h := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Length", strconv.Itoa(len(payload)))
+		for i := 0; i < len(payload); i += 32 << 10 {
+			w.Write(payload[i : i+32<<10])
+		}
+	})
+	ts := startServer(b, "tcp", h)
+	client, _ := newClient(b, ts.L.Endpoint())
+	b.SetBytes(int64(len(payload)))
+	b.ReportAllocs()
+	b.SetParallelism(2)
+	b.ResetTimer()
+	b.RunParallel(func(pb *testing.PB) {
+		buf := make([]byte, 32<<10)
+		for pb.Next() {
+			resp, err := client.Get("http://svc/")
+			if err != nil {
+				b.Error(err)
+				return
+			}
+			n, _ := io.CopyBuffer(io.Discard, struct{ io.Reader }{resp.Body}, buf)
+			resp.Body.Close()
+			if n != int64(len(payload)) {
+				b.Errorf("got %d bytes", n)
+				return
+			}
+		}
+	})
+}
+
 // BenchmarkHTTPRoundTrip64KiB is the net/http HTTP/1.1 baseline of
 // BenchmarkRoundTrip/tcp-64KiB, in one process with the same handler.
 func BenchmarkHTTPRoundTrip64KiB(b *testing.B) {

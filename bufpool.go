@@ -38,7 +38,9 @@ func (bp *bytePool) put(b []byte) {
 var (
 	// chunkFrames holds frames of large chunks (half a chunk or more, so
 	// that a frame never holds more than twice the body bytes its
-	// window counts). The recvStream that reads a chunk returns its frame.
+	// window counts). The recvStream that reads a chunk returns its frame
+	// (putChunkFrame). Smaller chunks (a handler's io.Copy writes 32 KiB
+	// at a time) go in the smaller classes of chunkClasses.
 	chunkFrames = bytePool{size: maxChunk + 8<<10}
 	// wholeFrames holds frames of requests and responses with whole
 	// bodies of half its size or more (so that a frame never holds more
@@ -52,6 +54,41 @@ var (
 	// (returned once answered).
 	wholeBodies = bytePool{size: wholeBodyMax}
 )
+
+// chunkClasses are the pools of chunk frames, smallest first; each takes
+// the frames from half its size to its size, so that together they take
+// every chunk frame from 20 KiB to chunkFrames' size.
+var chunkClasses = [...]*bytePool{
+	{size: 32<<10 + 8<<10},
+	&wholeFrames,
+	{size: 128<<10 + 8<<10},
+	{size: 256<<10 + 8<<10},
+	&chunkFrames,
+}
+
+// chunkPool returns the pool for a chunk frame of size bytes, or nil.
+func chunkPool(size uint64) *bytePool {
+	for _, p := range chunkClasses {
+		if size <= uint64(p.size) {
+			if size >= uint64(p.size/2) {
+				return p
+			}
+			return nil
+		}
+	}
+	return nil
+}
+
+// putChunkFrame takes back the frame of a chunk once its body is read: to
+// the class it came from, if any.
+func putChunkFrame(b []byte) {
+	for _, p := range chunkClasses {
+		if cap(b) == p.size {
+			p.put(b)
+			return
+		}
+	}
+}
 
 // framePool returns the pool for the frame of size bytes whose body br is
 // about to read, or nil for a frame allocated on its own.
@@ -70,9 +107,7 @@ func framePool(br *bufio.Reader, size uint64) *bytePool {
 			return &wholeFrames
 		}
 	case KindChunk:
-		if size >= uint64(chunkFrames.size/2) && size <= uint64(chunkFrames.size) {
-			return &chunkFrames
-		}
+		return chunkPool(size)
 	}
 	return nil
 }

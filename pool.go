@@ -712,25 +712,35 @@ func (c *vconn) Write(p []byte) (int, error) {
 	c.mu.Lock()
 	deadline := c.writeDeadline
 	c.mu.Unlock()
+	var err error
 	for _, d := range data {
-		if _, err := j.out.write(d, j.abort, deadline); err != nil {
-			c.mu.Lock()
-			aborted := j.aborted
-			c.mu.Unlock()
-			if finish {
-				// The response was complete (sent is set): nobody else
-				// will end the job. Its body is cut short.
-				j.out.abort(err)
-				c.replyError(j, errorEnvelope(j.env.ID, errCodeInternal, "the response could not be written: "+bare(err)))
-			}
-			switch {
-			case err == errStop && !aborted:
-				return 0, os.ErrDeadlineExceeded
-			case aborted:
-				return 0, errAborted
-			}
-			return 0, err
+		if _, err = j.out.write(d, j.abort, deadline); err != nil {
+			break
 		}
+	}
+	if err == nil && finish {
+		// Complete: what was copied is sent before the worker is free
+		// again (so that a peer that does not read holds no more than
+		// its running handlers' writes).
+		err = j.out.drain(j.abort, deadline)
+	}
+	if err != nil {
+		c.mu.Lock()
+		aborted := j.aborted
+		c.mu.Unlock()
+		if finish {
+			// The response was complete (sent is set): nobody else
+			// will end the job. Its body is cut short.
+			j.out.abort(err)
+			c.replyError(j, errorEnvelope(j.env.ID, errCodeInternal, "the response could not be written: "+bare(err)))
+		}
+		switch {
+		case err == errStop && !aborted:
+			return 0, os.ErrDeadlineExceeded
+		case aborted:
+			return 0, errAborted
+		}
+		return 0, err
 	}
 	if finish {
 		j.out.finish(r.trailerList())
@@ -897,6 +907,7 @@ func (c *vconn) Close() error {
 		for _, d := range j.resp.out {
 			out.write(d, j.abort, time.Time{})
 		}
+		out.drain(j.abort, time.Time{})
 		out.finish(j.resp.trailerList())
 		c.l.finished(j)
 	case whole != nil:

@@ -17,11 +17,15 @@ import (
 // reader that stops reading stops only its own stream.
 
 // sendStream is the sending half of a streamed body. Its producer (a
-// caller's upload goroutine, or a handler's writes) calls write, finish and
-// abort; the link's writer takes from it. The producer's bytes are not
-// copied: write hands them over and returns once the writer has written
-// them to the connection (as a TCP write returns once the kernel has
-// them), so a stream holds no buffer of its own.
+// caller's upload goroutine, or a handler's writes) calls write, drain,
+// finish and abort; the link's writer takes from it. A large write's bytes
+// are not copied: write hands them over and returns once the writer has
+// written them to the connection. A small one (copyWriteMax or less: an
+// io.Copy's 32 KiB, an event) is copied into the stream's blocks and
+// write returns at once, unless sendBufMax copied bytes are still
+// unwritten, as a TCP write returns once its bytes are in the socket's
+// send buffer: a producer of small writes does not wait for the writer
+// goroutine at every write, and the writer sends them in larger chunks.
 type sendStream struct {
 	// Set by newSendStream, read-only after.
 	l     *link
@@ -36,6 +40,8 @@ type sendStream struct {
 	handed   int64          // bytes the producer handed over, in all
 	taken    int64          // bytes the writer took
 	written  int64          // bytes the writer has written to the connection
+	waitEnd  int64          // the producer's write waits until written reaches this
+	blocks   []sendBlock    // the blocks small writes are copied into, oldest first; the last may have room
 	credit   int64          // bytes the receiver allows beyond what was taken
 	seq      uint64         // chunks taken
 	closed   bool           // the producer is done: the last chunk follows
@@ -43,6 +49,45 @@ type sendStream struct {
 	lastSent bool
 	err      error // the stream failed or was abandoned
 	isActive bool  // in l.active
+}
+
+// Copied writes (see sendStream).
+const (
+	// copyWriteMax is the largest write that is copied: io.Copy's
+	// 32 KiB. (Copying a larger one costs about what waiting for the
+	// writer does.)
+	copyWriteMax = 32 << 10
+	// sendBufMax bounds the copied bytes of a stream not yet written: a
+	// write waits beyond it.
+	sendBufMax = 256 << 10
+)
+
+// sendBlock is a buffer from wholeBodies that small writes are copied
+// into; it goes back to the pool once its bytes are written.
+type sendBlock struct {
+	b   []byte // the copied bytes (its capacity is the block's)
+	end int64  // the stream offset (in handed bytes) its last byte ends at
+}
+
+// copyLocked copies p into the stream's blocks and queues the copies.
+// l.mu is held.
+func (s *sendStream) copyLocked(p []byte) {
+	for len(p) > 0 {
+		n := len(s.blocks)
+		if n == 0 || len(s.blocks[n-1].b) == cap(s.blocks[n-1].b) {
+			s.blocks = append(s.blocks, sendBlock{b: wholeBodies.get()[:0]})
+			n++
+		}
+		blk := &s.blocks[n-1]
+		at := len(blk.b)
+		m := min(len(p), cap(blk.b)-at)
+		blk.b = append(blk.b, p[:m]...) // within its capacity: bytes the writer may be reading do not move
+		s.pieces = append(s.pieces, blk.b[at:at+m:at+m])
+		s.pending += m
+		s.handed += int64(m)
+		blk.end = s.handed
+		p = p[m:]
+	}
 }
 
 func (s *sendStream) hasWorkLocked() bool {
@@ -100,10 +145,24 @@ func (s *sendStream) takeLocked() writeItem {
 }
 
 // wroteLocked records that the writer has written n more bytes of the
-// stream. l.mu is held.
+// stream. The producer is woken once its write is all written (a 16 MiB
+// write goes out in many chunks: one wake-up, not one per chunk), or at
+// once after a failure (it waits for the writer to let go of its bytes).
+// l.mu is held.
 func (s *sendStream) wroteLocked(n int) {
 	s.written += int64(n)
-	s.wake()
+	for len(s.blocks) > 0 && s.blocks[0].end <= s.written {
+		// Written: nothing refers to the block any more.
+		wholeBodies.put(s.blocks[0].b)
+		s.blocks[0] = sendBlock{}
+		s.blocks = s.blocks[1:]
+	}
+	if len(s.blocks) == 0 {
+		s.blocks = nil
+	}
+	if s.written >= s.waitEnd || s.err != nil {
+		s.wake()
+	}
 }
 
 func (s *sendStream) wake() {
@@ -113,10 +172,12 @@ func (s *sendStream) wake() {
 	}
 }
 
-// write hands p to the writer and waits until it is written, until stop
-// is closed or the deadline (if not zero) passes (errStop: the stream
-// fails), or the stream fails. It never returns while the writer may
-// still read p.
+// write hands p to the writer: a large p is referenced, and write waits
+// until it is written; a small one is copied, and write waits only while
+// more than sendBufMax copied bytes are unwritten. It also returns when
+// stop is closed or the deadline (if not zero) passes (errStop: the
+// stream fails), or when the stream fails. It never returns while the
+// writer may still read p.
 func (s *sendStream) write(p []byte, stop <-chan struct{}, deadline time.Time) (int, error) {
 	if len(p) == 0 {
 		return 0, nil
@@ -132,13 +193,54 @@ func (s *sendStream) write(p []byte, stop <-chan struct{}, deadline time.Time) (
 		return 0, errors.New("zmqhttp: write after the end of a streamed body")
 	}
 	start := s.handed
-	s.pieces = append(s.pieces, p)
-	s.pending += len(p)
-	s.handed += int64(len(p))
-	end := s.handed
+	copied := len(p) <= copyWriteMax
+	if copied {
+		s.copyLocked(p)
+	} else {
+		s.pieces = append(s.pieces, p)
+		s.pending += len(p)
+		s.handed += int64(len(p))
+	}
+	target := s.handed
+	if copied {
+		target -= sendBufMax
+	}
+	s.waitEnd = target
 	s.activateLocked()
+	done := s.written >= target
 	s.l.mu.Unlock()
 	s.l.signal()
+	if done {
+		return len(p), nil
+	}
+	return s.await(start, target, len(p), !copied, stop, deadline)
+}
+
+// drain waits until every byte written so far is written to the
+// connection, as write does (stop and deadline alike): what a finished
+// handler hands over is sent before its worker is free again.
+func (s *sendStream) drain(stop <-chan struct{}, deadline time.Time) error {
+	s.l.mu.Lock()
+	target := s.handed
+	s.waitEnd = target
+	done, err := s.written >= target, s.err
+	s.l.mu.Unlock()
+	switch {
+	case err != nil:
+		return err
+	case done:
+		return nil
+	}
+	_, err = s.await(target, target, 0, false, stop, deadline)
+	return err
+}
+
+// await waits until the writer has written the stream up to target, for
+// a write of size bytes that started at offset start (ref: the writer
+// references them, so a failed write waits until it lets go of them). It
+// returns size, or on failure how many of them were written and the
+// error.
+func (s *sendStream) await(start, target int64, size int, ref bool, stop <-chan struct{}, deadline time.Time) (int, error) {
 	var expired <-chan time.Time
 	if !deadline.IsZero() {
 		t := time.NewTimer(time.Until(deadline))
@@ -147,16 +249,16 @@ func (s *sendStream) write(p []byte, stop <-chan struct{}, deadline time.Time) (
 	}
 	for {
 		s.l.mu.Lock()
-		if s.written >= end {
+		if s.written >= target {
 			s.l.mu.Unlock()
-			return len(p), nil
+			return size, nil
 		}
 		if s.err != nil {
 			// Failed: what was not taken is dropped; what was taken may
 			// be in the writer's hands until it has written it.
 			err := s.err
-			busy := s.written < s.taken
-			n := int(max(s.written-start, 0))
+			busy := ref && s.written < s.taken
+			n := int(min(max(s.written-start, 0), int64(size)))
 			s.l.mu.Unlock()
 			if !busy {
 				return n, err
@@ -207,6 +309,7 @@ func (s *sendStream) failLocked(err error) {
 	}
 	s.err = err
 	s.pieces, s.pending, s.head = nil, 0, nil
+	s.blocks = nil // the writer may still read some: left to the garbage collector
 	if s.l.sends[s.id] == s {
 		delete(s.l.sends, s.id)
 	}
@@ -302,7 +405,7 @@ func (r *recvStream) readSome(p []byte) (int, error) {
 		m := copy(p[n:], r.pieces[0].data)
 		n += m
 		if m == len(r.pieces[0].data) {
-			chunkFrames.put(r.pieces[0].frame)
+			putChunkFrame(r.pieces[0].frame)
 			r.pieces[0] = piece{}
 			r.pieces = r.pieces[1:]
 		} else {
@@ -330,7 +433,7 @@ func (r *recvStream) nextPiece() ([]byte, func(), error) {
 	r.pieces[0] = piece{}
 	r.pieces = r.pieces[1:]
 	r.consumed(len(pc.data)) // unlocks
-	return pc.data, func() { chunkFrames.put(pc.frame) }, nil
+	return pc.data, func() { putChunkFrame(pc.frame) }, nil
 }
 
 // endLocked is the error a read that got n bytes returns: none if it got
