@@ -36,6 +36,13 @@ type acceptor struct {
 	done      <-chan struct{}                                                  // closed when accepting should stop
 	wg        *sync.WaitGroup                                                  // counts the per-connection goroutines
 	serve     func(nc *liveConn, br *bufio.Reader, peer zmq4.SocketType, info Peer)
+	// finish, if set, lets the handshakes in progress when ln closes run
+	// to their end (they are bounded by their timeout) instead of ending
+	// them; admitted is then called (in run's goroutine) for each
+	// connection accepted and failed for each whose handshake fails.
+	finish   bool
+	admitted func()
+	failedHS func()
 
 	// mu guards hs: the connections whose handshake is in progress,
 	// oldest first (run adds, start removes).
@@ -53,7 +60,9 @@ func (a *acceptor) run() {
 		nc, err := a.ln.Accept()
 		if err != nil {
 			if errors.Is(err, net.ErrClosed) {
-				a.endHandshakes()
+				if !a.finish {
+					a.endHandshakes()
+				}
 				return
 			}
 			if a.errs != nil {
@@ -69,6 +78,9 @@ func (a *acceptor) run() {
 		}
 		delay = 0
 		e := a.admit(nc)
+		if a.admitted != nil {
+			a.admitted()
+		}
 		a.wg.Add(1)
 		go a.start(nc, e)
 	}
@@ -104,16 +116,26 @@ func (a *acceptor) start(raw net.Conn, e *list.Element) {
 	defer a.wg.Done()
 	nc := newLiveConn(raw)
 	br, typ, info, err := a.handshake(nc)
+	if err == nil && testHookHandshook != nil {
+		testHookHandshook()
+	}
 	a.mu.Lock()
 	a.hs.Remove(e) // no-op if evicted already
 	a.mu.Unlock()
 	if err != nil {
 		a.failed.Add(1)
 		nc.Close()
+		if a.failedHS != nil {
+			a.failedHS()
+		}
 		return
 	}
 	a.serve(nc, br, typ, info)
 }
+
+// testHookHandshook, if set, runs when an accepted connection's handshake
+// succeeded, before it is served.
+var testHookHandshook func()
 
 // handshakeAs runs the handshake as a socket of type self and checks that
 // the peer is of one of the accepted types.

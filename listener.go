@@ -64,6 +64,7 @@ type Listener struct {
 	// mu guards the following fields.
 	mu           sync.Mutex
 	peers        map[*peer]struct{}
+	handshaking  int                 // accepted connections in their handshake (counted before Accept is called again)
 	inflight     int                 // requests received and not yet answered
 	running      int                 // requests holding a worker slot
 	queue        []*job              // requests waiting for a worker slot, oldest first
@@ -285,7 +286,9 @@ func (l *Listener) Accept() (net.Conn, error) {
 // after reconnecting) and answered 503 with Retry-After to other clients;
 // requests already handed to the server are answered when the server
 // finishes them (this is what http.Server.Shutdown waits for). Close
-// returns once the accept loop has ended; each peer's goroutines end when
+// returns once the accept loop has ended; a connection then in its
+// handshake finishes it (within WithHandshakeTimeout) and is served as a
+// draining peer, as the drain waits for it; each peer's goroutines end when
 // its connection closes: a basic peer's once no request is left
 // unanswered, a draining peer's when it leaves (or a heartbeat timeout
 // later). Close is idempotent.
@@ -414,11 +417,21 @@ func (l *Listener) finishPeer(p *peer) {
 	time.AfterFunc(grace, p.finish)
 }
 
+// handshakeEnded is told that an accepted connection's handshake ended:
+// it failed, or its peer is registered.
+func (l *Listener) handshakeEnded() {
+	l.mu.Lock()
+	l.handshaking--
+	l.mu.Unlock()
+	l.peerGone()
+}
+
 // peerGone is told that a peer left; once the Listener is closed and none
-// is left, the drain connection ends.
+// is left (nor any connection in its handshake), the drain connection
+// ends.
 func (l *Listener) peerGone() {
 	l.mu.Lock()
-	if l.closed.Load() && len(l.peers) == 0 {
+	if l.closed.Load() && len(l.peers) == 0 && l.handshaking == 0 {
 		select {
 		case <-l.peersLeft:
 		default:
@@ -485,8 +498,18 @@ func (l *Listener) acceptLoop() {
 		done:      l.done,
 		wg:        &l.wg,
 		serve: func(nc *liveConn, br *bufio.Reader, typ zmq4.SocketType, info Peer) {
-			l.runPeer(l.startPeer(nc, br, typ, info))
+			p := l.startPeer(nc, br, typ, info)
+			l.handshakeEnded()
+			l.runPeer(p)
 		},
+		// A client whose handshake is under way when Close begins may
+		// have finished its side and written requests already: ending
+		// the connection would lose them (the client cannot tell that
+		// they never ran). It is served as a draining peer instead, and
+		// the drain waits for it.
+		finish:   true,
+		admitted: func() { l.mu.Lock(); l.handshaking++; l.mu.Unlock() },
+		failedHS: l.handshakeEnded,
 	}
 	a.run()
 }

@@ -716,3 +716,88 @@ func TestRestartDropBeforeCloseRace(t *testing.T) {
 			st.NoResponse, st.ClosedUnanswered)
 	}
 }
+
+// TestCloseDuringHandshake: a client whose handshake completed on its
+// side (it writes its requests at once) while the server's side was still
+// finishing when Shutdown began is served as a draining peer: its plain
+// POST goes back unprocessed and runs once on the next server. Before,
+// Close ended the connections still in their handshake and the POST
+// failed with ErrConnectionLost though it never ran.
+func TestCloseDuringHandshake(t *testing.T) {
+	ep := relFreeEndpoint(t)
+	var runs runLog
+	mux := http.NewServeMux()
+	mux.HandleFunc("POST /post", func(w http.ResponseWriter, r *http.Request) {
+		io.Copy(io.Discard, r.Body)
+		runs.add(r.Header.Get("X-Req-Id"))
+		io.WriteString(w, "done")
+	})
+	mk := func() *http.Server { return &http.Server{Handler: mux} }
+	reached, release := make(chan struct{}), make(chan struct{})
+	var once sync.Once
+	testHookHandshook = func() {
+		once.Do(func() {
+			close(reached)
+			<-release
+		})
+	}
+	defer func() { testHookHandshook = nil }()
+	first, err := startRestartServer(ep, mk)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tr, err := NewTransport(ep, WithReconnectBackoff(10*time.Millisecond, 100*time.Millisecond))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tr.Close()
+	type result struct {
+		body string
+		err  error
+	}
+	done := make(chan result, 1)
+	go func() {
+		req, _ := http.NewRequest(http.MethodPost, "http://svc/post", strings.NewReader("payload"))
+		req.Header.Set("X-Req-Id", "only")
+		resp, err := tr.RoundTrip(req)
+		if err != nil {
+			done <- result{err: err}
+			return
+		}
+		b, err := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		done <- result{string(b), err}
+	}()
+	select {
+	case <-reached:
+	case <-time.After(10 * time.Second):
+		t.Fatal("no handshake reached the server")
+	}
+	// The client's side is done: let it write HELLO and the POST.
+	time.Sleep(100 * time.Millisecond)
+	stopped := make(chan error, 1)
+	go func() { stopped <- first.stop(10 * time.Second) }()
+	for !first.l.closing.Load() {
+		time.Sleep(time.Millisecond)
+	}
+	second, err := startRestartServer(ep, mk)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer second.stop(10 * time.Second)
+	close(release)
+	select {
+	case r := <-done:
+		if r.err != nil || r.body != "done" {
+			t.Errorf("POST: %q, %v; want it answered by the next server (it never ran on the first)", r.body, r.err)
+		}
+	case <-time.After(15 * time.Second):
+		t.Fatal("POST not answered")
+	}
+	if n := runs.count("only"); n != 1 {
+		t.Errorf("the POST ran %d times, want 1", n)
+	}
+	if err := <-stopped; err != nil {
+		t.Errorf("first server: %v", err)
+	}
+}
