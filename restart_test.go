@@ -144,7 +144,7 @@ func (rs *restartServer) stop(timeout time.Duration) error {
 type restartCase struct {
 	name                                   string
 	readTimeout, writeTimeout, idleTimeout time.Duration
-	panicEvery                             int // every panicEvery-th call of a caller goes to a handler that panics; 0: none
+	panicEvery                             int  // every panicEvery-th call of a caller goes to a handler that panics; 0: none
 	direct                                 bool // served by Serve (the direct path)
 }
 
