@@ -84,6 +84,9 @@ type directCall struct {
 // abortCtx is called by job.cancel: the caller gave up.
 func (c *directCall) abortCtx() {
 	c.canceledByJob.Store(true)
+	if dl := c.j.deadline; !dl.IsZero() && !time.Now().Before(dl) {
+		return // the context's own deadline ends it now: Err() is DeadlineExceeded
+	}
 	c.cancelCtx()
 }
 
