@@ -84,9 +84,9 @@ func (c *directCall) buildRequest() *statusRefusal {
 			}
 		}
 	case streamed:
-		clValue = strconv.FormatInt(e.ContentLength, 10)
+		clValue = itoa(e.ContentLength)
 	case len(e.Body) > 0 || e.Method == "POST" || e.Method == "PUT" || e.Method == "PATCH":
-		clValue = strconv.Itoa(len(e.Body))
+		clValue = itoa(int64(len(e.Body)))
 	}
 	if clValue != "" {
 		headLen += len("Content-Length: \r\n") + len(clValue)
@@ -201,16 +201,20 @@ func (c *directCall) buildRequest() *statusRefusal {
 		if chunked {
 			r.TransferEncoding = []string{"chunked"}
 		}
-		c.body = &directBody{c: c, rs: j.body, left: e.ContentLength, chunked: chunked, trailer: trailer}
+		c.rdWake = make(chan struct{}, 1) // only a streamed body's reads wait
+		c.bodyv = directBody{c: c, rs: j.body, left: e.ContentLength, chunked: chunked, trailer: trailer}
+		c.body = &c.bodyv
 		r.Body = c.body
 	case chunked:
 		r.ContentLength = -1
 		r.TransferEncoding = []string{"chunked"}
-		c.body = &directBody{c: c, data: e.Body, chunked: true, trailerKV: e.Trailer, trailer: trailer}
+		c.bodyv = directBody{c: c, data: e.Body, chunked: true, trailerKV: e.Trailer, trailer: trailer}
+		c.body = &c.bodyv
 		r.Body = c.body
 	case len(e.Body) > 0:
 		r.ContentLength = int64(len(e.Body))
-		c.body = &directBody{c: c, data: e.Body}
+		c.bodyv = directBody{c: c, data: e.Body}
+		c.body = &c.bodyv
 		r.Body = c.body
 	default:
 		r.Body = http.NoBody
@@ -221,6 +225,24 @@ func (c *directCall) buildRequest() *statusRefusal {
 		}
 	}
 	return nil
+}
+
+// smallInts holds the decimal text of 0 to 4095: Content-Length values
+// without an allocation each.
+var smallInts = func() []string {
+	s := make([]string, 4096)
+	for i := range s {
+		s[i] = strconv.Itoa(i)
+	}
+	return s
+}()
+
+// itoa is strconv.FormatInt(n, 10), without allocating for small n.
+func itoa(n int64) string {
+	if n >= 0 && n < int64(len(smallInts)) {
+		return smallInts[n]
+	}
+	return strconv.FormatInt(n, 10)
 }
 
 // forEachElement calls fn for each non-empty element of a comma-separated

@@ -39,9 +39,10 @@ type directCall struct {
 	w      *directWorker
 	j      *job
 	req    *http.Request
-	body   *directBody // nil: http.NoBody
-	cancel func()      // ends the request's context
-	rdWake chan struct{}
+	body   *directBody // nil: http.NoBody; else bodyv
+	bodyv  directBody
+	cancel func()        // ends the request's context
+	rdWake chan struct{} // room for one token: the read deadline changed, or kill; nil unless the body is streamed
 
 	expectFailed bool // an Expect other than 100-continue: answered 417
 
@@ -77,6 +78,7 @@ type directCall struct {
 	sentBody      int64    // body bytes handed on (streamed)
 	out           *sendStream
 	replied       bool // the reply is decided: sent, streamed to its end, or failed
+	bufGiven      bool // buf went with a reply: not reused
 	err           error
 	handlerDone   bool
 }
@@ -133,12 +135,11 @@ func (c *directCall) writeDeadline() time.Time {
 func (c *directCall) serve() {
 	w, j := c.w, c.j
 	d := w.d
-	c.rdWake = make(chan struct{}, 1)
 	c.buf = w.body[:0]
 	defer func() {
 		// The body buffer serves the next request, unless a reply took
 		// it or it grew large.
-		if w.body != nil && cap(c.buf) <= wholeBodyMax {
+		if !c.bufGiven && cap(c.buf) <= wholeBodyMax {
 			w.body = c.buf[:0]
 		} else {
 			w.body = nil
@@ -530,7 +531,7 @@ func (c *directCall) commit() {
 	var setCL, setCT string
 	if c.handlerDone && !trailers && !hasTE && bodyAllowedForStatus(code) && !kvHas(hdr, "Content-Length") && (!isHEAD || len(c.buf) > 0) {
 		c.contentLength = int64(len(c.buf))
-		setCL = strconv.Itoa(len(c.buf))
+		setCL = itoa(int64(len(c.buf)))
 	}
 	hasCL := c.contentLength != -1
 	if bodyAllowedForStatus(code) {
@@ -585,9 +586,7 @@ func (c *directCall) commit() {
 		out = append(out, name, hdr[i+1])
 	}
 	c.hdr = out
-	if !c.snapTaken {
-		c.w.kv = out[:0] // grown: reused by the next request
-	}
+	c.w.kv = out[:0] // grown: reused by the next request (the reply is encoded before)
 	if c.noBody {
 		c.contentLength = -1
 	}
@@ -819,7 +818,7 @@ func (c *directCall) sendWhole() error {
 			e.Body = b
 			pooled = true
 		} else {
-			c.w.body = nil // handed over with the reply
+			c.bufGiven = true // handed over with the reply
 		}
 	}
 	c.replyWhole(e, pooled)
