@@ -192,7 +192,14 @@ func TestDirectCancelAndDeadline(t *testing.T) {
 		}
 	})
 	ts := startDirectServer(t, "tcp", &http.Server{Handler: h})
-	client, _ := newClient(t, ts.L.Endpoint())
+	client, tr := newClient(t, ts.L.Endpoint())
+	// A CANCEL is sent only once the client has the server's HELLO answer
+	// (link.cancel): connect first.
+	waitFor(t, 5*time.Second, "the connection", func() bool {
+		st := tr.Stats()
+		return len(st.Servers) == 1 && st.Servers[0].Connected
+	})
+	time.Sleep(50 * time.Millisecond)
 
 	ctx, cancel := context.WithCancel(context.Background())
 	req, _ := http.NewRequestWithContext(ctx, "GET", "http://svc/c", nil)
