@@ -50,7 +50,7 @@
 //
 // Usage:
 //
-//	go run ./cmd/zmqhttp-bench                   # every group, ~75 s
+//	go run ./cmd/zmqhttp-bench                   # every group, 3 protocols, ~110 s
 //	go run ./cmd/zmqhttp-bench -scenarios download,sse,hol
 //	go run ./cmd/zmqhttp-bench -scenarios rr -c 1,64 -size 128,64K -d 5s
 //	go run ./cmd/zmqhttp-bench -proto zmqhttp -json
