@@ -166,7 +166,8 @@ func (c *directCall) buildRequest() *statusRefusal {
 		}
 	}
 	if clValue != "" {
-		h["Content-Length"] = []string{clValue}
+		vals = append(vals, clValue)
+		h["Content-Length"] = vals[len(vals)-1 : len(vals) : len(vals)]
 	}
 	// fixPragmaCacheControl
 	if pv, ok := h["Pragma"]; ok && len(pv) > 0 && pv[0] == "no-cache" {
@@ -394,15 +395,38 @@ func (b *directBody) Close() error {
 	return nil
 }
 
-// bodyCtx makes the context of c's request: the peer's, ended when the
-// handler returns, when the caller cancels or its deadline passes.
+// newCtx makes the context of c's request: the peer's, ended when the
+// handler returns, when the caller cancels or its deadline passes. The
+// job's own timer ends it at the deadline (abortCtx): no second timer.
 func (c *directCall) newCtx(parent context.Context) context.Context {
-	if dl := c.j.deadline; !dl.IsZero() {
-		ctx, cancel := context.WithDeadline(parent, dl)
-		c.cancel = cancel
-		return ctx
-	}
-	ctx, cancel := context.WithCancel(parent)
+	ctx, cancel := context.WithCancelCause(parent)
 	c.cancel = cancel
+	if dl := c.j.deadline; !dl.IsZero() {
+		if pdl, ok := parent.Deadline(); !ok || dl.Before(pdl) {
+			return &deadlineCtx{Context: ctx, deadline: dl}
+		}
+	}
 	return ctx
+}
+
+// deadlineCtx is the context of a request whose caller set a deadline:
+// a cancellable context that reports the deadline and, once cancelled
+// because it passed, context.DeadlineExceeded. (Contexts derived from it
+// see context.Canceled then, with context.Cause DeadlineExceeded.)
+type deadlineCtx struct {
+	context.Context
+	deadline time.Time
+}
+
+// Deadline returns the caller's deadline.
+func (c *deadlineCtx) Deadline() (time.Time, bool) { return c.deadline, true }
+
+// Err returns context.DeadlineExceeded once the deadline ended the
+// context.
+func (c *deadlineCtx) Err() error {
+	err := c.Context.Err()
+	if err != nil && context.Cause(c.Context) == context.DeadlineExceeded {
+		return context.DeadlineExceeded
+	}
+	return err
 }

@@ -1,6 +1,7 @@
 package zmqhttp
 
 import (
+	"context"
 	"errors"
 	"net"
 	"net/http"
@@ -41,8 +42,8 @@ type directCall struct {
 	req    *http.Request
 	body   *directBody // nil: http.NoBody; else bodyv
 	bodyv  directBody
-	cancel func()        // ends the request's context
-	rdWake chan struct{} // room for one token: the read deadline changed, or kill; nil unless the body is streamed
+	cancel context.CancelCauseFunc // ends the request's context
+	rdWake chan struct{}           // room for one token: the read deadline changed, or kill; nil unless the body is streamed
 
 	expectFailed bool // an Expect other than 100-continue: answered 417
 
@@ -53,7 +54,7 @@ type directCall struct {
 	dlMu          sync.Mutex
 	readDL        time.Time
 	writeDL       time.Time
-	cancelOnce    sync.Once
+	ctxEnded      atomic.Bool // cancel was called
 	canceledByJob atomic.Bool
 
 	// The response's state, owned by the handler's goroutine (a
@@ -87,14 +88,18 @@ type directCall struct {
 func (c *directCall) abortCtx() {
 	c.canceledByJob.Store(true)
 	if dl := c.j.deadline; !dl.IsZero() && !time.Now().Before(dl) {
-		return // the context's own deadline ends it now: Err() is DeadlineExceeded
+		c.cancelWith(context.DeadlineExceeded)
+		return
 	}
 	c.cancelCtx()
 }
 
-func (c *directCall) cancelCtx() {
-	if c.cancel != nil {
-		c.cancelOnce.Do(c.cancel)
+// cancelCtx ends the request's context (context.Canceled).
+func (c *directCall) cancelCtx() { c.cancelWith(nil) }
+
+func (c *directCall) cancelWith(cause error) {
+	if c.cancel != nil && c.ctxEnded.CompareAndSwap(false, true) {
+		c.cancel(cause)
 	}
 }
 
