@@ -217,6 +217,7 @@ type directWorker struct {
 	body     []byte          // response body buffer, reused while under refMin
 	kv       []string        // response header fields, reused
 	keys     []string        // sorting scratch
+	sniff    []byte          // the first body bytes, when a write commits the header
 	env      envelope        // the reply envelope, reused (peer.reply encodes it at once)
 	dateSec  int64
 	date     string

@@ -514,3 +514,25 @@ func TestDirectTimeouts(t *testing.T) {
 		t.Errorf("large head: %d %q, want 431 as net/http answers", resp.StatusCode, b)
 	}
 }
+
+// TestDirectLargeWriteStreams: a response over the whole-message limit
+// written in one Write (with its Content-Length) streams, as on the
+// standard path, instead of going out in one message the client refuses.
+func TestDirectLargeWriteStreams(t *testing.T) {
+	payload := bytes.Repeat([]byte("L"), 40<<20) // over the 32 MiB whole-body default
+	h := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Length", fmt.Sprint(len(payload)))
+		w.Write(payload)
+	})
+	ts := startDirectServer(t, "tcp", &http.Server{Handler: h})
+	client, _ := newClient(t, ts.L.Endpoint())
+	resp, err := client.Get("http://svc/big")
+	if err != nil {
+		t.Fatal(err)
+	}
+	n, err := io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	if err != nil || n != int64(len(payload)) || resp.ContentLength != int64(len(payload)) {
+		t.Errorf("got %d bytes (ContentLength %d), %v; want %d", n, resp.ContentLength, err, len(payload))
+	}
+}

@@ -350,27 +350,92 @@ func (c *directCall) write(p []byte, s string) (int, error) {
 	if err := c.writeErr(); err != nil {
 		return 0, err
 	}
-	overflow := !c.committed && len(c.buf)+n > bufferBeforeChunking
 	if c.committed && c.noBody {
 		return n, nil // a HEAD response's body is eaten
 	}
-	if p != nil {
-		c.buf = append(c.buf, p...)
-	} else {
-		c.buf = append(c.buf, s...)
-	}
-	if overflow {
-		c.commit()
+	if !c.committed {
+		if len(c.buf)+n <= bufferBeforeChunking {
+			c.buf = appendData(c.buf, p, s)
+			return n, nil
+		}
+		// Past net/http's buffer: the header is final now, its
+		// Content-Type sniffed from the first bytes.
+		c.commit(c.sniffData(p, s))
 		if c.noBody {
 			c.buf = c.buf[:0]
+			return n, nil
 		}
 	}
-	if c.committed {
-		if err := c.push(false, c.out != nil && len(c.buf) >= streamFlushAt); err != nil {
+	if p != nil && len(p) >= streamFlushAt && c.streamsAt(len(c.buf)+n) {
+		// A large write to a stream goes as it is, not copied.
+		if err := c.writeThrough(p); err != nil {
 			return 0, err
 		}
+		return n, nil
+	}
+	c.buf = appendData(c.buf, p, s)
+	if err := c.push(false, c.out != nil && len(c.buf) >= streamFlushAt); err != nil {
+		return 0, err
 	}
 	return n, nil
+}
+
+func appendData(b, p []byte, s string) []byte {
+	if p != nil {
+		return append(b, p...)
+	}
+	return append(b, s...)
+}
+
+// sniffData returns the first bytes of the body (up to the 512 that
+// http.DetectContentType reads): the buffered ones, then p or s.
+func (c *directCall) sniffData(p []byte, s string) []byte {
+	if len(c.buf) >= 512 {
+		return c.buf
+	}
+	if len(c.buf) == 0 && p != nil {
+		return p
+	}
+	d := append(c.w.sniff[:0], c.buf...)
+	if p != nil {
+		d = append(d, p[:min(len(p), 512-len(d))]...)
+	} else {
+		d = append(d, s[:min(len(s), 512-len(d))]...)
+	}
+	c.w.sniff = d[:0]
+	return d
+}
+
+// streamsAt reports whether the committed response's body goes (or will
+// go) out as a stream once total bytes are buffered.
+func (c *directCall) streamsAt(total int) bool {
+	if c.replied {
+		return false
+	}
+	return c.out != nil || (c.j.streams() && (c.contentLength > wholeBodyMax || total > wholeBodyMax))
+}
+
+// writeThrough sends what is buffered, then p, to the stream (opened if
+// need be), and ends the stream if the response is complete.
+func (c *directCall) writeThrough(p []byte) error {
+	if c.out == nil {
+		if err := c.openStream(); err != nil {
+			return err
+		}
+	} else if err := c.streamWrite(); err != nil {
+		return err
+	}
+	buf := c.buf
+	c.buf = p
+	err := c.streamWrite()
+	c.buf = buf[:0]
+	if err != nil {
+		return err
+	}
+	if c.complete() {
+		return c.push(true, true)
+	}
+	return nil
 }
 
 // writeErr is the error writes fail with: the caller is gone, srv.Close,
@@ -405,7 +470,7 @@ func (c *directCall) FlushError() error {
 		return err
 	}
 	if !c.committed {
-		c.commit()
+		c.commit(c.buf)
 		if c.noBody {
 			c.buf = c.buf[:0]
 		}
@@ -495,8 +560,9 @@ func kvDel(kv []string, name string) []string {
 }
 
 // commit makes the header final, as net/http's chunkWriter.writeHeader
-// does with the bytes buffered so far (c.buf).
-func (c *directCall) commit() {
+// does with p, the body's first bytes (all of them once the handler has
+// returned).
+func (c *directCall) commit(p []byte) {
 	c.committed = true
 	var hdr []string
 	if c.snapTaken {
@@ -534,14 +600,14 @@ func (c *directCall) commit() {
 	hasTE := te != ""
 	code := c.status
 	var setCL, setCT string
-	if c.handlerDone && !trailers && !hasTE && bodyAllowedForStatus(code) && !kvHas(hdr, "Content-Length") && (!isHEAD || len(c.buf) > 0) {
-		c.contentLength = int64(len(c.buf))
-		setCL = itoa(int64(len(c.buf)))
+	if c.handlerDone && !trailers && !hasTE && bodyAllowedForStatus(code) && !kvHas(hdr, "Content-Length") && (!isHEAD || len(p) > 0) {
+		c.contentLength = int64(len(p))
+		setCL = itoa(int64(len(p)))
 	}
 	hasCL := c.contentLength != -1
 	if bodyAllowedForStatus(code) {
-		if !kvHas(hdr, "Content-Type") && kvGet(hdr, "Content-Encoding") == "" && !hasTE && len(c.buf) > 0 {
-			setCT = http.DetectContentType(c.buf[:min(len(c.buf), 512)])
+		if !kvHas(hdr, "Content-Type") && kvGet(hdr, "Content-Encoding") == "" && !hasTE && len(p) > 0 {
+			setCT = http.DetectContentType(p[:min(len(p), 512)])
 		}
 	} else {
 		if code == http.StatusNotModified {
@@ -612,33 +678,30 @@ func (c *directCall) push(end, flush bool) error {
 	if c.replied {
 		return nil
 	}
-	if c.out != nil {
-		if !flush && !end {
-			return nil
+	done := end || c.complete()
+	switch {
+	case c.out != nil:
+		if flush || done {
+			if err := c.streamWrite(); err != nil {
+				return err
+			}
 		}
-		if err := c.streamWrite(); err != nil {
+	case c.j.streams() && (c.contentLength > wholeBodyMax || len(c.buf) > wholeBodyMax ||
+		((c.chunking || c.untilClose) && flush && !done)):
+		if err := c.openStream(); err != nil {
 			return err
 		}
-		if end || c.complete() {
-			c.replied = true
-			c.out.finish(c.trailerKV())
-			c.w.d.l.finished(c.j)
-		}
-		return nil
-	}
-	if end || c.complete() {
+	case done:
 		return c.sendWhole()
-	}
-	j := c.j
-	maxBody := c.w.d.l.cfg.limits.maxBodyBytes()
-	if j.streams() {
-		if (c.chunking || c.untilClose || c.contentLength > wholeBodyMax || len(c.buf) > wholeBodyMax) && (flush || len(c.buf) > wholeBodyMax) {
-			return c.openStream()
-		}
-		return nil
-	}
-	if int64(len(c.buf)) > maxBody {
+	case !c.j.streams() && int64(len(c.buf)) > c.w.d.l.cfg.limits.maxBodyBytes():
 		return c.fail(ErrBodyTooLarge)
+	default:
+		return nil // buffering
+	}
+	if done && !c.replied {
+		c.replied = true
+		c.out.finish(c.trailerKV())
+		c.w.d.l.finished(c.j)
 	}
 	return nil
 }
@@ -863,7 +926,7 @@ func (c *directCall) finish() {
 		return
 	}
 	if !c.committed {
-		c.commit()
+		c.commit(c.buf)
 		if c.noBody {
 			c.buf = c.buf[:0]
 		}
