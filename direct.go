@@ -74,6 +74,10 @@ import (
 //     TLSConfig and the HTTP/2 settings do not apply: there is no
 //     connection per client to time out or to upgrade.
 //
+// Serve starts WithWorkers worker goroutines, which take the requests that
+// hold a worker slot one after another (no goroutine per request) and end
+// once the Listener is closed and their handlers have returned.
+//
 // A Listener is served by Serve or by an http.Server's Serve, never both;
 // Serve fails if l is served by Serve already.
 func Serve(l *Listener, srv *http.Server) error {
