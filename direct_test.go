@@ -17,6 +17,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"runtime"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -534,5 +535,46 @@ func TestDirectLargeWriteStreams(t *testing.T) {
 	resp.Body.Close()
 	if err != nil || n != int64(len(payload)) || resp.ContentLength != int64(len(payload)) {
 		t.Errorf("got %d bytes (ContentLength %d), %v; want %d", n, resp.ContentLength, err, len(payload))
+	}
+}
+
+// TestDirectKeptStringsSurvive: a handler may keep the strings of a
+// request whose frame is pooled (a large whole body): they stay intact
+// while later requests reuse the frame.
+func TestDirectKeptStringsSurvive(t *testing.T) {
+	// One P: the pool hands the frame just put back to the next read.
+	defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(1))
+	var mu sync.Mutex
+	var kept [][3]string // as the handler got them (a concatenation would copy)
+	h := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		io.Copy(io.Discard, r.Body)
+		mu.Lock()
+		kept = append(kept, [3]string{r.Header.Get("X-Keep"), r.URL.Path, r.Host})
+		mu.Unlock()
+	})
+	ts := startDirectServer(t, "tcp", &http.Server{Handler: h}, WithWorkers(1))
+	client, _ := newClient(t, ts.L.Endpoint())
+	body := bytes.Repeat([]byte("k"), 50<<10) // a pooled frame (half of wholeFrames or more)
+	const n = 20
+	for i := 0; i < n; i++ {
+		req, _ := http.NewRequest("POST", fmt.Sprintf("http://host%d/path/%d", i, i), bytes.NewReader(body))
+		req.Header.Set("X-Keep", fmt.Sprintf("value-%d-%s", i, strings.Repeat("v", 100)))
+		resp, err := client.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	for i, k := range kept {
+		got := k[0] + "|" + k[1] + "|" + k[2]
+		want := fmt.Sprintf("value-%d-%s|/path/%d|host%d", i, strings.Repeat("v", 100), i, i)
+		if got != want {
+			t.Errorf("request %d: kept %q, want %q", i, got, want)
+		}
+	}
+	if len(kept) != n {
+		t.Errorf("%d requests served, want %d", len(kept), n)
 	}
 }

@@ -228,6 +228,49 @@ func (c *directCall) buildRequest() *statusRefusal {
 	return nil
 }
 
+// detachStrings copies e's strings (method, URI, host, header and trailer
+// fields) into one new string: e's frame can then be reused while the
+// handler keeps them.
+func detachStrings(e *envelope) {
+	n := len(e.Method) + len(e.URI) + len(e.Host)
+	for _, s := range e.Header {
+		n += len(s)
+	}
+	for _, s := range e.Trailer {
+		n += len(s)
+	}
+	var b strings.Builder
+	b.Grow(n)
+	b.WriteString(e.Method)
+	b.WriteString(e.URI)
+	b.WriteString(e.Host)
+	for _, s := range e.Header {
+		b.WriteString(s)
+	}
+	for _, s := range e.Trailer {
+		b.WriteString(s)
+	}
+	all := b.String()
+	take := func(s string) string {
+		t := all[:len(s)]
+		all = all[len(s):]
+		return t
+	}
+	e.Method, e.URI, e.Host = take(e.Method), take(e.URI), take(e.Host)
+	h := make([]string, len(e.Header)+len(e.Trailer))
+	for i, s := range e.Header {
+		h[i] = take(s)
+	}
+	e.Header = h[:len(e.Header):len(e.Header)]
+	if len(e.Trailer) > 0 {
+		t := h[len(e.Header):]
+		for i, s := range e.Trailer {
+			t[i] = take(s)
+		}
+		e.Trailer = t
+	}
+}
+
 // smallInts holds the decimal text of 0 to 4095: Content-Length values
 // without an allocation each.
 var smallInts = func() []string {

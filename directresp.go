@@ -78,8 +78,10 @@ type directCall struct {
 	wire          bool     // the response head was flushed
 	sentBody      int64    // body bytes handed on (streamed)
 	out           *sendStream
-	replied       bool // the reply is decided: sent, streamed to its end, or failed
-	bufGiven      bool // buf went with a reply: not reused
+	bufPooled     bool   // buf is from wholeBodies (a declared length to send whole); ownBuf is the worker's
+	ownBuf        []byte // the worker's body buffer while bufPooled
+	replied       bool   // the reply is decided: sent, streamed to its end, or failed
+	bufGiven      bool   // buf went with a reply: not reused
 	err           error
 	handlerDone   bool
 }
@@ -143,17 +145,31 @@ func (c *directCall) serve() {
 	c.buf = w.body[:0]
 	defer func() {
 		// The body buffer serves the next request, unless a reply took
-		// it or it grew large.
-		if !c.bufGiven && cap(c.buf) <= wholeBodyMax {
+		// it or it grew large; a pooled one goes back to its pool
+		// unless a reply took it.
+		switch {
+		case c.bufPooled:
+			if !c.bufGiven {
+				wholeBodies.put(c.buf)
+			}
+			w.body = c.ownBuf
+		case !c.bufGiven && cap(c.buf) <= wholeBodyMax:
 			w.body = c.buf[:0]
-		} else {
+		default:
 			w.body = nil
 		}
 	}()
-	if j.frame != nil {
-		// The request's strings and body lie in this pooled frame; the
-		// handler may keep them: it is left to the garbage collector.
+	if frame := j.frame; frame != nil {
+		// The request's strings and body lie in this pooled frame. The
+		// strings, which the handler may keep, are copied out; the
+		// body is only read through r.Body, closed by the time this
+		// returns: then the frame goes back to its pool.
 		j.frame = nil
+		detachStrings(&j.env)
+		defer func() {
+			j.env.Body = nil
+			wholeFrames.put(frame)
+		}()
 	}
 	if ref := c.buildRequest(); ref != nil {
 		j.doneUnread()
@@ -372,6 +388,13 @@ func (c *directCall) write(p []byte, s string) (int, error) {
 			return 0, err
 		}
 		return n, nil
+	}
+	if !c.bufPooled && c.out == nil && c.contentLength >= refMin && c.contentLength <= wholeBodyMax {
+		// Sent whole once complete: gather it in the buffer the reply
+		// will take (wholeBodies), rather than copy it there then.
+		c.ownBuf = c.buf[:0]
+		c.buf = append(wholeBodies.get()[:0], c.buf...)
+		c.bufPooled = true
 	}
 	c.buf = appendData(c.buf, p, s)
 	if err := c.push(false, c.out != nil && len(c.buf) >= streamFlushAt); err != nil {
@@ -879,7 +902,10 @@ func (c *directCall) sendWhole() error {
 	}
 	e := c.renderEnvelope(false)
 	pooled := false
-	if len(e.Body) >= refMin {
+	if c.bufPooled {
+		pooled = true
+		c.bufGiven = true // back to the pool once written
+	} else if len(e.Body) >= refMin {
 		if len(e.Body) <= wholeBodyMax {
 			b := wholeBodies.get()[:len(e.Body)]
 			copy(b, e.Body)
