@@ -578,3 +578,25 @@ func TestDirectKeptStringsSurvive(t *testing.T) {
 		t.Errorf("%d requests served, want %d", len(kept), n)
 	}
 }
+
+// TestDirectBodyEOFWithData: like net/http's, a request body with a
+// known length reports io.EOF with its last bytes (so bytes.Buffer's
+// ReadFrom, given room for the declared length, does not grow it).
+func TestDirectBodyEOFWithData(t *testing.T) {
+	h := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		p := make([]byte, 64)
+		n, err := r.Body.Read(p)
+		fmt.Fprint(w, n, " ", err)
+	})
+	ts := startDirectServer(t, "tcp", &http.Server{Handler: h})
+	client, _ := newClient(t, ts.L.Endpoint())
+	resp, err := client.Post("http://svc/", "text/plain", strings.NewReader("twelve bytes"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if string(b) != "12 EOF" {
+		t.Errorf("one Read of a 12-byte body: %q, want 12 EOF", b)
+	}
+}

@@ -352,6 +352,13 @@ func (b *directBody) Read(p []byte) (int, error) {
 		}
 		n := copy(p, b.data)
 		b.data = b.data[n:]
+		if len(b.data) == 0 {
+			// As net/http's body does, the end comes with the last
+			// bytes (a reader such as bytes.Buffer.ReadFrom then does
+			// not grow its buffer for an empty read).
+			b.end(b.trailerKV)
+			return n, io.EOF
+		}
 		return n, nil
 	}
 	if len(p) == 0 {
@@ -370,6 +377,10 @@ func (b *directBody) Read(p []byte) (int, error) {
 		n, err := b.rs.readSome(p)
 		if n > 0 {
 			b.left -= int64(n)
+			if !b.chunked && b.left == 0 {
+				b.eof = true
+				return n, io.EOF
+			}
 			return n, nil
 		}
 		if err == io.EOF {
