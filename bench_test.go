@@ -41,8 +41,28 @@ func BenchmarkSecurity(b *testing.B) {
 	})
 }
 
+// BenchmarkRoundTripDirect is BenchmarkRoundTrip with the server on the
+// direct path (Serve).
+func BenchmarkRoundTripDirect(b *testing.B) {
+	for _, network := range testNetworks {
+		b.Run(network, func(b *testing.B) {
+			ts := startDirectServer(b, network, &http.Server{Handler: echoHandler()}, WithWorkers(512))
+			benchRoundTripOn(b, ts, 128, 32, nil)
+		})
+	}
+	b.Run("tcp-64KiB", func(b *testing.B) {
+		ts := startDirectServer(b, "tcp", &http.Server{Handler: echoHandler()}, WithWorkers(512))
+		benchRoundTripOn(b, ts, 64<<10, 8, nil)
+	})
+}
+
 func benchRoundTripWith(b *testing.B, network string, size, par int, srvOpts, cliOpts []Option) {
 	ts := startServer(b, network, echoHandler(), append([]Option{WithWorkers(512)}, srvOpts...)...)
+	benchRoundTripOn(b, ts, size, par, cliOpts)
+}
+
+// benchRoundTripOn runs benchRoundTrip's callers against ts.
+func benchRoundTripOn(b *testing.B, ts *testServer, size, par int, cliOpts []Option) {
 	client, _ := newClient(b, ts.L.Endpoint(), cliOpts...)
 	body := bytes.Repeat([]byte("x"), size)
 	b.SetBytes(int64(size))

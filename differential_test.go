@@ -96,6 +96,13 @@ func diffSockPath(t testing.TB) string {
 // Listener), then the Listener again (idempotent).
 func diffServeZMQ(t testing.TB, network string, h http.Handler) (*zmqhttp.Listener, *zmqhttp.Transport) {
 	t.Helper()
+	return diffServeZMQMode(t, network, false, h)
+}
+
+// diffServeZMQMode is diffServeZMQ on the standard path (direct false:
+// srv.Serve(l)) or on the direct one (zmqhttp.Serve(l, srv)).
+func diffServeZMQMode(t testing.TB, network string, direct bool, h http.Handler) (*zmqhttp.Listener, *zmqhttp.Transport) {
+	t.Helper()
 	ep := "tcp://127.0.0.1:0"
 	if network == "ipc" {
 		ep = "ipc://" + diffSockPath(t)
@@ -106,7 +113,13 @@ func diffServeZMQ(t testing.TB, network string, h http.Handler) (*zmqhttp.Listen
 	}
 	srv := &http.Server{Handler: h}
 	served := make(chan error, 1)
-	go func() { served <- srv.Serve(l) }()
+	go func() {
+		if direct {
+			served <- zmqhttp.Serve(l, srv)
+		} else {
+			served <- srv.Serve(l)
+		}
+	}()
 	tr, err := zmqhttp.NewTransport(l.Endpoint())
 	if err != nil {
 		l.Close()
@@ -1060,12 +1073,13 @@ func TestDifferential(t *testing.T) {
 	if len(cases) < 30 {
 		t.Fatalf("only %d cases", len(cases))
 	}
-	for _, network := range []string{"tcp", "ipc"} {
-		t.Run(network, func(t *testing.T) {
+	for _, mode := range []string{"tcp", "ipc", "tcp-direct", "ipc-direct"} {
+		network, direct := strings.CutSuffix(mode, "-direct")
+		t.Run(mode, func(t *testing.T) {
 			t.Parallel()
 			hs := httptest.NewServer(diffHandler())
 			t.Cleanup(hs.Close)
-			zl, zt := diffServeZMQ(t, network, diffHandler())
+			zl, zt := diffServeZMQMode(t, network, direct, diffHandler())
 			// Runs after every case (cleanups run after parallel subtests):
 			// each response the zmq client got really went through the
 			// Listener.

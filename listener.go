@@ -52,6 +52,10 @@ type Listener struct {
 	peerSeq    atomic.Uint64
 	closeOnce  sync.Once
 
+	// direct is set once, with mu held, by Serve: started requests go to
+	// its workers instead of Accept. Read without mu on the hot path.
+	direct atomic.Pointer[directServer]
+
 	// closed is set by Close, with mu held, so that code holding mu sees
 	// it together with inflight and the queue; hot paths read it without
 	// mu.

@@ -45,6 +45,11 @@ type job struct {
 
 	unreadDone atomic.Bool // doneUnread ran
 
+	// call is the direct path's state of the job once a worker runs it
+	// (see Serve): cancel ends its handler's context. Nil on the
+	// standard path.
+	call atomic.Pointer[directCall]
+
 	handoffs int // owned by whoever assigns the job: new connections (from Accept) it was given to
 
 	// Guarded by conn.mu once assigned (owned by the assigner before).
@@ -84,6 +89,9 @@ func (j *job) canceled() bool {
 func (j *job) cancel() {
 	j.cancelOnce.Do(func() {
 		close(j.abort)
+		if dc := j.call.Load(); dc != nil {
+			dc.abortCtx()
+		}
 		if j.body != nil {
 			j.body.fail(errRequestCanceled)
 		}
@@ -177,6 +185,10 @@ func (l *Listener) start(j *job) {
 		l.finished(j)
 		return
 	}
+	if d := l.direct.Load(); d != nil {
+		d.enqueue(j)
+		return
+	}
 	if j.peer.assignIdle(j) {
 		return
 	}
@@ -184,6 +196,11 @@ func (l *Listener) start(j *job) {
 	if l.closed.Load() {
 		l.mu.Unlock()
 		l.verdict(j, true)
+		return
+	}
+	if d := l.direct.Load(); d != nil { // Serve began since the check above
+		l.mu.Unlock()
+		d.enqueue(j)
 		return
 	}
 	l.acceptQ = append(l.acceptQ, j)
@@ -261,7 +278,7 @@ type vconn struct {
 
 func newVConn(l *Listener, j *job) *vconn {
 	c := &vconn{l: l, peer: j.peer, wake: make(chan struct{}, 1)}
-	c.local = &connAddr{Addr: l.Addr(), c: c}
+	c.local = &connAddr{Addr: l.Addr(), c: c, p: j.peer}
 	j.handoffs++
 	c.assign(j)
 	l.mu.Lock()
@@ -808,10 +825,13 @@ func (c *vconn) reclaim() {
 }
 
 // connAddr is a vconn's LocalAddr: the Listener's address, which also
-// lets CallerDeadline find the connection from a request's context.
+// lets CallerDeadline find the connection from a request's context, and
+// PeerFromContext the peer. On the direct path (Serve) c is nil: the
+// request's context carries the caller's deadline itself.
 type connAddr struct {
 	net.Addr
 	c *vconn
+	p *peer
 }
 
 // CallerDeadline wraps h so that each request's context carries the
@@ -826,7 +846,7 @@ type connAddr struct {
 func CallerDeadline(h http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		a, ok := r.Context().Value(http.LocalAddrContextKey).(*connAddr)
-		if !ok {
+		if !ok || a.c == nil {
 			h.ServeHTTP(w, r)
 			return
 		}

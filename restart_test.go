@@ -96,12 +96,24 @@ func listenRetry(ep string, opts ...Option) (*Listener, error) {
 }
 
 func startRestartServer(ep string, mk func() *http.Server, opts ...Option) (*restartServer, error) {
+	return startRestartServerMode(ep, mk, false, opts...)
+}
+
+// startRestartServerMode is startRestartServer on the standard path or,
+// with direct, on the direct one (Serve).
+func startRestartServerMode(ep string, mk func() *http.Server, direct bool, opts ...Option) (*restartServer, error) {
 	l, err := listenRetry(ep, opts...)
 	if err != nil {
 		return nil, err
 	}
 	rs := &restartServer{l: l, srv: mk(), serveErr: make(chan error, 1)}
-	go func() { rs.serveErr <- rs.srv.Serve(l) }()
+	go func() {
+		if direct {
+			rs.serveErr <- Serve(l, rs.srv)
+		} else {
+			rs.serveErr <- rs.srv.Serve(l)
+		}
+	}()
 	return rs, nil
 }
 
@@ -132,7 +144,8 @@ func (rs *restartServer) stop(timeout time.Duration) error {
 type restartCase struct {
 	name                                   string
 	readTimeout, writeTimeout, idleTimeout time.Duration
-	panicEvery                             int // every panicEvery-th call of a caller goes to a handler that panics; 0: none
+	panicEvery                             int  // every panicEvery-th call of a caller goes to a handler that panics; 0: none
+	direct                                 bool // served by Serve (the direct path)
 }
 
 // TestGracefulRestartLoop restarts the server at one endpoint 100 times
@@ -153,6 +166,9 @@ func TestGracefulRestartLoop(t *testing.T) {
 		{name: "ReadTimeout", readTimeout: 2 * time.Second},
 		{name: "IdleTimeout", idleTimeout: 50 * time.Millisecond},
 		{name: "panics", panicEvery: 8},
+		{name: "direct", direct: true},
+		{name: "direct-WriteTimeout", writeTimeout: 2 * time.Second, direct: true},
+		{name: "direct-panics", panicEvery: 8, direct: true},
 	} {
 		t.Run(tc.name, func(t *testing.T) { restartLoop(t, tc, restarts) })
 	}
@@ -203,7 +219,7 @@ func restartLoop(t *testing.T, tc restartCase, restarts int) {
 		return &http.Server{Handler: mux, ReadTimeout: tc.readTimeout, WriteTimeout: tc.writeTimeout,
 			IdleTimeout: tc.idleTimeout, ErrorLog: log.New(&errLog, "", 0)}
 	}
-	cur, err := startRestartServer(ep, mk)
+	cur, err := startRestartServerMode(ep, mk, tc.direct)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -290,7 +306,7 @@ func restartLoop(t *testing.T, tc restartCase, restarts int) {
 			t.Errorf("restart %d: %v", r+1, err)
 		}
 		t1 := time.Now()
-		next, err := startRestartServer(ep, mk)
+		next, err := startRestartServerMode(ep, mk, tc.direct)
 		if err != nil {
 			t.Errorf("restart %d: Listen %s again: %v", r+1, ep, err)
 			break

@@ -73,7 +73,7 @@ func PeerFromContext(ctx context.Context) (Peer, bool) {
 	if !ok {
 		return Peer{}, false
 	}
-	return a.c.peer.info, true
+	return a.p.info, true
 }
 
 // WithPlainServer makes a Listener speak PLAIN (ZeroMQ RFC 24): each

@@ -30,7 +30,7 @@ func newClient(proto, endpoint string, conns int, timeout time.Duration) (*bench
 	switch proto {
 	case protoHTTP:
 		return newHTTPClient(endpoint, conns, timeout), nil
-	case protoZMQ:
+	case protoZMQ, protoDirect:
 		return newZMQClient(endpoint, timeout)
 	}
 	return nil, fmt.Errorf("unknown protocol %q", proto)

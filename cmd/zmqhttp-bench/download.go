@@ -39,7 +39,7 @@ func downloadOne(ctx context.Context, cfg config, name, proto string, server *ch
 	return r, nil
 }
 
-const downloadFormat = "%-20s %-8s %7s %7s %9s %9s %9s %7s  %s"
+const downloadFormat = "%-20s %-14s %7s %7s %9s %9s %9s %7s  %s"
 
 // writeDownloadTable prints the download results like writeTable, with the
 // body bytes per second.
@@ -49,8 +49,9 @@ func writeDownloadTable(w io.Writer, results []result) {
 		writeRowf(w, downloadFormat, r.Scenario, r.Proto, fmt.Sprintf("%.1f", r.ReqPerSec), formatRate(r.BytesPerSec),
 			formatDuration(r.P50), formatDuration(r.P99), formatCPU(r.CPUPerReq, r.CPUError),
 			fmt.Sprint(r.Errors), cpuSplit(r))
-		if h, z, ok := pairAt(results, i); ok {
-			writeRowf(w, downloadFormat, r.Scenario, "ratio", ratio(z.ReqPerSec, h.ReqPerSec),
+		h, zs, _ := ratiosAt(results, i)
+		for _, z := range zs {
+			writeRowf(w, downloadFormat, r.Scenario, ratioLabel(z.Proto), ratio(z.ReqPerSec, h.ReqPerSec),
 				ratio(z.BytesPerSec, h.BytesPerSec),
 				ratio(float64(z.P50), float64(h.P50)), ratio(float64(z.P99), float64(h.P99)),
 				ratio(float64(z.CPUPerReq), float64(h.CPUPerReq)), "", "")

@@ -67,7 +67,7 @@ func holOne(ctx context.Context, cfg config, name, proto string, server *child) 
 	return r, nil
 }
 
-const holFormat = "%-20s %-8s %9s %9s %9s %9s %10s %10s %7s"
+const holFormat = "%-20s %-14s %9s %9s %9s %9s %10s %10s %7s"
 
 // writeHOLTable prints the small requests' latency alone and under load,
 // the growth of their p99 (the head-of-line cost), and the bulk downloads'
@@ -79,8 +79,9 @@ func writeHOLTable(w io.Writer, results []result) {
 		writeRowf(w, holFormat, r.Scenario, r.Proto, formatDuration(r.P50), formatDuration(r.P99),
 			formatDuration(u.P50), formatDuration(u.P99), growth(r.P99Growth), formatRate(b.BytesPerSec),
 			fmt.Sprint(r.Errors+u.Errors+b.Errors))
-		if h, z, ok := pairAt(results, i); ok {
-			writeRowf(w, holFormat, r.Scenario, "ratio",
+		h, zs, _ := ratiosAt(results, i)
+		for _, z := range zs {
+			writeRowf(w, holFormat, r.Scenario, ratioLabel(z.Proto),
 				ratio(float64(z.P50), float64(h.P50)), ratio(float64(z.P99), float64(h.P99)),
 				ratio(float64(z.UnderLoad.P50), float64(h.UnderLoad.P50)),
 				ratio(float64(z.UnderLoad.P99), float64(h.UnderLoad.P99)),

@@ -5,11 +5,15 @@
 // http.Transport that keeps one HTTP/1.1 keep-alive connection per caller.
 //
 // Each server runs in a child process (the command re-executes itself as
-// "zmqhttp-bench serve -proto http|zmqhttp"; the child prints its endpoint
+// "zmqhttp-bench serve -proto http|zmqhttp|zmqhttp-direct"; the child prints its endpoint
 // on one line and exits when its stdin closes or it is killed). The parent
 // runs N goroutines that send requests back to back, first for a warm-up
 // that is not counted, then for a measured window. Every scenario runs
-// with both protocols back to back. Scenarios come in groups, chosen with
+// with each protocol back to back: http, zmqhttp (an http.Server on the
+// Listener) and zmqhttp-direct (the same handler run by zmqhttp.Serve,
+// the direct path), each zmqhttp one compared with http in its own ratio
+// row ("ratio" for zmqhttp, "ratio-d" for zmqhttp-direct). Scenarios come
+// in groups, chosen with
 // -scenarios, each printed as its own table:
 //
 // rr: callers POST fixed-size bodies to an echo handler (it reads the
@@ -23,7 +27,8 @@
 //     cli/srv splits it between the two processes;
 //   - errors: requests in the window that failed or were not a 200 with the
 //     whole body echoed back; distinct error texts are listed below the table;
-//   - ratio: zmqhttp / http for req/s, p50, p99 and CPU/req.
+//   - ratio: zmqhttp / http for req/s, p50, p99 and CPU/req (ratio-d:
+//     zmqhttp-direct / http).
 //
 // download: 4 callers GET 16 MiB bodies, which the handler writes from a
 // preallocated buffer with a Content-Length. Reported as rr, plus MiB/s,
@@ -45,7 +50,7 @@
 //
 // Usage:
 //
-//	go run ./cmd/zmqhttp-bench                   # every group, ~75 s
+//	go run ./cmd/zmqhttp-bench                   # every group, 3 protocols, ~110 s
 //	go run ./cmd/zmqhttp-bench -scenarios download,sse,hol
 //	go run ./cmd/zmqhttp-bench -scenarios rr -c 1,64 -size 128,64K -d 5s
 //	go run ./cmd/zmqhttp-bench -proto zmqhttp -json
@@ -72,6 +77,9 @@ import (
 const (
 	protoHTTP = "http"
 	protoZMQ  = "zmqhttp"
+	// protoDirect is zmqhttp served by zmqhttp.Serve (the direct path)
+	// instead of http.Server.Serve on the Listener; the same client.
+	protoDirect = "zmqhttp-direct"
 )
 
 // config is what the command-line flags ask for.
@@ -133,7 +141,7 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 	fs.DurationVar(&cfg.timeout, "timeout", 10*time.Second, "per-request timeout")
 	conc := fs.String("c", "1,16,64,256", "comma-separated concurrency `list`")
 	sizes := fs.String("size", "128", "comma-separated body size `list` (128, 4K, 64KiB, 1M)")
-	protos := fs.String("proto", protoHTTP+","+protoZMQ, "protocols to run: http, zmqhttp or both")
+	protos := fs.String("proto", protoHTTP+","+protoZMQ+","+protoDirect, "protocols to run: http, zmqhttp, zmqhttp-direct (alias direct), comma-separated")
 	groupList := fs.String("scenarios", strings.Join(groupNames(), ","),
 		"scenario `groups` to run: rr (echo, -c × -size), download, sse, hol, or all")
 	fs.BoolVar(&cfg.json, "json", false, "print results as JSON instead of a table")

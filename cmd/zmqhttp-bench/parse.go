@@ -12,11 +12,14 @@ func parseProtos(s string) ([]string, error) {
 	var out []string
 	seen := map[string]bool{}
 	for _, p := range splitList(s) {
-		if p == "zmq" {
+		switch p {
+		case "zmq":
 			p = protoZMQ
+		case "direct":
+			p = protoDirect
 		}
-		if p != protoHTTP && p != protoZMQ {
-			return nil, fmt.Errorf("-proto: unknown protocol %q (want %s or %s)", p, protoHTTP, protoZMQ)
+		if p != protoHTTP && p != protoZMQ && p != protoDirect {
+			return nil, fmt.Errorf("-proto: unknown protocol %q (want %s, %s or %s)", p, protoHTTP, protoZMQ, protoDirect)
 		}
 		if !seen[p] {
 			seen[p] = true

@@ -9,7 +9,7 @@ import (
 	"time"
 )
 
-const rowFormat = "%-15s %-8s %9s %9s %9s %9s %7s  %s"
+const rowFormat = "%-15s %-14s %9s %9s %9s %9s %7s  %s"
 
 func writeRow(w io.Writer, cols ...any) { writeRowf(w, rowFormat, cols...) }
 
@@ -26,8 +26,9 @@ func writeTable(w io.Writer, results []result) {
 		writeRow(w, r.Scenario, r.Proto, fmt.Sprintf("%.0f", r.ReqPerSec),
 			formatDuration(r.P50), formatDuration(r.P99), formatCPU(r.CPUPerReq, r.CPUError),
 			fmt.Sprint(r.Errors), cpuSplit(r))
-		if h, z, ok := pairAt(results, i); ok {
-			writeRow(w, r.Scenario, "ratio", ratio(z.ReqPerSec, h.ReqPerSec),
+		h, zs, _ := ratiosAt(results, i)
+		for _, z := range zs {
+			writeRow(w, r.Scenario, ratioLabel(z.Proto), ratio(z.ReqPerSec, h.ReqPerSec),
 				ratio(float64(z.P50), float64(h.P50)), ratio(float64(z.P99), float64(h.P99)),
 				ratio(float64(z.CPUPerReq), float64(h.CPUPerReq)), "", "")
 		}
@@ -35,20 +36,37 @@ func writeTable(w io.Writer, results []result) {
 	writeErrors(w, results)
 }
 
-// pairAt returns the http and zmqhttp results of one scenario when results[i]
-// completes such a pair.
-func pairAt(results []result, i int) (h, z result, ok bool) {
-	if i == 0 || results[i].Scenario != results[i-1].Scenario {
-		return h, z, false
+// ratiosAt returns, when results[i] is the last result of its scenario,
+// the scenario's http result and its other results (each gets a ratio row
+// to http); ok is false, and others empty, otherwise or without http.
+func ratiosAt(results []result, i int) (h result, others []result, ok bool) {
+	sc := results[i].Scenario
+	if i+1 < len(results) && results[i+1].Scenario == sc {
+		return h, nil, false
 	}
-	a, b := results[i-1], results[i]
-	switch {
-	case a.Proto == protoHTTP && b.Proto == protoZMQ:
-		return a, b, true
-	case a.Proto == protoZMQ && b.Proto == protoHTTP:
-		return b, a, true
+	start := i
+	for start > 0 && results[start-1].Scenario == sc {
+		start--
 	}
-	return h, z, false
+	for _, r := range results[start : i+1] {
+		if r.Proto == protoHTTP && !ok {
+			h, ok = r, true
+		} else if r.Proto != protoHTTP {
+			others = append(others, r)
+		}
+	}
+	if !ok {
+		return h, nil, false
+	}
+	return h, others, len(others) > 0
+}
+
+// ratioLabel names the ratio row of proto to http.
+func ratioLabel(proto string) string {
+	if proto == protoDirect {
+		return "ratio-d"
+	}
+	return "ratio"
 }
 
 // writeErrors lists, below a table, the error texts and client stats of

@@ -36,7 +36,7 @@ const maxBytesBody = 64 << 20
 // one line on out once it is listening.
 func serve(args []string, stdin io.Reader, out io.Writer) error {
 	fs := flag.NewFlagSet(serveCmd, flag.ContinueOnError)
-	proto := fs.String("proto", "", "protocol to serve: http or zmqhttp")
+	proto := fs.String("proto", "", "protocol to serve: http, zmqhttp or zmqhttp-direct")
 	addr := fs.String("addr", "", "listen address (default: an ephemeral loopback port)")
 	workers := fs.Int("workers", 512, "zmqhttp: WithWorkers")
 	queue := fs.Int("queue", 4096, "zmqhttp: WithQueueSize")
@@ -65,7 +65,11 @@ func serve(args []string, stdin io.Reader, out io.Writer) error {
 	if _, err := fmt.Fprintln(out, endpoint); err != nil {
 		return err
 	}
-	if err := srv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
+	serveFn := srv.Serve
+	if *proto == protoDirect {
+		serveFn = func(ln net.Listener) error { return zmqhttp.Serve(ln.(*zmqhttp.Listener), srv) }
+	}
+	if err := serveFn(ln); !errors.Is(err, http.ErrServerClosed) {
 		return err
 	}
 	return nil
@@ -85,7 +89,7 @@ func listen(proto, addr string, opts []zmqhttp.Option) (net.Listener, string, er
 			return nil, "", err
 		}
 		return ln, ln.Addr().String(), nil
-	case protoZMQ, "zmq":
+	case protoZMQ, "zmq", protoDirect:
 		if addr == "" {
 			addr = "tcp://127.0.0.1:0"
 		}
@@ -95,7 +99,7 @@ func listen(proto, addr string, opts []zmqhttp.Option) (net.Listener, string, er
 		}
 		return ln, ln.Endpoint(), nil
 	}
-	return nil, "", fmt.Errorf("-proto: want %s or %s, got %q", protoHTTP, protoZMQ, proto)
+	return nil, "", fmt.Errorf("-proto: want %s, %s or %s, got %q", protoHTTP, protoZMQ, protoDirect, proto)
 }
 
 // exitOnEOF ends the process when r reaches EOF, so a child never outlives

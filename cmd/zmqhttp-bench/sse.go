@@ -45,7 +45,7 @@ func sseOne(ctx context.Context, cfg config, name, proto string, server *child) 
 	return r, nil
 }
 
-const sseFormat = "%-20s %-8s %7s %7s %9s %9s %9s %7s"
+const sseFormat = "%-20s %-14s %7s %7s %9s %9s %9s %7s"
 
 // writeSSETable prints the event delays: arrival at the client minus the
 // server's wall clock when it wrote and flushed the event.
@@ -54,8 +54,9 @@ func writeSSETable(w io.Writer, results []result) {
 	for i, r := range results {
 		writeRowf(w, sseFormat, r.Scenario, r.Proto, fmt.Sprint(r.Requests), fmt.Sprint(r.Events),
 			formatDuration(r.EventP50), formatDuration(r.EventP99), formatDuration(r.EventMax), fmt.Sprint(r.Errors))
-		if h, z, ok := pairAt(results, i); ok {
-			writeRowf(w, sseFormat, r.Scenario, "ratio", "", "",
+		h, zs, _ := ratiosAt(results, i)
+		for _, z := range zs {
+			writeRowf(w, sseFormat, r.Scenario, ratioLabel(z.Proto), "", "",
 				ratio(float64(z.EventP50), float64(h.EventP50)), ratio(float64(z.EventP99), float64(h.EventP99)),
 				ratio(float64(z.EventMax), float64(h.EventMax)), "")
 		}
