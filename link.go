@@ -153,7 +153,16 @@ type link struct {
 	sends       map[uint64]*sendStream
 	recvs       map[uint64]*recvStream
 	fin         bool // write what is queued, then close
+	// capsKnown: markReady ran; until then cancel keeps the ids it is
+	// given in earlyCancels (at most maxEarlyCancels), sent by markReady
+	// if the peer then turns out to act on CANCEL.
+	capsKnown    bool
+	earlyCancels []uint64
 }
+
+// maxEarlyCancels bounds the CANCELs a link keeps for a peer whose HELLO
+// answer has not come yet (one per call given up on meanwhile).
+const maxEarlyCancels = 4096
 
 // outMsg is one queued message.
 type outMsg struct {
@@ -205,7 +214,23 @@ func (l *link) start() {
 // wait waits for both goroutines to end (after close).
 func (l *link) wait() { l.wg.Wait() }
 
-func (l *link) markReady() { l.readyOnce.Do(func() { close(l.ready) }) }
+// markReady records that the peer's capabilities are known (caps is set
+// first) and sends the CANCELs asked for before, if the peer acts on them.
+func (l *link) markReady() {
+	l.readyOnce.Do(func() {
+		l.mu.Lock()
+		l.capsKnown = true
+		early := l.earlyCancels
+		l.earlyCancels = nil
+		l.mu.Unlock()
+		close(l.ready)
+		if l.has(capCancel) {
+			for _, id := range early {
+				l.sendCtrl(&envelope{Version: ProtocolVersion, Kind: KindCancel, ID: id})
+			}
+		}
+	})
+}
 
 func (l *link) has(capability uint64) bool { return l.caps.Load()&capability != 0 }
 
@@ -792,9 +817,16 @@ func (l *link) badEnvelope(err error, route [][]byte) {
 	l.h.bad(l, route, err)
 }
 
+// testHookClientHello, if set, runs when a client link's reader is about
+// to take the server's HELLO answer.
+var testHookClientHello atomic.Pointer[func()]
+
 // gotHello records the peer's capabilities and window; the server side
 // answers with its own.
 func (l *link) gotHello(env *envelope) {
+	if hook := testHookClientHello.Load(); hook != nil && !l.cfg.server {
+		(*hook)()
+	}
 	caps := env.Flags & (l.cfg.offer | capRouted) // what both sides offer (and whether it came through a device)
 	l.caps.Store(caps)
 	if env.Credit > 0 {
@@ -837,8 +869,19 @@ func (l *link) recvChunk(env *envelope, frame []byte) {
 }
 
 // cancel tells the server that the caller gave up on request id, if it
-// acts on CANCEL (client side).
+// acts on CANCEL (client side). Before the server's HELLO answer says
+// whether it does, the id is kept and the CANCEL sent once it has come:
+// the first requests on a new connection are written before that answer.
 func (l *link) cancel(id uint64) {
+	l.mu.Lock()
+	if !l.capsKnown {
+		if len(l.earlyCancels) < maxEarlyCancels {
+			l.earlyCancels = append(l.earlyCancels, id)
+		}
+		l.mu.Unlock()
+		return
+	}
+	l.mu.Unlock()
 	if l.has(capCancel) {
 		l.sendCtrl(&envelope{Version: ProtocolVersion, Kind: KindCancel, ID: id})
 	}

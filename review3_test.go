@@ -219,3 +219,51 @@ func TestReview3ExpiredJobsFillQueue(t *testing.T) {
 			resp.StatusCode, ts.L.Stats().Overloaded, before.Canceled)
 	}
 }
+
+// TestCancelBeforeHelloAnswer: a call cancelled before the client has read
+// the server's HELLO answer (the first calls on a new connection are
+// written before it comes) still reaches the server as a CANCEL once the
+// answer says the server takes them: the handler's context ends. Before,
+// the CANCEL was dropped and the handler ran on.
+func TestCancelBeforeHelloAnswer(t *testing.T) {
+	started := make(chan struct{}, 1)
+	ended := make(chan error, 1)
+	ts := startServer(t, "tcp", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		started <- struct{}{}
+		select {
+		case <-r.Context().Done():
+			ended <- r.Context().Err()
+		case <-time.After(5 * time.Second):
+			ended <- errors.New("not cancelled within 5s")
+		}
+	}))
+	release := make(chan struct{})
+	hook := func() { <-release }
+	testHookClientHello.Store(&hook)
+	defer testHookClientHello.Store(nil)
+	client, _ := newClient(t, ts.L.Endpoint())
+	ctx, cancel := context.WithCancel(context.Background())
+	errc := make(chan error, 1)
+	go func() {
+		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "http://svc/slow", nil)
+		resp, err := client.Do(req)
+		if err == nil {
+			resp.Body.Close()
+		}
+		errc <- err
+	}()
+	select {
+	case <-started:
+	case <-time.After(5 * time.Second):
+		close(release)
+		t.Fatal("the handler did not start")
+	}
+	cancel() // the client's reader is held before the HELLO answer
+	if err := <-errc; err == nil {
+		t.Error("the cancelled call succeeded")
+	}
+	close(release)
+	if err := <-ended; !errors.Is(err, context.Canceled) {
+		t.Errorf("handler: %v; want its context cancelled", err)
+	}
+}
