@@ -1,0 +1,102 @@
+package zmqhttp
+
+// Review of the direct path (Serve): each test shows a difference from
+// the standard path (an http.Server on the Listener) that a client or a
+// handler can observe.
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+)
+
+// reviewResp is what a client sees of a response.
+type reviewResp struct {
+	Status  int
+	Header  http.Header
+	Body    string
+	Trailer http.Header
+	CL      int64
+	TE      []string
+}
+
+func (r reviewResp) String() string {
+	h := r.Header.Clone()
+	h.Del("Date")
+	return fmt.Sprintf("status=%d cl=%d te=%v header=%v body=%q trailer=%v date=%v",
+		r.Status, r.CL, r.TE, h, r.Body, r.Trailer, r.Header["Date"] != nil)
+}
+
+// reviewBoth runs h on the standard path and on the direct path, sends
+// the request made by mk to each, and returns what the client saw.
+func reviewBoth(t *testing.T, h http.Handler, mk func() *http.Request) (std, direct reviewResp) {
+	t.Helper()
+	get := func(ep string) reviewResp {
+		client, _ := newClient(t, ep)
+		resp, err := client.Do(mk())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, err := io.ReadAll(resp.Body)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return reviewResp{resp.StatusCode, resp.Header, string(b), resp.Trailer, resp.ContentLength, resp.TransferEncoding}
+	}
+	s := startServer(t, "tcp", h)
+	d := startDirectServer(t, "tcp", &http.Server{Handler: h})
+	return get(s.L.Endpoint()), get(d.L.Endpoint())
+}
+
+func reviewGet() *http.Request {
+	r, _ := http.NewRequest("GET", "http://svc/", nil)
+	return r
+}
+
+// TestReviewDirectNilHeaderSuppresses: net/http adds no Content-Type,
+// Date or Content-Length when the handler sets the field to nil (the
+// documented way to prevent sniffing); the direct path looked for a
+// value, not the key, and added them.
+func TestReviewDirectNilHeaderSuppresses(t *testing.T) {
+	for _, field := range []string{"Content-Type", "Date", "Content-Length"} {
+		t.Run(field, func(t *testing.T) {
+			h := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				w.Header()[field] = nil
+				io.WriteString(w, "<html><body>hi</body></html>")
+			})
+			std, direct := reviewBoth(t, h, reviewGet)
+			_, stdHas := std.Header[field]
+			_, dHas := direct.Header[field]
+			if stdHas != dHas || std.CL != direct.CL {
+				t.Errorf("standard: %v\ndirect:   %v", std, direct)
+			}
+		})
+	}
+}
+
+// TestReviewDirectForbiddenTrailer: net/http only sends the trailers a
+// Trailer field may announce (httpguts.ValidTrailerHeader: not
+// Cache-Control, Content-Type, Authorization...); the direct path sent
+// any but three.
+func TestReviewDirectForbiddenTrailer(t *testing.T) {
+	h := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Trailer", "Cache-Control, X-Sum")
+		w.Header().Set("Cache-Control", "no-store")
+		w.WriteHeader(200)
+		io.WriteString(w, "body")
+		w.Header().Set("X-Sum", "42")
+	})
+	std, direct := reviewBoth(t, h, reviewGet)
+	if std.String() != direct.String() {
+		t.Errorf("standard: %v\ndirect:   %v", std, direct)
+	}
+}
+
+var _ = context.Background
+var _ = strings.NewReader
+var _ = time.Second
