@@ -343,10 +343,13 @@ func (ln *directListener) Accept() (net.Conn, error) {
 	return nil, ErrListenerClosed
 }
 
-// Close makes the Serve's closer close the Listener (it must not block:
-// http.Server calls it with its lock held).
+// Close closes the Listener, as srv.Close and srv.Shutdown do on the
+// standard path before they return (the endpoint can be bound again at
+// once), and makes the Serve's closer stop the workers. http.Server calls
+// it with its lock held: Listener.Close never calls into srv.
 func (ln *directListener) Close() error {
 	ln.once.Do(func() { close(ln.closed) })
+	ln.d.l.Close()
 	return nil
 }
 

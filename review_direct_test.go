@@ -100,3 +100,45 @@ func TestReviewDirectForbiddenTrailer(t *testing.T) {
 var _ = context.Background
 var _ = strings.NewReader
 var _ = time.Second
+
+// TestReviewDirectCloseClosesListener: on the standard path srv.Close
+// closes the Listener before it returns (http.Server closes its
+// listeners synchronously), so the endpoint can be bound again at once
+// (a restart). The direct path closed it later, from a goroutine.
+func TestReviewDirectCloseClosesListener(t *testing.T) {
+	for _, direct := range []bool{false, true} {
+		t.Run(fmt.Sprintf("direct=%v", direct), func(t *testing.T) {
+			for i := 0; i < 20; i++ {
+				l, err := Listen(testEndpoint(t, "tcp"))
+				if err != nil {
+					t.Fatal(err)
+				}
+				ep := l.Endpoint()
+				srv := &http.Server{Handler: http.NotFoundHandler()}
+				served := make(chan error, 1)
+				if direct {
+					go func() { served <- Serve(l, srv) }()
+				} else {
+					go func() { served <- srv.Serve(l) }()
+				}
+				client, _ := newClient(t, ep)
+				resp, err := client.Get("http://svc/")
+				if err != nil {
+					t.Fatal(err)
+				}
+				resp.Body.Close()
+				srv.Close()
+				closed := l.closed.Load()
+				<-served
+				if !closed {
+					t.Fatalf("round %d: the Listener is still open when srv.Close returned", i)
+				}
+				l2, err := Listen(ep)
+				if err != nil {
+					t.Fatalf("round %d: Listen again after srv.Close: %v", i, err)
+				}
+				l2.Close()
+			}
+		})
+	}
+}
