@@ -142,3 +142,75 @@ func TestReviewDirectCloseClosesListener(t *testing.T) {
 		})
 	}
 }
+
+// TestReviewDirectShutdownWaitsDisabledOptions: srv.Shutdown waits for a
+// running handler however long it takes. With
+// srv.DisableGeneralOptionsHandler the direct path's internal connection
+// stays "new" (an unfinished request head), which http.Server's
+// Shutdown treats as idle after 5 s: it closed it, failing the running
+// request, and returned.
+func TestReviewDirectShutdownWaitsDisabledOptions(t *testing.T) {
+	if testing.Short() {
+		t.Skip("takes 7 s")
+	}
+	inHandler := make(chan struct{})
+	release := make(chan struct{})
+	ctxErr := make(chan error, 1)
+	srv := &http.Server{
+		DisableGeneralOptionsHandler: true,
+		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			close(inHandler)
+			select {
+			case <-release:
+				ctxErr <- nil
+			case <-r.Context().Done():
+				ctxErr <- r.Context().Err()
+			}
+			io.WriteString(w, "done")
+		}),
+	}
+	l, err := Listen(testEndpoint(t, "tcp"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	served := make(chan error, 1)
+	go func() { served <- Serve(l, srv) }()
+	client, tr := newClient(t, l.Endpoint())
+	got := make(chan string, 1)
+	go func() {
+		resp, err := client.Get("http://svc/")
+		if err != nil {
+			got <- err.Error()
+			return
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		got <- string(b)
+	}()
+	<-inHandler
+	shut := make(chan error, 1)
+	go func() { shut <- srv.Shutdown(context.Background()) }()
+	shutDone := false
+	select {
+	case err := <-shut:
+		shutDone = true
+		t.Errorf("Shutdown returned %v while the handler runs", err)
+	case err := <-ctxErr:
+		t.Errorf("the running handler's context ended: %v", err)
+	case <-time.After(7 * time.Second):
+	}
+	close(release)
+	if s := <-got; s != "done" {
+		t.Errorf("the running request got %q", s)
+	}
+	if !shutDone {
+		if err := <-shut; err != nil {
+			t.Errorf("Shutdown: %v", err)
+		}
+	}
+	if err := <-served; err != http.ErrServerClosed {
+		t.Errorf("Serve returned %v", err)
+	}
+	tr.Close()
+	checkNoLeaks(t)
+}
