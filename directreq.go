@@ -3,6 +3,7 @@ package zmqhttp
 import (
 	"context"
 	"io"
+	"net"
 	"net/http"
 	"net/textproto"
 	"net/url"
@@ -392,6 +393,9 @@ func (b *directBody) Read(p []byte) (int, error) {
 		}
 		if err != nil {
 			return 0, err
+		}
+		if b.c.killed.Load() {
+			return 0, net.ErrClosed // srv.Close: the connection is gone
 		}
 		if err := b.wait(); err != nil {
 			return 0, err

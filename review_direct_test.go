@@ -6,8 +6,10 @@ package zmqhttp
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"strings"
 	"testing"
@@ -213,4 +215,176 @@ func TestReviewDirectShutdownWaitsDisabledOptions(t *testing.T) {
 	}
 	tr.Close()
 	checkNoLeaks(t)
+}
+
+// TestReviewDirectDisconnectAndUnreadUpload: a handler's context ends
+// when its client goes away; a handler that returns without reading a
+// streamed upload answers at once and the upload stops.
+func TestReviewDirectDisconnectAndUnreadUpload(t *testing.T) {
+	ended := make(chan error, 1)
+	inHandler := make(chan struct{}, 1)
+	h := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/wait" {
+			inHandler <- struct{}{}
+			select {
+			case <-r.Context().Done():
+				ended <- r.Context().Err()
+			case <-time.After(10 * time.Second):
+				ended <- nil
+			}
+			return
+		}
+		io.WriteString(w, "ignored")
+	})
+	ts := startDirectServer(t, "tcp", &http.Server{Handler: h})
+
+	client, _ := newClient(t, ts.L.Endpoint())
+	pr, pw := io.Pipe()
+	defer pw.Close()
+	go func() {
+		buf := make([]byte, 64<<10)
+		for {
+			if _, err := pw.Write(buf); err != nil {
+				return
+			}
+		}
+	}()
+	req, _ := http.NewRequest("POST", "http://svc/upload", pr)
+	done := make(chan string, 1)
+	go func() {
+		resp, err := client.Do(req)
+		if err != nil {
+			done <- err.Error()
+			return
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		done <- string(b)
+	}()
+	select {
+	case s := <-done:
+		if s != "ignored" {
+			t.Errorf("unread upload: got %q", s)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("a handler that ignores an endless upload: no answer")
+	}
+
+	tr2, err := NewTransport(ts.L.Endpoint())
+	if err != nil {
+		t.Fatal(err)
+	}
+	go func() {
+		resp, err := (&http.Client{Transport: tr2}).Get("http://svc/wait")
+		if err == nil {
+			resp.Body.Close()
+		}
+	}()
+	<-inHandler
+	tr2.Close()
+	if err := <-ended; err == nil {
+		t.Error("the handler's context did not end when its client closed")
+	}
+}
+
+// TestReviewDirectServeEdges: Serve on a closed Listener returns an error
+// wrapping net.ErrClosed; Serve with a server already shut down returns
+// http.ErrServerClosed; neither leaves a goroutine behind.
+func TestReviewDirectServeEdges(t *testing.T) {
+	l, err := Listen(testEndpoint(t, "tcp"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	l.Close()
+	srv := &http.Server{Handler: http.NotFoundHandler()}
+	errc := make(chan error, 1)
+	go func() { errc <- Serve(l, srv) }()
+	select {
+	case err := <-errc:
+		if !errors.Is(err, net.ErrClosed) {
+			t.Errorf("Serve on a closed Listener: %v, want net.ErrClosed", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("Serve on a closed Listener did not return")
+	}
+
+	l2, err := Listen(testEndpoint(t, "tcp"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv2 := &http.Server{Handler: http.NotFoundHandler()}
+	srv2.Close()
+	go func() { errc <- Serve(l2, srv2) }()
+	select {
+	case err := <-errc:
+		if err != http.ErrServerClosed {
+			t.Errorf("Serve with a closed server: %v, want http.ErrServerClosed", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("Serve with a closed server did not return")
+	}
+	if !l2.closed.Load() {
+		t.Error("Serve with a closed server left the Listener open (srv.Serve closes it)")
+	}
+	l2.Close()
+	checkNoLeaks(t)
+}
+
+// TestReviewDirectCloseUnblocksBodyRead: srv.Close closes the
+// connections, so a handler blocked reading a request body that stalls
+// gets an error at once (standard path). On the direct path kill only
+// woke the reader, which went back to waiting.
+func TestReviewDirectCloseUnblocksBodyRead(t *testing.T) {
+	for _, direct := range []bool{false, true} {
+		t.Run(fmt.Sprintf("direct=%v", direct), func(t *testing.T) {
+			reading := make(chan struct{})
+			readErr := make(chan error, 1)
+			h := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				buf := make([]byte, 1024)
+				n, err := io.ReadFull(r.Body, buf[:5])
+				if err != nil || n != 5 {
+					readErr <- fmt.Errorf("first read: %d %v", n, err)
+					return
+				}
+				close(reading)
+				_, err = r.Body.Read(buf)
+				readErr <- err
+			})
+			var ts *testServer
+			if direct {
+				ts = startDirectServer(t, "tcp", &http.Server{Handler: h})
+			} else {
+				ts = startServer(t, "tcp", h)
+			}
+			client, tr := newClient(t, ts.L.Endpoint())
+			pr, pw := io.Pipe()
+			defer pw.Close()
+			go func() { pw.Write([]byte("hello")) }()
+			req, _ := http.NewRequest("POST", "http://svc/", pr)
+			go func() {
+				resp, err := client.Do(req)
+				if err == nil {
+					resp.Body.Close()
+				}
+			}()
+			select {
+			case <-reading:
+			case err := <-readErr:
+				t.Fatal(err)
+			case <-time.After(10 * time.Second):
+				t.Fatal("the handler did not get the first bytes")
+			}
+			ts.Srv.Close()
+			select {
+			case err := <-readErr:
+				if err == nil {
+					t.Error("the body read after srv.Close returned no error")
+				}
+			case <-time.After(5 * time.Second):
+				t.Error("a handler reading a stalled body is still blocked 5 s after srv.Close")
+			}
+			pw.Close()
+			tr.Close()
+		})
+	}
 }
