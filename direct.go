@@ -136,6 +136,8 @@ type directServer struct {
 
 	wg sync.WaitGroup // the workers
 
+	killed atomic.Bool // srv.Close closed the drain connection: running requests fail
+
 	// mu guards stopped, and sending on jobs (closed once stopped).
 	mu      sync.Mutex
 	stopped bool
@@ -184,6 +186,7 @@ func (d *directServer) setReady() { d.readyOnce.Do(func() { close(d.ready) }) }
 // kill fails the requests whose handlers run: srv.Close closed the
 // internal connection.
 func (d *directServer) kill() {
+	d.killed.Store(true) // a handler starting now is failed by its worker
 	for _, w := range d.workers {
 		w.mu.Lock()
 		c := w.cur

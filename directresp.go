@@ -182,6 +182,9 @@ func (c *directCall) serve() {
 	w.mu.Lock()
 	w.cur = c // for kill, once cancel is set
 	w.mu.Unlock()
+	if d.killed.Load() {
+		c.kill() // srv.Close ran while this request was being set up
+	}
 	c.req = w.tmpl.WithContext(ctx)
 	w.tmpl = http.Request{}
 	j.call.Store(c)
