@@ -388,3 +388,68 @@ func TestReviewDirectCloseUnblocksBodyRead(t *testing.T) {
 		})
 	}
 }
+
+// TestReviewDirectResponseShapes compares what clients see of odd
+// handler behaviours on both paths.
+func TestReviewDirectResponseShapes(t *testing.T) {
+	cases := map[string]http.HandlerFunc{
+		"flush-then-header": func(w http.ResponseWriter, r *http.Request) {
+			w.(http.Flusher).Flush()
+			w.Header().Set("X-Late", "1")
+			w.WriteHeader(201)
+			io.WriteString(w, "x")
+		},
+		"te-chunked-set": func(w http.ResponseWriter, r *http.Request) {
+			w.Header().Set("Transfer-Encoding", "chunked")
+			io.WriteString(w, "abc")
+		},
+		"te-gzip-with-cl": func(w http.ResponseWriter, r *http.Request) {
+			w.Header().Set("Transfer-Encoding", "gzip")
+			w.Header().Set("Content-Length", "3")
+			io.WriteString(w, "abc")
+		},
+		"cl-invalid": func(w http.ResponseWriter, r *http.Request) {
+			w.Header().Set("Content-Length", "abc")
+			io.WriteString(w, "abc")
+		},
+		"304-ct": func(w http.ResponseWriter, r *http.Request) {
+			w.Header().Set("Content-Type", "text/x")
+			w.Header().Set("Content-Length", "5")
+			w.WriteHeader(304)
+			w.Write([]byte("nope"))
+		},
+		"header-after-write": func(w http.ResponseWriter, r *http.Request) {
+			io.WriteString(w, "a")
+			w.Header().Set("X-After", "1")
+			w.Header().Set("Trailer:X-T", "t")
+		},
+		"trailer-prefix-unannounced-cl": func(w http.ResponseWriter, r *http.Request) {
+			w.Header().Set("Content-Length", "2")
+			w.Header().Set("Trailer:X-T", "t")
+			io.WriteString(w, "ab")
+		},
+		"ce-no-sniff": func(w http.ResponseWriter, r *http.Request) {
+			w.Header().Set("Content-Encoding", "br")
+			io.WriteString(w, "<html>")
+		},
+		"lowercase-keys": func(w http.ResponseWriter, r *http.Request) {
+			w.Header()["x-low"] = []string{"v"}
+			w.Header()["content-type"] = []string{"text/y"}
+			io.WriteString(w, "<html>")
+		},
+		"status-999": func(w http.ResponseWriter, r *http.Request) {
+			w.WriteHeader(999)
+		},
+		"value-newline": func(w http.ResponseWriter, r *http.Request) {
+			w.Header()["X-Nl"] = []string{" a\r\nb "}
+		},
+	}
+	for name, h := range cases {
+		t.Run(name, func(t *testing.T) {
+			std, direct := reviewBoth(t, h, reviewGet)
+			if std.String() != direct.String() {
+				t.Errorf("standard: %v\ndirect:   %v", std, direct)
+			}
+		})
+	}
+}
