@@ -68,6 +68,7 @@ type directCall struct {
 	status        int
 	contentLength int64 // declared or computed; -1 if none
 	written       int64 // body bytes the handler wrote
+	pend          int   // of those, bytes net/http's response buffer would hold (see buffered)
 	committed     bool  // the header is final (chunkWriter.writeHeader ran)
 	noBody        bool  // HEAD, 1xx, 204, 304
 	chunking      bool
@@ -372,6 +373,7 @@ func (c *directCall) write(p []byte, s string) (int, error) {
 	if err := c.writeErr(); err != nil {
 		return 0, err
 	}
+	c.buffered(n)
 	if c.committed && c.noBody {
 		return n, nil // a HEAD response's body is eaten
 	}
@@ -506,6 +508,7 @@ func (c *directCall) FlushError() error {
 	}
 	c.wire = true
 	c.onWire = len(c.buf)
+	c.pend = 0
 	return c.push(false, true)
 }
 
@@ -738,7 +741,23 @@ func (c *directCall) commit(p []byte) {
 // complete reports whether the response is complete without the
 // handler's return: bodyless, or its declared length written.
 func (c *directCall) complete() bool {
-	return c.committed && (c.noBody || (c.contentLength >= 0 && !c.chunking && !c.untilClose && c.written >= c.contentLength))
+	return c.committed && (c.noBody || (c.contentLength >= 0 && !c.chunking && !c.untilClose && c.written >= c.contentLength && c.pend == 0))
+}
+
+// buffered follows net/http's 2 KiB response buffer (a bufio.Writer in
+// front of the connection) through a write of n body bytes: pend is what
+// it holds, which reaches the client only at a flush or the handler's
+// return. A response whose last bytes are held there is not complete:
+// it is not sent before the handler returns, and a panic fails it.
+func (c *directCall) buffered(n int) {
+	for n > bufferBeforeChunking-c.pend {
+		if c.pend == 0 {
+			return // a large write to an empty buffer goes straight through
+		}
+		n -= bufferBeforeChunking - c.pend
+		c.pend = 0
+	}
+	c.pend += n
 }
 
 // push hands on what the committed response has, as the standard path

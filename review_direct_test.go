@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log"
 	"net"
 	"net/http"
 	"strings"
@@ -451,5 +452,37 @@ func TestReviewDirectResponseShapes(t *testing.T) {
 				t.Errorf("standard: %v\ndirect:   %v", std, direct)
 			}
 		})
+	}
+}
+
+// TestReviewDirectAbortAfterDeclaredBody: a handler that writes its whole
+// declared body and then panics (ErrAbortHandler). On the standard path
+// the last small write is still in net/http's 2 KiB response buffer when
+// the connection closes: the client gets an error. Compare.
+func TestReviewDirectAbortAfterDeclaredBody(t *testing.T) {
+	h := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Length", "3001")
+		w.Write(make([]byte, 3000))
+		w.Write([]byte("x"))
+		panic(http.ErrAbortHandler)
+	})
+	outcome := func(ep string) string {
+		client, _ := newClient(t, ep)
+		resp, err := client.Get("http://svc/")
+		if err != nil {
+			return "error"
+		}
+		defer resp.Body.Close()
+		b, err := io.ReadAll(resp.Body)
+		if err != nil {
+			return "body error"
+		}
+		return fmt.Sprintf("%d bytes", len(b))
+	}
+	s := startServer(t, "tcp", h)
+	d := startDirectServer(t, "tcp", &http.Server{Handler: h, ErrorLog: log.New(io.Discard, "", 0)})
+	std, direct := outcome(s.L.Endpoint()), outcome(d.L.Endpoint())
+	if std != direct {
+		t.Errorf("standard: %s, direct: %s", std, direct)
 	}
 }
