@@ -56,9 +56,10 @@ import (
 // to leave, as with the standard path; srv.Close closes l and fails the
 // requests whose handlers still run (their clients get an error, their
 // contexts are cancelled). To do this Serve runs srv.Serve on an internal
-// listener with one internal connection, which srv's ConnState sees
-// (StateNew, StateActive, then StateClosed once drained); no request of a
-// client ever goes through it.
+// listener with one internal connection, which srv's ConnContext and
+// ConnState see (StateNew, StateActive, then StateClosed once drained; its
+// RemoteAddr is "drain"); no request of a client ever goes through it,
+// and no Handler sees it.
 //
 // Differences a handler can see (none reaches the client):
 //   - r.Context().Deadline() reports the caller's deadline, as with

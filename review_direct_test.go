@@ -13,6 +13,7 @@ import (
 	"net"
 	"net/http"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -485,4 +486,53 @@ func TestReviewDirectAbortAfterDeclaredBody(t *testing.T) {
 	if std != direct {
 		t.Errorf("standard: %s, direct: %s", std, direct)
 	}
+}
+
+// TestReviewDirectShutdownContextExpires: Shutdown returns its context's
+// error while a handler outlives it; the handler's answer still reaches
+// its client, and nothing is left running after.
+func TestReviewDirectShutdownContextExpires(t *testing.T) {
+	inHandler := make(chan struct{})
+	release := make(chan struct{})
+	var hooks atomic.Int32
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		close(inHandler)
+		<-release
+		io.WriteString(w, "late")
+	})}
+	srv.RegisterOnShutdown(func() { hooks.Add(1) })
+	l, err := Listen(testEndpoint(t, "tcp"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	served := make(chan error, 1)
+	go func() { served <- Serve(l, srv) }()
+	client, tr := newClient(t, l.Endpoint())
+	got := make(chan string, 1)
+	go func() {
+		resp, err := client.Get("http://svc/")
+		if err != nil {
+			got <- err.Error()
+			return
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		got <- string(b)
+	}()
+	<-inHandler
+	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	defer cancel()
+	if err := srv.Shutdown(ctx); err != context.DeadlineExceeded {
+		t.Errorf("Shutdown: %v, want context.DeadlineExceeded", err)
+	}
+	if err := <-served; err != http.ErrServerClosed {
+		t.Errorf("Serve: %v", err)
+	}
+	close(release)
+	if s := <-got; s != "late" {
+		t.Errorf("the outliving handler's client got %q", s)
+	}
+	waitFor(t, 5*time.Second, "the OnShutdown hook", func() bool { return hooks.Load() == 1 })
+	tr.Close()
+	checkNoLeaks(t)
 }
