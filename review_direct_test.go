@@ -536,3 +536,26 @@ func TestReviewDirectShutdownContextExpires(t *testing.T) {
 	tr.Close()
 	checkNoLeaks(t)
 }
+
+// TestReviewDirectExpectToken: net/http takes an Expect field holding the
+// token 100-continue among others ("100-continue, x") as 100-continue
+// (hasToken) and runs the handler; the direct path compared the whole
+// value and answered 417.
+func TestReviewDirectExpectToken(t *testing.T) {
+	h := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		b, _ := io.ReadAll(r.Body)
+		fmt.Fprintf(w, "ran %q", b)
+	})
+	for _, v := range []string{"100-continue, x", "foo 100-Continue", "x100-continue"} {
+		t.Run(v, func(t *testing.T) {
+			std, direct := reviewBoth(t, h, func() *http.Request {
+				r, _ := http.NewRequest("POST", "http://svc/", strings.NewReader("body"))
+				r.Header.Set("Expect", v)
+				return r
+			})
+			if std.String() != direct.String() {
+				t.Errorf("standard: %v\ndirect:   %v", std, direct)
+			}
+		})
+	}
+}
