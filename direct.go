@@ -7,7 +7,6 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"os"
 	"runtime"
 	"sync"
 	"sync/atomic"
@@ -57,9 +56,10 @@ import (
 // to leave, as with the standard path; srv.Close closes l and fails the
 // requests whose handlers still run (their clients get an error, their
 // contexts are cancelled). To do this Serve runs srv.Serve on an internal
-// listener with one internal connection, which srv's ConnState sees
-// (StateNew, StateActive, then StateClosed once drained); no request of a
-// client ever goes through it.
+// listener with one internal connection, which srv's ConnContext and
+// ConnState see (StateNew, StateActive, then StateClosed once drained; its
+// RemoteAddr is "drain"); no request of a client ever goes through it,
+// and no Handler sees it.
 //
 // Differences a handler can see (none reaches the client):
 //   - r.Context().Deadline() reports the caller's deadline, as with
@@ -137,6 +137,8 @@ type directServer struct {
 
 	wg sync.WaitGroup // the workers
 
+	killed atomic.Bool // srv.Close closed the drain connection: running requests fail
+
 	// mu guards stopped, and sending on jobs (closed once stopped).
 	mu      sync.Mutex
 	stopped bool
@@ -185,6 +187,7 @@ func (d *directServer) setReady() { d.readyOnce.Do(func() { close(d.ready) }) }
 // kill fails the requests whose handlers run: srv.Close closed the
 // internal connection.
 func (d *directServer) kill() {
+	d.killed.Store(true) // a handler starting now is failed by its worker
 	for _, w := range d.workers {
 		w.mu.Lock()
 		c := w.cur
@@ -334,7 +337,7 @@ type directListener struct {
 // listener or the Listener is closed.
 func (ln *directListener) Accept() (net.Conn, error) {
 	if ln.gave.CompareAndSwap(false, true) {
-		return &directDrainConn{d: ln.d, closed: make(chan struct{}), wake: make(chan struct{}, 1)}, nil
+		return &directDrainConn{d: ln.d, closed: make(chan struct{})}, nil
 	}
 	select {
 	case <-ln.closed:
@@ -343,26 +346,27 @@ func (ln *directListener) Accept() (net.Conn, error) {
 	return nil, ErrListenerClosed
 }
 
-// Close makes the Serve's closer close the Listener (it must not block:
-// http.Server calls it with its lock held).
+// Close closes the Listener, as srv.Close and srv.Shutdown do on the
+// standard path before they return (the endpoint can be bound again at
+// once), and makes the Serve's closer stop the workers. http.Server calls
+// it with its lock held: Listener.Close never calls into srv.
 func (ln *directListener) Close() error {
 	ln.once.Do(func() { close(ln.closed) })
+	ln.d.l.Close()
 	return nil
 }
 
 // Addr returns the Listener's address.
 func (ln *directListener) Addr() net.Addr { return ln.d.l.Addr() }
 
-// drainHead is the request the drain connection gives srv: net/http
-// answers "OPTIONS *" itself (it never reaches the Handler) and reads its
-// one-byte body first, which arrives once the Serve is drained. So the
-// connection is active, and srv.Shutdown waits for it, until then.
-const drainHead = "OPTIONS * HTTP/1.1\r\nHost: zmqhttp\r\nContent-Length: 1\r\n\r\n"
-
-// drainHeadPartial is what the drain connection sends when the server's
-// general OPTIONS handler is disabled: an unfinished head, which keeps
-// the connection new (srv.Shutdown waits for it for about 5 s at most).
-const drainHeadPartial = "OPTIONS * HTTP/1.1\r\n"
+// drainHead is what the drain connection gives srv to read: a malformed
+// request head, which net/http answers "400 Bad Request" itself (no
+// Handler sees it, whatever srv's settings) after it marked the
+// connection active. The drain connection's Write of that answer
+// returns once the Serve is drained: until then srv.Shutdown waits for
+// the connection. (A connection that stays new, or goes idle, is closed
+// by Shutdown after at most 5 s.)
+const drainHead = "zmqhttp-drain\r\n\r\n"
 
 // directDrainConn is the one connection srv serves for a Serve; see
 // drainHead.
@@ -370,64 +374,40 @@ type directDrainConn struct {
 	d      *directServer
 	once   sync.Once
 	closed chan struct{}
-	wake   chan struct{} // room for one token: the read deadline changed
 
-	// mu guards the following fields.
-	mu       sync.Mutex
-	sent     int  // bytes of the head and body given
-	past     bool // the read deadline set is in the past (net/http aborting a read)
-	finished bool // the body was given: EOF next
+	// mu guards sent.
+	mu   sync.Mutex
+	sent int // bytes of drainHead given
 }
 
-// Read gives the head, then the body once the Serve is drained, then EOF.
+// Read gives drainHead, then waits for the drain or the connection's
+// Close, then returns EOF.
 func (c *directDrainConn) Read(p []byte) (int, error) {
-	head := drainHead
-	if c.d.srv.DisableGeneralOptionsHandler {
-		head = drainHeadPartial
-	}
-	for {
-		c.mu.Lock()
-		switch {
-		case c.past:
-			c.mu.Unlock()
-			return 0, os.ErrDeadlineExceeded
-		case c.sent < len(head):
-			n := copy(p, head[c.sent:])
-			c.sent += n
-			c.mu.Unlock()
-			return n, nil
-		case c.finished:
-			c.mu.Unlock()
-			return 0, io.EOF
-		}
+	c.mu.Lock()
+	if c.sent < len(drainHead) {
+		n := copy(p, drainHead[c.sent:])
+		c.sent += n
 		c.mu.Unlock()
-		// srv reads the body: its handler runs, the connection is
-		// active, srv.Shutdown will wait for it. Requests may run now.
-		c.d.setReady()
-		select {
-		case <-c.closed:
-			return 0, net.ErrClosed
-		case <-c.wake:
-			continue
-		case <-c.d.drained:
-		}
-		c.mu.Lock()
-		c.finished = true
-		c.mu.Unlock()
-		if head == drainHeadPartial {
-			return 0, io.EOF
-		}
-		p[0] = 'x'
-		return 1, nil
+		return n, nil
 	}
-}
-
-// Write discards what the server writes (its answer to the drain request).
-func (c *directDrainConn) Write(p []byte) (int, error) {
+	c.mu.Unlock()
 	select {
 	case <-c.closed:
 		return 0, net.ErrClosed
-	default:
+	case <-c.d.drained:
+		return 0, io.EOF
+	}
+}
+
+// Write takes srv's answer to drainHead: the connection is active, so
+// srv.Shutdown will wait for it; requests may run now. It returns once
+// the Serve is drained (or the connection closed by srv.Close).
+func (c *directDrainConn) Write(p []byte) (int, error) {
+	c.d.setReady()
+	select {
+	case <-c.closed:
+		return 0, net.ErrClosed
+	case <-c.d.drained:
 		return len(p), nil
 	}
 }
@@ -452,21 +432,11 @@ func (c *directDrainConn) LocalAddr() net.Addr { return c.d.l.Addr() }
 // RemoteAddr names the connection.
 func (c *directDrainConn) RemoteAddr() net.Addr { return peerAddr{network: "zmq", addr: "drain"} }
 
-// SetDeadline sets the read deadline (writes never wait).
-func (c *directDrainConn) SetDeadline(t time.Time) error { return c.SetReadDeadline(t) }
+// SetDeadline is ignored: the drain must outlast srv's timeouts.
+func (c *directDrainConn) SetDeadline(t time.Time) error { return nil }
 
-// SetReadDeadline only heeds a deadline already past (net/http aborting
-// its background read): the drain must outlast srv's read timeouts.
-func (c *directDrainConn) SetReadDeadline(t time.Time) error {
-	c.mu.Lock()
-	c.past = !t.IsZero() && !t.After(time.Now())
-	c.mu.Unlock()
-	select {
-	case c.wake <- struct{}{}:
-	default:
-	}
-	return nil
-}
+// SetReadDeadline is ignored: the drain must outlast srv's timeouts.
+func (c *directDrainConn) SetReadDeadline(t time.Time) error { return nil }
 
-// SetWriteDeadline is ignored: writes never wait.
+// SetWriteDeadline is ignored: the drain must outlast srv's timeouts.
 func (c *directDrainConn) SetWriteDeadline(time.Time) error { return nil }

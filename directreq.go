@@ -3,6 +3,7 @@ package zmqhttp
 import (
 	"context"
 	"io"
+	"net"
 	"net/http"
 	"net/textproto"
 	"net/url"
@@ -221,11 +222,30 @@ func (c *directCall) buildRequest() *statusRefusal {
 		r.Body = http.NoBody
 	}
 	if ev, ok := h["Expect"]; ok && len(ev) > 0 && ev[0] != "" {
-		if !strings.EqualFold(ev[0], "100-continue") {
+		if !hasToken(ev[0], "100-continue") {
 			c.expectFailed = true
 		}
 	}
 	return nil
+}
+
+// hasToken reports whether v holds token (ASCII, lower case) as one of
+// its comma- or space-separated elements, case-insensitively: net/http's
+// test of an Expect field for 100-continue.
+func hasToken(v, token string) bool {
+	boundary := func(b byte) bool { return b == ' ' || b == ',' || b == '\t' }
+	for sp := 0; sp+len(token) <= len(v); sp++ {
+		if sp > 0 && !boundary(v[sp-1]) {
+			continue
+		}
+		if end := sp + len(token); end != len(v) && !boundary(v[end]) {
+			continue
+		}
+		if strings.EqualFold(v[sp:sp+len(token)], token) {
+			return true
+		}
+	}
+	return false
 }
 
 // detachStrings copies e's strings (method, URI, host, header and trailer
@@ -392,6 +412,9 @@ func (b *directBody) Read(p []byte) (int, error) {
 		}
 		if err != nil {
 			return 0, err
+		}
+		if b.c.killed.Load() {
+			return 0, net.ErrClosed // srv.Close: the connection is gone
 		}
 		if err := b.wait(); err != nil {
 			return 0, err

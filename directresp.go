@@ -64,9 +64,11 @@ type directCall struct {
 	wroteHeader   bool
 	snapTaken     bool
 	snap          []string // the header fields (raw names) at WriteHeader
+	snapNil       uint8    // nilFields of the header at WriteHeader
 	status        int
 	contentLength int64 // declared or computed; -1 if none
 	written       int64 // body bytes the handler wrote
+	pend          int   // of those, bytes net/http's response buffer would hold (see buffered)
 	committed     bool  // the header is final (chunkWriter.writeHeader ran)
 	noBody        bool  // HEAD, 1xx, 204, 304
 	chunking      bool
@@ -181,6 +183,9 @@ func (c *directCall) serve() {
 	w.mu.Lock()
 	w.cur = c // for kill, once cancel is set
 	w.mu.Unlock()
+	if d.killed.Load() {
+		c.kill() // srv.Close ran while this request was being set up
+	}
 	c.req = w.tmpl.WithContext(ctx)
 	w.tmpl = http.Request{}
 	j.call.Store(c)
@@ -266,6 +271,7 @@ func (c *directCall) Header() http.Header {
 	if !c.snapTaken && c.wroteHeader && !c.committed {
 		// Changes after WriteHeader are not sent (net/http snapshots).
 		c.snap = c.flatten(c.handlerHeader, c.snap[:0])
+		c.snapNil = nilFields(c.handlerHeader)
 		c.snapTaken = true
 	}
 	c.calledHeader = true
@@ -290,6 +296,7 @@ func (c *directCall) WriteHeader(code int) {
 	c.status = code
 	if c.calledHeader && !c.snapTaken {
 		c.snap = c.flatten(c.handlerHeader, c.w.kv[:0])
+		c.snapNil = nilFields(c.handlerHeader)
 		c.snapTaken = true
 	}
 	if cl := headerGet(c.handlerHeader, "Content-Length"); cl != "" {
@@ -366,6 +373,7 @@ func (c *directCall) write(p []byte, s string) (int, error) {
 	if err := c.writeErr(); err != nil {
 		return 0, err
 	}
+	c.buffered(n)
 	if c.committed && c.noBody {
 		return n, nil // a HEAD response's body is eaten
 	}
@@ -500,6 +508,7 @@ func (c *directCall) FlushError() error {
 	}
 	c.wire = true
 	c.onWire = len(c.buf)
+	c.pend = 0
 	return c.push(false, true)
 }
 
@@ -553,6 +562,43 @@ func (c *directCall) flatten(h http.Header, kv []string) []string {
 	return kv
 }
 
+// The fields whose mere presence in the handler's header, even with a
+// nil value, stops net/http from adding them (nilFields).
+const (
+	nilContentType uint8 = 1 << iota
+	nilDate
+	nilContentLength
+)
+
+// nilFields reports which of Content-Type, Date and Content-Length h
+// holds with no value (flatten leaves them out).
+func nilFields(h http.Header) uint8 {
+	var b uint8
+	if v, ok := h["Content-Type"]; ok && len(v) == 0 {
+		b |= nilContentType
+	}
+	if v, ok := h["Date"]; ok && len(v) == 0 {
+		b |= nilDate
+	}
+	if v, ok := h["Content-Length"]; ok && len(v) == 0 {
+		b |= nilContentLength
+	}
+	return b
+}
+
+// badResponseTrailer are the fields a Trailer field may not announce
+// (RFC 7230 section 4.1.2, as net/http's httpguts.ValidTrailerHeader):
+// net/http leaves them out of the trailers it sends.
+var badResponseTrailer = map[string]bool{
+	"Authorization": true, "Cache-Control": true, "Connection": true,
+	"Content-Encoding": true, "Content-Length": true, "Content-Range": true,
+	"Content-Type": true, "Expect": true, "Host": true, "Keep-Alive": true,
+	"Max-Forwards": true, "Pragma": true, "Proxy-Authenticate": true,
+	"Proxy-Authorization": true, "Proxy-Connection": true, "Range": true,
+	"Realm": true, "Te": true, "Trailer": true, "Transfer-Encoding": true,
+	"Www-Authenticate": true,
+}
+
 // kvHas reports whether kv has the field name (exact).
 func kvHas(kv []string, name string) bool {
 	for i := 0; i < len(kv); i += 2 {
@@ -594,6 +640,13 @@ func (c *directCall) commit(p []byte) {
 		hdr = c.flatten(c.handlerHeader, c.w.kv[:0])
 	}
 	isHEAD := c.j.env.Method == "HEAD"
+	// net/http tests these fields for presence: a nil value (flatten
+	// drops it) keeps the field out and stops what it would add.
+	present := c.snapNil
+	if !c.snapTaken {
+		present = nilFields(c.handlerHeader)
+	}
+	has := func(name string, bit uint8) bool { return present&bit != 0 || kvHas(hdr, name) }
 	trailers := false
 	if c.snapTaken {
 		out := hdr[:0]
@@ -611,8 +664,7 @@ func (c *directCall) commit(p []byte) {
 			trailers = true
 			forEachElement(hdr[i+1], func(k string) {
 				k = http.CanonicalHeaderKey(k)
-				switch k {
-				case "Transfer-Encoding", "Trailer", "Content-Length":
+				if badResponseTrailer[k] {
 					return
 				}
 				c.declared = append(c.declared, k)
@@ -623,13 +675,13 @@ func (c *directCall) commit(p []byte) {
 	hasTE := te != ""
 	code := c.status
 	var setCL, setCT string
-	if c.handlerDone && !trailers && !hasTE && bodyAllowedForStatus(code) && !kvHas(hdr, "Content-Length") && (!isHEAD || len(p) > 0) {
+	if c.handlerDone && !trailers && !hasTE && bodyAllowedForStatus(code) && !has("Content-Length", nilContentLength) && (!isHEAD || len(p) > 0) {
 		c.contentLength = int64(len(p))
 		setCL = itoa(int64(len(p)))
 	}
 	hasCL := c.contentLength != -1
 	if bodyAllowedForStatus(code) {
-		if !kvHas(hdr, "Content-Type") && kvGet(hdr, "Content-Encoding") == "" && !hasTE && len(p) > 0 {
+		if !has("Content-Type", nilContentType) && kvGet(hdr, "Content-Encoding") == "" && !hasTE && len(p) > 0 {
 			setCT = http.DetectContentType(p[:min(len(p), 512)])
 		}
 	} else {
@@ -638,7 +690,7 @@ func (c *directCall) commit(p []byte) {
 		}
 		hdr = kvDel(kvDel(hdr, "Content-Length"), "Transfer-Encoding")
 	}
-	setDate := !kvHas(hdr, "Date")
+	setDate := !has("Date", nilDate)
 	if hasCL && hasTE && te != "identity" {
 		c.w.d.logf("http: WriteHeader called with both Transfer-Encoding of %q and a Content-Length of %d", te, c.contentLength)
 		hdr = kvDel(hdr, "Content-Length")
@@ -689,7 +741,23 @@ func (c *directCall) commit(p []byte) {
 // complete reports whether the response is complete without the
 // handler's return: bodyless, or its declared length written.
 func (c *directCall) complete() bool {
-	return c.committed && (c.noBody || (c.contentLength >= 0 && !c.chunking && !c.untilClose && c.written >= c.contentLength))
+	return c.committed && (c.noBody || (c.contentLength >= 0 && !c.chunking && !c.untilClose && c.written >= c.contentLength && c.pend == 0))
+}
+
+// buffered follows net/http's 2 KiB response buffer (a bufio.Writer in
+// front of the connection) through a write of n body bytes: pend is what
+// it holds, which reaches the client only at a flush or the handler's
+// return. A response whose last bytes are held there is not complete:
+// it is not sent before the handler returns, and a panic fails it.
+func (c *directCall) buffered(n int) {
+	for n > bufferBeforeChunking-c.pend {
+		if c.pend == 0 {
+			return // a large write to an empty buffer goes straight through
+		}
+		n -= bufferBeforeChunking - c.pend
+		c.pend = 0
+	}
+	c.pend += n
 }
 
 // push hands on what the committed response has, as the standard path
