@@ -1,6 +1,7 @@
 package zmqhttp
 
 import (
+	"bytes"
 	"io"
 	"net/http"
 	"sync"
@@ -67,5 +68,78 @@ func TestReviewIdleTrimmedWithoutTraffic(t *testing.T) {
 				got, n, idleTrimFor(), maxIdlePerPeer)
 		}
 		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// TestReviewServerCloseDuringUntilCloseWrite: http.Server.Close closes a
+// connection (vconn.Close) while its handler is in a Write of a response
+// that ends with the connection (no length, not chunked). Close then
+// sends what is left and waits for it to be written (drain, since
+// c28016f) while the handler's Write waits for its own bytes: two waiters
+// on the stream, whose writer wakes a producer once (one token, since
+// 355f7ee) when the last byte is written. One of them took the token and
+// the other slept on: Close never returned (srv.Close hung), or the
+// handler never came back from its Write.
+func TestReviewServerCloseDuringUntilCloseWrite(t *testing.T) {
+	block := bytes.Repeat([]byte("z"), 64<<10) // referenced, not copied: its Write waits until written
+	inWrite := make(chan struct{})
+	handlerDone := make(chan struct{})
+	var once sync.Once
+	h := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		defer close(handlerDone)
+		w.Header().Set("Transfer-Encoding", "identity") // delimited by the connection's end
+		w.WriteHeader(http.StatusOK)
+		for i := 0; ; i++ {
+			if i == 20 { // the client reads nothing: within its window (2 MiB), Writes soon wait
+				once.Do(func() { close(inWrite) })
+			}
+			if _, err := w.Write(block); err != nil {
+				return
+			}
+		}
+	})
+	l, err := Listen(testEndpoint(t, "tcp"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &http.Server{Handler: h}
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve(l) }()
+	client, _ := newClient(t, l.Endpoint())
+	resp, err := client.Get("http://svc/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-inWrite:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the handler did not fill the window")
+	}
+	time.Sleep(300 * time.Millisecond) // the handler waits in its Write
+	closed := make(chan struct{})
+	go func() {
+		srv.Close()
+		close(closed)
+	}()
+	time.Sleep(200 * time.Millisecond) // vconn.Close waits in drain
+	// Now read everything: both waiters must come back.
+	go func() {
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+	}()
+	select {
+	case <-closed:
+	case <-time.After(10 * time.Second):
+		t.Error("http.Server.Close did not return (vconn.Close stuck in its drain)")
+	}
+	select {
+	case <-handlerDone:
+	case <-time.After(10 * time.Second):
+		t.Error("the handler's Write did not return")
+	}
+	select {
+	case <-served:
+	case <-time.After(10 * time.Second):
+		t.Error("Serve did not return")
 	}
 }

@@ -41,6 +41,7 @@ type sendStream struct {
 	taken    int64          // bytes the writer took
 	written  int64          // bytes the writer has written to the connection
 	waitEnd  int64          // the producer's write waits until written reaches this
+	waiters  int            // goroutines in await: the handler's Write and vconn.Close's drain may wait at once
 	blocks   []sendBlock    // the blocks small writes are copied into, oldest first; the last may have room
 	credit   int64          // bytes the receiver allows beyond what was taken
 	seq      uint64         // chunks taken
@@ -241,6 +242,20 @@ func (s *sendStream) drain(stop <-chan struct{}, deadline time.Time) error {
 // returns size, or on failure how many of them were written and the
 // error.
 func (s *sendStream) await(start, target int64, size int, ref bool, stop <-chan struct{}, deadline time.Time) (int, error) {
+	// space holds one token, and the writer sends one when the last
+	// write's bytes are written: a waiter that leaves passes it on to
+	// any other (http.Server.Close closes a connection, whose drain
+	// waits, while its handler waits in a Write).
+	s.l.mu.Lock()
+	s.waiters++
+	s.l.mu.Unlock()
+	defer func() {
+		s.l.mu.Lock()
+		if s.waiters--; s.waiters > 0 {
+			s.wake()
+		}
+		s.l.mu.Unlock()
+	}()
 	var expired <-chan time.Time
 	if !deadline.IsZero() {
 		t := time.NewTimer(time.Until(deadline))
