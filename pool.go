@@ -927,7 +927,13 @@ func (c *vconn) Close() error {
 		for _, d := range j.resp.out {
 			out.write(d, j.abort, time.Time{})
 		}
-		out.drain(j.abort, time.Time{})
+		if !closing {
+			// Sent before the worker is free again, as a finished
+			// handler's response is; but a closing Listener takes no
+			// more requests, and http.Server.Close must not wait for a
+			// client that does not read.
+			out.drain(j.abort, time.Time{})
+		}
 		out.finish(j.resp.trailerList())
 		c.l.finished(j)
 	case whole != nil:

@@ -143,3 +143,62 @@ func TestReviewServerCloseDuringUntilCloseWrite(t *testing.T) {
 		t.Error("Serve did not return")
 	}
 }
+
+// TestReviewServerCloseWithStalledReader: http.Server.Close must not wait
+// for a client that reads nothing. Closing a connection whose response
+// ends with it (no length, not chunked) waited, since c28016f, until
+// everything the handler wrote was written (vconn.Close's drain, no
+// deadline): with a client that grants no more credit, srv.Close never
+// returned.
+func TestReviewServerCloseWithStalledReader(t *testing.T) {
+	block := bytes.Repeat([]byte("z"), 16<<10) // copied writes: they return at once
+	filled := make(chan struct{})
+	var once sync.Once
+	h := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Transfer-Encoding", "identity") // delimited by the connection's end
+		w.WriteHeader(http.StatusOK)
+		for i := 0; i < 160; i++ { // 2.5 MiB: past the client's window
+			if _, err := w.Write(block); err != nil {
+				return
+			}
+			if i == 100 {
+				once.Do(func() { close(filled) })
+			}
+		}
+		once.Do(func() { close(filled) })
+	})
+	l, err := Listen(testEndpoint(t, "tcp"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &http.Server{Handler: h}
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve(l) }()
+	client, _ := newClient(t, l.Endpoint())
+	resp, err := client.Get("http://svc/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close() // never read
+	select {
+	case <-filled:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the handler did not write")
+	}
+	time.Sleep(200 * time.Millisecond)
+	closed := make(chan struct{})
+	go func() {
+		srv.Close()
+		close(closed)
+	}()
+	select {
+	case <-closed:
+	case <-time.After(10 * time.Second):
+		t.Fatal("http.Server.Close did not return while the client read nothing")
+	}
+	select {
+	case <-served:
+	case <-time.After(10 * time.Second):
+		t.Error("Serve did not return")
+	}
+}
