@@ -1,12 +1,17 @@
 package zmqhttp
 
 import (
+	"bufio"
 	"bytes"
+	"errors"
 	"io"
+	"net"
 	"net/http"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/go-zeromq/zmq4"
 )
 
 // Fresh-eye review of the performance branches merged on main (small,
@@ -200,5 +205,60 @@ func TestReviewServerCloseWithStalledReader(t *testing.T) {
 	case <-served:
 	case <-time.After(10 * time.Second):
 		t.Error("Serve did not return")
+	}
+}
+
+// TestReviewAwaitEndsWhenLinkDiesAfterLastChunk: a producer waiting in
+// write whose bytes the writer took, with the last chunk (the stream's
+// finish came from another goroutine: vconn.Close while its handler
+// writes), when the link dies before they are written. The stream left
+// l.sends with its last chunk, so the link's close did not fail it:
+// await saw the link dead, no error and written < its target, and went
+// round again at once, for ever (a goroutine spinning on a closed
+// channel). Here the writer's take is done by hand, as the writer does
+// it, while the real writer is stuck on a peer that reads nothing.
+func TestReviewAwaitEndsWhenLinkDiesAfterLastChunk(t *testing.T) {
+	a, b := net.Pipe() // b is never read: the writer is stuck in its first write
+	defer b.Close()
+	nc := newLiveConn(a)
+	l := newLink(nc, bufio.NewReader(nc), zmq4.Dealer, nopHandler{}, linkConfig{hbInterval: time.Hour, hbTimeout: 3 * time.Hour, server: true})
+	l.start()
+	defer func() { l.close(errLinkFinished); l.wait() }()
+	s, err := l.newSendStream(1, []byte{0xc0}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(50 * time.Millisecond) // the writer takes the head and waits on the pipe
+	p := bytes.Repeat([]byte("r"), 64<<10) // referenced: write waits until it is written
+	done := make(chan error, 1)
+	go func() {
+		_, err := s.write(p, nil, time.Time{})
+		done <- err
+	}()
+	for {
+		l.mu.Lock()
+		handed := s.handed
+		l.mu.Unlock()
+		if handed == int64(len(p)) {
+			break
+		}
+		time.Sleep(time.Millisecond)
+	}
+	s.finish(nil) // another goroutine ends the body (vconn.Close)
+	l.mu.Lock()
+	s.credit = 1 << 20
+	it := s.takeLocked() // the writer's take: the data and the last chunk
+	l.mu.Unlock()
+	if !it.last || it.n != len(p) {
+		t.Fatalf("take: last %v, %d bytes; want the last chunk with %d", it.last, it.n, len(p))
+	}
+	l.close(errors.New("link lost"))
+	select {
+	case err := <-done:
+		if err == nil {
+			t.Error("write returned no error though its bytes were never written")
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("write did not return after the link died")
 	}
 }

@@ -268,10 +268,16 @@ func (s *sendStream) await(start, target int64, size int, ref bool, stop <-chan 
 			s.l.mu.Unlock()
 			return size, nil
 		}
-		if s.err != nil {
+		err := s.err
+		if err == nil && s.l.isDead() {
+			// A stream whose last chunk was taken left l.sends, so the
+			// link's close did not fail it: its unwritten bytes never
+			// will be.
+			err = errLinkLost
+		}
+		if err != nil {
 			// Failed: what was not taken is dropped; what was taken may
 			// be in the writer's hands until it has written it.
-			err := s.err
 			busy := ref && s.written < s.taken
 			n := int(min(max(s.written-start, 0), int64(size)))
 			s.l.mu.Unlock()
@@ -289,9 +295,13 @@ func (s *sendStream) await(start, target int64, size int, ref bool, stop <-chan 
 		select {
 		case <-s.space:
 		case <-stop:
+			// (An abort after the last chunk was taken does nothing: the
+			// write then waits for its bytes, without spinning on stop.)
 			s.abort(errStop)
+			stop = nil
 		case <-expired:
 			s.abort(errStop)
+			expired = nil
 		case <-s.l.dead:
 			// close has failed every stream: the next turn returns.
 		}
