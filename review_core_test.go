@@ -228,7 +228,7 @@ func TestReviewAwaitEndsWhenLinkDiesAfterLastChunk(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	time.Sleep(50 * time.Millisecond) // the writer takes the head and waits on the pipe
+	time.Sleep(50 * time.Millisecond)      // the writer takes the head and waits on the pipe
 	p := bytes.Repeat([]byte("r"), 64<<10) // referenced: write waits until it is written
 	done := make(chan error, 1)
 	go func() {
