@@ -924,18 +924,24 @@ func (c *vconn) Close() error {
 		}
 		c.l.holdVerdict(j, closedAt)
 	case finish:
-		for _, d := range j.resp.out {
-			out.write(d, j.abort, time.Time{})
-		}
-		if !closing {
-			// Sent before the worker is free again, as a finished
-			// handler's response is; but a closing Listener takes no
-			// more requests, and http.Server.Close must not wait for a
-			// client that does not read.
+		end := func() {
+			for _, d := range j.resp.out {
+				out.write(d, j.abort, time.Time{})
+			}
+			// Sent before the request counts as finished, as a
+			// finished handler's response is.
 			out.drain(j.abort, time.Time{})
+			out.finish(j.resp.trailerList())
+			c.l.finished(j)
 		}
-		out.finish(j.resp.trailerList())
-		c.l.finished(j)
+		if closing {
+			// http.Server.Close (the Listener closes first) must not
+			// wait for a client that does not read: the rest is sent
+			// meanwhile, until the client has it, cancels, or leaves.
+			go end()
+		} else {
+			end()
+		}
 	case whole != nil:
 		c.reply(j, whole, false)
 	case notRun && !c.l.closing.Load() && j.handoffs < maxHandoffs:
