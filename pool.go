@@ -870,7 +870,11 @@ func CallerDeadline(h http.Handler) http.Handler {
 // left: a response that runs until the connection closes is complete now;
 // a request the server provably never started goes back to the client as
 // not processed (see notRunLocked); anything else gets an error envelope
-// (it may have run).
+// (it may have run). The rest of a response that ends with the
+// connection is written before Close returns, or, once the Listener is
+// closing, by a goroutine of its own that ends when the client has it,
+// cancels or leaves (http.Server.Close must not wait for a client that
+// does not read).
 func (c *vconn) Close() error {
 	c.mu.Lock()
 	if c.closed {
