@@ -36,6 +36,7 @@ type peer struct {
 	idle      []*vconn        // this peer's connections waiting for its next request
 	drainSent bool            // DRAINING was queued
 	gone      bool            // the link ended
+	trimArmed bool            // a trimIdle timer is pending (idle holds more than maxIdlePerPeer)
 }
 
 // jobKey identifies a request on a connection: ids are chosen by each
@@ -59,8 +60,9 @@ type route struct {
 
 // maxIdlePerPeer is how many keep-alive connections a peer keeps waiting
 // for its next request however long they wait. Beyond it, up to the
-// Listener's worker count, a connection waits as long as some connection
-// of the peer was used within idleTrim: a peer that has many requests in
+// Listener's worker count, a connection waits at most idleTrim (trimmed
+// as others go idle, or by a timer when the peer sends nothing more): a
+// peer that has many requests in
 // flight keeps the connections that carry them (with a fixed bound of
 // 64, a peer with 256 requests in flight had every other one served by a
 // new connection: a new http.Server connection goroutine and buffers
@@ -69,6 +71,17 @@ const maxIdlePerPeer = 64
 
 // idleTrim is how long a connection beyond maxIdlePerPeer may wait idle.
 const idleTrim = 10 * time.Second
+
+// testIdleTrim, if not 0, replaces idleTrim (nanoseconds; set by tests).
+var testIdleTrim atomic.Int64
+
+// idleTrimFor returns idleTrim, or the tests' replacement.
+func idleTrimFor() time.Duration {
+	if d := testIdleTrim.Load(); d > 0 {
+		return time.Duration(d)
+	}
+	return idleTrim
+}
 
 // routeFor returns the route of a message's routing frames, or nil for a
 // direct message.
@@ -460,7 +473,7 @@ func (p *peer) popIdleLocked() *vconn {
 // (and c should end) when the peer is gone, the Listener is closed, or
 // the peer has as many waiting as the Listener has workers. Connections
 // beyond maxIdlePerPeer that waited longer than idleTrim are asked to
-// end.
+// end, now or by trimIdle's timer.
 func (p *peer) addIdle(c *vconn) bool {
 	now := time.Now()
 	p.mu.Lock()
@@ -470,18 +483,51 @@ func (p *peer) addIdle(c *vconn) bool {
 	}
 	// The list is oldest first (popIdleLocked takes the newest).
 	var stale []*vconn
-	for len(p.idle) >= maxIdlePerPeer && now.Sub(p.idle[0].idleSince) > idleTrim {
+	for len(p.idle) >= maxIdlePerPeer && now.Sub(p.idle[0].idleSince) > idleTrimFor() {
 		stale = append(stale, p.idle[0])
 		p.idle[0] = nil
 		p.idle = p.idle[1:]
 	}
 	c.idleSince = now
 	p.idle = append(p.idle, c)
+	p.armTrimLocked(now)
 	p.mu.Unlock()
 	for _, sc := range stale {
 		sc.reclaim()
 	}
 	return true
+}
+
+// armTrimLocked starts a timer that trims the idle list when it holds
+// more than maxIdlePerPeer, so that the connections of a burst end once
+// they waited idleTrim even if the peer sends nothing more (addIdle trims
+// only as connections go idle). p.mu is held.
+func (p *peer) armTrimLocked(now time.Time) {
+	if p.trimArmed || p.gone || len(p.idle) <= maxIdlePerPeer {
+		return
+	}
+	p.trimArmed = true
+	wait := idleTrimFor() - now.Sub(p.idle[0].idleSince) + time.Millisecond
+	time.AfterFunc(max(wait, time.Millisecond), p.trimIdle)
+}
+
+// trimIdle asks the idle connections beyond maxIdlePerPeer that waited
+// longer than idleTrim to end (armTrimLocked's timer).
+func (p *peer) trimIdle() {
+	now := time.Now()
+	p.mu.Lock()
+	p.trimArmed = false
+	var stale []*vconn
+	for len(p.idle) > maxIdlePerPeer && now.Sub(p.idle[0].idleSince) > idleTrimFor() {
+		stale = append(stale, p.idle[0])
+		p.idle[0] = nil
+		p.idle = p.idle[1:]
+	}
+	p.armTrimLocked(now)
+	p.mu.Unlock()
+	for _, sc := range stale {
+		sc.reclaim()
+	}
 }
 
 // removeIdle takes c off the idle list; it reports whether c was there.

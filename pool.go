@@ -870,7 +870,11 @@ func CallerDeadline(h http.Handler) http.Handler {
 // left: a response that runs until the connection closes is complete now;
 // a request the server provably never started goes back to the client as
 // not processed (see notRunLocked); anything else gets an error envelope
-// (it may have run).
+// (it may have run). The rest of a response that ends with the
+// connection is written before Close returns, or, once the Listener is
+// closing, by a goroutine of its own that ends when the client has it,
+// cancels or leaves (http.Server.Close must not wait for a client that
+// does not read).
 func (c *vconn) Close() error {
 	c.mu.Lock()
 	if c.closed {
@@ -924,12 +928,24 @@ func (c *vconn) Close() error {
 		}
 		c.l.holdVerdict(j, closedAt)
 	case finish:
-		for _, d := range j.resp.out {
-			out.write(d, j.abort, time.Time{})
+		end := func() {
+			for _, d := range j.resp.out {
+				out.write(d, j.abort, time.Time{})
+			}
+			// Sent before the request counts as finished, as a
+			// finished handler's response is.
+			out.drain(j.abort, time.Time{})
+			out.finish(j.resp.trailerList())
+			c.l.finished(j)
 		}
-		out.drain(j.abort, time.Time{})
-		out.finish(j.resp.trailerList())
-		c.l.finished(j)
+		if closing {
+			// http.Server.Close (the Listener closes first) must not
+			// wait for a client that does not read: the rest is sent
+			// meanwhile, until the client has it, cancels, or leaves.
+			go end()
+		} else {
+			end()
+		}
 	case whole != nil:
 		c.reply(j, whole, false)
 	case notRun && !c.l.closing.Load() && j.handoffs < maxHandoffs:

@@ -41,6 +41,7 @@ type sendStream struct {
 	taken    int64          // bytes the writer took
 	written  int64          // bytes the writer has written to the connection
 	waitEnd  int64          // the producer's write waits until written reaches this
+	waiters  int            // goroutines in await: the handler's Write and vconn.Close's drain may wait at once
 	blocks   []sendBlock    // the blocks small writes are copied into, oldest first; the last may have room
 	credit   int64          // bytes the receiver allows beyond what was taken
 	seq      uint64         // chunks taken
@@ -241,6 +242,20 @@ func (s *sendStream) drain(stop <-chan struct{}, deadline time.Time) error {
 // returns size, or on failure how many of them were written and the
 // error.
 func (s *sendStream) await(start, target int64, size int, ref bool, stop <-chan struct{}, deadline time.Time) (int, error) {
+	// space holds one token, and the writer sends one when the last
+	// write's bytes are written: a waiter that leaves passes it on to
+	// any other (http.Server.Close closes a connection, whose drain
+	// waits, while its handler waits in a Write).
+	s.l.mu.Lock()
+	s.waiters++
+	s.l.mu.Unlock()
+	defer func() {
+		s.l.mu.Lock()
+		if s.waiters--; s.waiters > 0 {
+			s.wake()
+		}
+		s.l.mu.Unlock()
+	}()
 	var expired <-chan time.Time
 	if !deadline.IsZero() {
 		t := time.NewTimer(time.Until(deadline))
@@ -253,10 +268,16 @@ func (s *sendStream) await(start, target int64, size int, ref bool, stop <-chan 
 			s.l.mu.Unlock()
 			return size, nil
 		}
-		if s.err != nil {
+		err := s.err
+		if err == nil && s.l.isDead() {
+			// A stream whose last chunk was taken left l.sends, so the
+			// link's close did not fail it: its unwritten bytes never
+			// will be.
+			err = errLinkLost
+		}
+		if err != nil {
 			// Failed: what was not taken is dropped; what was taken may
 			// be in the writer's hands until it has written it.
-			err := s.err
 			busy := ref && s.written < s.taken
 			n := int(min(max(s.written-start, 0), int64(size)))
 			s.l.mu.Unlock()
@@ -274,9 +295,13 @@ func (s *sendStream) await(start, target int64, size int, ref bool, stop <-chan 
 		select {
 		case <-s.space:
 		case <-stop:
+			// (An abort after the last chunk was taken does nothing: the
+			// write then waits for its bytes, without spinning on stop.)
 			s.abort(errStop)
+			stop = nil
 		case <-expired:
 			s.abort(errStop)
+			expired = nil
 		case <-s.l.dead:
 			// close has failed every stream: the next turn returns.
 		}
