@@ -116,8 +116,8 @@ func (a *acceptor) start(raw net.Conn, e *list.Element) {
 	defer a.wg.Done()
 	nc := newLiveConn(raw)
 	br, typ, info, err := a.handshake(nc)
-	if err == nil && testHookHandshook != nil {
-		testHookHandshook()
+	if hook := testHookHandshook.Load(); err == nil && hook != nil {
+		(*hook)()
 	}
 	a.mu.Lock()
 	a.hs.Remove(e) // no-op if evicted already
@@ -135,7 +135,7 @@ func (a *acceptor) start(raw net.Conn, e *list.Element) {
 
 // testHookHandshook, if set, runs when an accepted connection's handshake
 // succeeded, before it is served.
-var testHookHandshook func()
+var testHookHandshook atomic.Pointer[func()]
 
 // handshakeAs runs the handshake as a socket of type self and checks that
 // the peer is of one of the accepted types.

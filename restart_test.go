@@ -751,13 +751,14 @@ func TestCloseDuringHandshake(t *testing.T) {
 	mk := func() *http.Server { return &http.Server{Handler: mux} }
 	reached, release := make(chan struct{}), make(chan struct{})
 	var once sync.Once
-	testHookHandshook = func() {
+	hook := func() {
 		once.Do(func() {
 			close(reached)
 			<-release
 		})
 	}
-	defer func() { testHookHandshook = nil }()
+	testHookHandshook.Store(&hook)
+	defer testHookHandshook.Store(nil)
 	first, err := startRestartServer(ep, mk)
 	if err != nil {
 		t.Fatal(err)
