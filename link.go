@@ -153,6 +153,7 @@ type link struct {
 	sends       map[uint64]*sendStream
 	recvs       map[uint64]*recvStream
 	fin         bool // write what is queued, then close
+	copyBlocks  int  // sendBlocks held by the link's streams (copied writes not yet written)
 	// capsKnown: markReady ran; until then cancel keeps the ids it is
 	// given in earlyCancels (at most maxEarlyCancels), sent by markReady
 	// if the peer then turns out to act on CANCEL.

@@ -61,6 +61,12 @@ const (
 	// sendBufMax bounds the copied bytes of a stream not yet written: a
 	// write waits beyond it.
 	sendBufMax = 256 << 10
+	// maxLinkCopyBlocks bounds the blocks of copied bytes all the
+	// streams of one connection hold (4 MiB): past it a small write is
+	// referenced and waits, as a large one does, so that a peer that
+	// grants no credit to many running handlers holds no more than their
+	// own buffers.
+	maxLinkCopyBlocks = 64
 )
 
 // sendBlock is a buffer from wholeBodies that small writes are copied
@@ -77,6 +83,7 @@ func (s *sendStream) copyLocked(p []byte) {
 		n := len(s.blocks)
 		if n == 0 || len(s.blocks[n-1].b) == cap(s.blocks[n-1].b) {
 			s.blocks = append(s.blocks, sendBlock{b: wholeBodies.get()[:0]})
+			s.l.copyBlocks++
 			n++
 		}
 		blk := &s.blocks[n-1]
@@ -155,6 +162,7 @@ func (s *sendStream) wroteLocked(n int) {
 	for len(s.blocks) > 0 && s.blocks[0].end <= s.written {
 		// Written: nothing refers to the block any more.
 		wholeBodies.put(s.blocks[0].b)
+		s.l.copyBlocks--
 		s.blocks[0] = sendBlock{}
 		s.blocks = s.blocks[1:]
 	}
@@ -194,7 +202,7 @@ func (s *sendStream) write(p []byte, stop <-chan struct{}, deadline time.Time) (
 		return 0, errors.New("zmqhttp: write after the end of a streamed body")
 	}
 	start := s.handed
-	copied := len(p) <= copyWriteMax
+	copied := len(p) <= copyWriteMax && s.l.copyBlocks < maxLinkCopyBlocks
 	if copied {
 		s.copyLocked(p)
 	} else {
@@ -334,6 +342,7 @@ func (s *sendStream) failLocked(err error) {
 	}
 	s.err = err
 	s.pieces, s.pending, s.head = nil, 0, nil
+	s.l.copyBlocks -= len(s.blocks)
 	s.blocks = nil // the writer may still read some: left to the garbage collector
 	if s.l.sends[s.id] == s {
 		delete(s.l.sends, s.id)

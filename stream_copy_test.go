@@ -5,6 +5,8 @@ import (
 	"bytes"
 	"errors"
 	"net"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -117,4 +119,58 @@ func TestStreamCopiedWritesArriveIntact(t *testing.T) {
 	if want := <-wrote; !bytes.Equal(got.Bytes(), want) {
 		t.Fatalf("received %d bytes that differ from the %d written", got.Len(), len(want))
 	}
+}
+
+// The copied bytes of all the streams of one connection are bounded too
+// (maxLinkCopyBlocks): many handlers writing to a peer that reads nothing
+// hold a bounded amount, not sendBufMax each.
+func TestStreamCopiedBytesBoundedPerLink(t *testing.T) {
+	a, b := net.Pipe() // b is never read: nothing gets written
+	defer b.Close()
+	nc := newLiveConn(a)
+	l := newLink(nc, bufio.NewReader(nc), zmq4.Dealer, nopHandler{}, linkConfig{hbInterval: time.Hour, hbTimeout: 3 * time.Hour, server: true})
+	l.start()
+	defer func() { l.close(errLinkFinished); l.wait() }()
+	const streams = 40 // × sendBufMax = 10 MiB without the bound
+	stop := make(chan struct{})
+	var accepted atomic.Int64
+	var wg sync.WaitGroup
+	for i := range streams {
+		s, err := l.newSendStream(uint64(i+1), []byte{0xc0}, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			buf := make([]byte, 32<<10)
+			for {
+				n, err := s.write(buf, stop, time.Time{})
+				if err != nil {
+					return
+				}
+				accepted.Add(int64(n))
+			}
+		}()
+	}
+	// Let every writer reach its bound (bounded wait).
+	var last int64 = -1
+	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(200 * time.Millisecond) {
+		n := accepted.Load()
+		if n == last {
+			break
+		}
+		last = n
+	}
+	close(stop)
+	wg.Wait()
+	// 4 MiB (maxLinkCopyBlocks of 64 KiB) and two blocks' slack.
+	if got, limit := accepted.Load(), int64(4<<20+128<<10); got > limit {
+		t.Errorf("%d KiB of small writes returned on one connection to a peer that reads nothing; want at most %d KiB", got>>10, limit>>10)
+	}
+	l.mu.Lock()
+	if l.copyBlocks != 0 {
+		t.Errorf("%d copy blocks still counted after every stream failed", l.copyBlocks)
+	}
+	l.mu.Unlock()
 }
