@@ -105,7 +105,7 @@ func TestReview2CurveSecretKeyInError(t *testing.T) {
 func stallingBackend(t *testing.T, backend string) (got chan string, kill func()) {
 	t.Helper()
 	got = make(chan string, 16)
-	raw, err := net.Dial("tcp", strings.TrimPrefix(backend, "tcp://"))
+	raw, err := dialEndpoint(backend)
 	if err != nil {
 		t.Fatal(err)
 	}
