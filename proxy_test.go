@@ -44,6 +44,7 @@ func startProxy(t testing.TB, frontend, backend string, opts ...Option) *Proxy {
 }
 
 func frontendOf(p *Proxy) string { return "tcp://" + p.FrontendAddr().String() }
+
 // ipcBackend returns a unix socket endpoint of the test's own for a
 // Proxy's backend: unlike an ephemeral tcp port, no server of another
 // (parallel) test still dialling its own closed proxy can reach it.
