@@ -163,6 +163,9 @@ func TestStreamCopiedBytesBoundedPerLink(t *testing.T) {
 		last = n
 	}
 	close(stop)
+	// A referenced write returns only once the writer lets go of its
+	// bytes: end the connection, on which the writer is stuck.
+	l.close(errLinkFinished)
 	wg.Wait()
 	// 4 MiB (maxLinkCopyBlocks of 64 KiB) and two blocks' slack.
 	if got, limit := accepted.Load(), int64(4<<20+128<<10); got > limit {
