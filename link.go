@@ -154,10 +154,9 @@ type link struct {
 	recvs       map[uint64]*recvStream
 	fin         bool // write what is queued, then close
 	copyBlocks  int  // sendBlocks held by the link's streams (copied writes not yet written)
-	// capsKnown: markReady ran; until then cancel keeps the ids it is
-	// given in earlyCancels (at most maxEarlyCancels), sent by markReady
-	// if the peer then turns out to act on CANCEL.
-	capsKnown    bool
+	// earlyCancels: until ready is closed (under mu, by markReady),
+	// cancel keeps the ids it is given here (at most maxEarlyCancels),
+	// sent by markReady if the peer then turns out to act on CANCEL.
 	earlyCancels []uint64
 }
 
@@ -220,11 +219,10 @@ func (l *link) wait() { l.wg.Wait() }
 func (l *link) markReady() {
 	l.readyOnce.Do(func() {
 		l.mu.Lock()
-		l.capsKnown = true
+		close(l.ready)
 		early := l.earlyCancels
 		l.earlyCancels = nil
 		l.mu.Unlock()
-		close(l.ready)
 		if l.has(capCancel) {
 			for _, id := range early {
 				l.sendCtrl(&envelope{Version: ProtocolVersion, Kind: KindCancel, ID: id})
@@ -235,9 +233,12 @@ func (l *link) markReady() {
 
 func (l *link) has(capability uint64) bool { return l.caps.Load()&capability != 0 }
 
-func (l *link) isDead() bool {
+func (l *link) isDead() bool { return isClosed(l.dead) }
+
+// isClosed reports whether ch, which is only ever closed, is closed.
+func isClosed(ch <-chan struct{}) bool {
 	select {
-	case <-l.dead:
+	case <-ch:
 		return true
 	default:
 		return false
@@ -329,21 +330,22 @@ func (l *link) send(m outMsg, stop <-chan struct{}, stall time.Duration) error {
 			}
 			stalled = timer.C
 		}
+		var err error
 		l.sendWaits.Add(1)
 		select {
 		case <-space:
 		case <-stop:
-			l.sendWaits.Add(-1)
-			return errStop
+			err = errStop
 		case <-l.dead:
-			l.sendWaits.Add(-1)
-			return l.err
+			err = l.err
 		case <-stalled:
-			l.sendWaits.Add(-1)
+			err = errSlowPeer
 			l.close(errSlowPeer)
-			return errSlowPeer
 		}
 		l.sendWaits.Add(-1)
+		if err != nil {
+			return err
+		}
 		l.mu.Lock()
 	}
 	if l.isDead() {
@@ -783,16 +785,13 @@ func (l *link) readFailed(err error, route [][]byte, reported bool) bool {
 	var oe *oversizeError
 	switch {
 	case errors.As(err, &oe):
-		_, kind, id, ok := peekHead(oe.head)
-		if ok && kindOf(kind) == KindRequest {
-			l.reqsRead.Add(1)
+		var kind Kind // 0: unknown
+		_, k, id, ok := peekHead(oe.head)
+		if ok {
+			kind = kindOf(k)
 		}
-		if ok && kindOf(kind) == KindChunk && route == nil {
-			l.failRecv(id, err)
-		}
-		if !reported { // reported: the handler was told as its head arrived
-			l.h.bad(l, route, err)
-		}
+		// reported: the handler was told as its head arrived.
+		l.dropped(kind, id, route, err, !reported)
 		return false
 	case err == errNotEnvelope:
 		l.h.bad(l, route, err)
@@ -805,17 +804,29 @@ func (l *link) readFailed(err error, route [][]byte, reported bool) bool {
 	return true
 }
 
-// badEnvelope reports a message that did not decode to the handler (a
-// request among them still counts for DRAINING's watermark).
+// badEnvelope reports a message that did not decode to the handler.
 func (l *link) badEnvelope(err error, route [][]byte) {
-	var ie *idError
-	switch {
-	case errors.As(err, &ie) && ie.kind == KindRequest:
-		l.reqsRead.Add(1)
-	case ie != nil && ie.kind == KindChunk && route == nil:
-		l.failRecv(ie.id, err)
+	var kind Kind // 0: unknown
+	var id uint64
+	if ie := (*idError)(nil); errors.As(err, &ie) {
+		kind, id = ie.kind, ie.id
 	}
-	l.h.bad(l, route, err)
+	l.dropped(kind, id, route, err, true)
+}
+
+// dropped accounts for a message of the given kind (0 if unknown) that
+// was dropped: a request still counts for DRAINING's watermark, a chunk
+// fails its stream; the handler is told if report.
+func (l *link) dropped(kind Kind, id uint64, route [][]byte, err error, report bool) {
+	switch {
+	case kind == KindRequest:
+		l.reqsRead.Add(1)
+	case kind == KindChunk && route == nil:
+		l.failRecv(id, err)
+	}
+	if report {
+		l.h.bad(l, route, err)
+	}
 }
 
 // testHookClientHello, if set, runs when a client link's reader is about
@@ -875,7 +886,7 @@ func (l *link) recvChunk(env *envelope, frame []byte) {
 // the first requests on a new connection are written before that answer.
 func (l *link) cancel(id uint64) {
 	l.mu.Lock()
-	if !l.capsKnown {
+	if !isClosed(l.ready) {
 		if len(l.earlyCancels) < maxEarlyCancels {
 			l.earlyCancels = append(l.earlyCancels, id)
 		}

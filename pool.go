@@ -75,14 +75,7 @@ type job struct {
 // the capability on a direct connection.
 func (j *job) streams() bool { return j.route == nil && j.peer.has(capStream) }
 
-func (j *job) canceled() bool {
-	select {
-	case <-j.abort:
-		return true
-	default:
-		return false
-	}
-}
+func (j *job) canceled() bool { return isClosed(j.abort) }
 
 // cancel ends the job: queued, it will not run; running, its connection's
 // reads end (the server cancels r.Context()) and its writes fail.
