@@ -331,26 +331,19 @@ const transitAllowance = time.Millisecond
 // elsewhere; a basic peer gets 503 with Retry-After.
 func (p *peer) notProcessed(rt *route, id uint64, why string) {
 	p.l.stats.drained.Add(1)
-	if rt != nil {
-		// Through a device: no DRAINING (the connection is the
-		// device's); the client sends it again through the device.
-		if rt.caps&capDrain != 0 {
-			p.replyCtrl(rt, errorEnvelope(id, errCodeNotProcessed, why))
-		} else {
-			p.replyCtrl(rt, simpleResponse(id, 503, why, "Retry-After", strconv.Itoa(p.l.cfg.retryAfterSeconds())))
-		}
+	// Through a device there is no DRAINING (the connection is the
+	// device's): the client sends it again through the device.
+	drains := rt == nil && p.has(capDrain)
+	if drains && p.l.closing.Load() {
+		p.mu.Lock()
+		p.ensureDrainingLocked() // DRAINING first: the client sends nothing more here
+		p.mu.Unlock()
+	}
+	if drains || (rt != nil && rt.caps&capDrain != 0) {
+		p.replyCtrl(rt, errorEnvelope(id, errCodeNotProcessed, why))
 		return
 	}
-	if p.has(capDrain) {
-		if p.l.closing.Load() {
-			p.mu.Lock()
-			p.ensureDrainingLocked() // DRAINING first: the client sends nothing more here
-			p.mu.Unlock()
-		}
-		p.replyCtrl(nil, errorEnvelope(id, errCodeNotProcessed, why))
-		return
-	}
-	p.replyCtrl(nil, simpleResponse(id, 503, why, "Retry-After", strconv.Itoa(p.l.cfg.retryAfterSeconds())))
+	p.replyCtrl(rt, simpleResponse(id, 503, why, "Retry-After", strconv.Itoa(p.l.cfg.retryAfterSeconds())))
 }
 
 // cancel ends request id: a queued request is dropped before it runs; a
@@ -481,13 +474,7 @@ func (p *peer) addIdle(c *vconn) bool {
 		p.mu.Unlock()
 		return false
 	}
-	// The list is oldest first (popIdleLocked takes the newest).
-	var stale []*vconn
-	for len(p.idle) >= maxIdlePerPeer && now.Sub(p.idle[0].idleSince) > idleTrimFor() {
-		stale = append(stale, p.idle[0])
-		p.idle[0] = nil
-		p.idle = p.idle[1:]
-	}
+	stale := p.takeStaleLocked(maxIdlePerPeer-1, now) // room for c
 	c.idleSince = now
 	p.idle = append(p.idle, c)
 	p.armTrimLocked(now)
@@ -513,16 +500,24 @@ func (p *peer) armTrimLocked(now time.Time) {
 
 // trimIdle asks the idle connections beyond maxIdlePerPeer that waited
 // longer than idleTrim to end (armTrimLocked's timer).
-func (p *peer) trimIdle() {
-	now := time.Now()
-	p.mu.Lock()
-	p.trimArmed = false
+// takeStaleLocked takes off the idle list (oldest first; popIdleLocked
+// takes the newest) the connections idle longer than idleTrimFor, while it
+// holds more than keep; the caller reclaims them once p.mu is released.
+func (p *peer) takeStaleLocked(keep int, now time.Time) []*vconn {
 	var stale []*vconn
-	for len(p.idle) > maxIdlePerPeer && now.Sub(p.idle[0].idleSince) > idleTrimFor() {
+	for len(p.idle) > keep && now.Sub(p.idle[0].idleSince) > idleTrimFor() {
 		stale = append(stale, p.idle[0])
 		p.idle[0] = nil
 		p.idle = p.idle[1:]
 	}
+	return stale
+}
+
+func (p *peer) trimIdle() {
+	now := time.Now()
+	p.mu.Lock()
+	p.trimArmed = false
+	stale := p.takeStaleLocked(maxIdlePerPeer, now)
 	p.armTrimLocked(now)
 	p.mu.Unlock()
 	for _, sc := range stale {

@@ -203,16 +203,15 @@ func (s *sendStream) write(p []byte, stop <-chan struct{}, deadline time.Time) (
 	}
 	start := s.handed
 	copied := len(p) <= copyWriteMax && s.l.copyBlocks < maxLinkCopyBlocks
+	var target int64 // write returns once written reaches it
 	if copied {
 		s.copyLocked(p)
+		target = s.handed - sendBufMax
 	} else {
 		s.pieces = append(s.pieces, p)
 		s.pending += len(p)
 		s.handed += int64(len(p))
-	}
-	target := s.handed
-	if copied {
-		target -= sendBufMax
+		target = s.handed
 	}
 	s.waitEnd = target
 	s.activateLocked()
