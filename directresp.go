@@ -923,24 +923,13 @@ func (c *directCall) renderEnvelope(streamed bool) *envelope {
 	if text := http.StatusText(c.status); text == "" {
 		e.Message = "status code " + strconv.Itoa(c.status)
 	}
-	switch {
-	case c.noBody:
-		e.ContentLength = 0
-	case c.chunking:
-		e.ContentLength = -1
-	case c.untilClose:
-		e.ContentLength = -1
-		e.Flags |= flagBodyUntilClose
-	case streamed:
-		e.ContentLength = c.contentLength
-	default:
-		e.ContentLength = int64(len(c.buf))
+	if c.noBody {
+		e.setFraming(false, false, streamed, 0, 0)
+		return e
 	}
-	if streamed {
-		e.Flags |= flagStreamed
-	} else if !c.noBody {
-		e.Body = c.buf
-		e.Trailer = c.trailerKV()
+	e.setFraming(c.chunking, c.untilClose, streamed, c.contentLength, len(c.buf))
+	if !streamed {
+		e.Body, e.Trailer = c.buf, c.trailerKV()
 	}
 	return e
 }
