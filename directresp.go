@@ -314,15 +314,10 @@ func relevantCaller() runtime.Frame {
 	pc := make([]uintptr, 16)
 	n := runtime.Callers(1, pc)
 	frames := runtime.CallersFrames(pc[:n])
-	var frame runtime.Frame
 	for {
 		f, more := frames.Next()
-		if !strings.HasPrefix(f.Function, "net/http.") && !strings.HasPrefix(f.Function, "github.com/zmqhttp/zmqhttp.") {
-			return f
-		}
-		frame = f
-		if !more {
-			return frame
+		if !more || !strings.HasPrefix(f.Function, "net/http.") && !strings.HasPrefix(f.Function, "github.com/zmqhttp/zmqhttp.") {
+			return f // the last frame if all are ours
 		}
 	}
 }
