@@ -3,6 +3,7 @@ package zmqhttp
 import (
 	"context"
 	"io"
+	"maps"
 	"net"
 	"net/http"
 	"net/textproto"
@@ -462,10 +463,7 @@ func (b *directBody) end(kv []string) {
 		b.trailer = make(http.Header)
 		b.c.req.Trailer = b.trailer
 	}
-	got := headerFromPairs(kv)
-	for k, v := range got {
-		b.trailer[k] = v
-	}
+	maps.Copy(b.trailer, headerFromPairs(kv))
 }
 
 // Close ends the body: later reads fail.

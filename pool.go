@@ -75,6 +75,9 @@ type job struct {
 // the capability on a direct connection.
 func (j *job) streams() bool { return j.route == nil && j.peer.has(capStream) }
 
+// late reports whether j's deadline (if any) has passed.
+func (j *job) late() bool { return !j.deadline.IsZero() && !time.Now().Before(j.deadline) }
+
 func (j *job) canceled() bool {
 	select {
 	case <-j.abort:
@@ -118,7 +121,7 @@ func (l *Listener) dropQueued(j *job) {
 	l.queue = slices.Delete(l.queue, i, i+1)
 	l.queuedBytes -= j.size
 	l.mu.Unlock()
-	if !j.deadline.IsZero() && !time.Now().Before(j.deadline) {
+	if j.late() {
 		l.stats.expired.Add(1)
 	}
 	if j.frame != nil { // nobody else has it: it left the queue unassigned
@@ -178,11 +181,7 @@ func (l *Listener) dispatch(j *job) {
 // start hands j, which holds a worker slot, to an idle connection of its
 // peer or to Accept.
 func (l *Listener) start(j *job) {
-	if j.canceled() {
-		if !j.deadline.IsZero() && !time.Now().Before(j.deadline) {
-			l.stats.expired.Add(1)
-		}
-		l.finished(j)
+	if l.dropCanceled(j) {
 		return
 	}
 	if d := l.direct.Load(); d != nil {
@@ -209,6 +208,19 @@ func (l *Listener) start(j *job) {
 	case l.acceptWake <- struct{}{}:
 	default:
 	}
+}
+
+// dropCanceled finishes j, unserved, if its caller gave up on it
+// (counted as expired if its deadline passed), and reports whether it did.
+func (l *Listener) dropCanceled(j *job) bool {
+	if !j.canceled() {
+		return false
+	}
+	if j.late() {
+		l.stats.expired.Add(1)
+	}
+	l.finished(j)
+	return true
 }
 
 // finished records that j is answered (or dropped): its worker slot goes
@@ -776,8 +788,7 @@ func (c *vconn) Write(p []byte) (int, error) {
 // (its body is the parser's own copy): a small body, copied into the
 // reply's encoding, goes to the buffer pool.
 func (c *vconn) reply(j *job, e *envelope, pooled bool) {
-	late := !j.deadline.IsZero() && !time.Now().Before(j.deadline)
-	if !j.canceled() && !late {
+	if !j.canceled() && !j.late() {
 		c.peer.reply(j.route, e, pooled)
 	}
 	if !pooled && len(e.Body) > 0 && len(e.Body) < refMin {
