@@ -268,12 +268,17 @@ func (c *directCall) refuse(ref *statusRefusal) {
 func (c *directCall) Header() http.Header {
 	if !c.snapTaken && c.wroteHeader && !c.committed {
 		// Changes after WriteHeader are not sent (net/http snapshots).
-		c.snap = c.flatten(c.handlerHeader, c.snap[:0])
-		c.snapNil = nilFields(c.handlerHeader)
-		c.snapTaken = true
+		c.snapshot()
 	}
 	c.calledHeader = true
 	return c.handlerHeader
+}
+
+// snapshot takes the header as it stands: what commit will send.
+func (c *directCall) snapshot() {
+	c.snap = c.flatten(c.handlerHeader, c.w.kv[:0])
+	c.snapNil = nilFields(c.handlerHeader)
+	c.snapTaken = true
 }
 
 // WriteHeader sends the status code (1xx codes other than 101 are
@@ -293,9 +298,7 @@ func (c *directCall) WriteHeader(code int) {
 	c.wroteHeader = true
 	c.status = code
 	if c.calledHeader && !c.snapTaken {
-		c.snap = c.flatten(c.handlerHeader, c.w.kv[:0])
-		c.snapNil = nilFields(c.handlerHeader)
-		c.snapTaken = true
+		c.snapshot()
 	}
 	if cl := c.handlerHeader.Get("Content-Length"); cl != "" {
 		v, err := strconv.ParseInt(cl, 10, 64)
