@@ -243,7 +243,11 @@ func (w *directWorker) loop() {
 // is closing (then it goes back as not processed: no handler saw it).
 func (w *directWorker) run(j *job) {
 	l := w.d.l
-	if l.dropCanceled(j) {
+	if j.canceled() {
+		if !j.deadline.IsZero() && !time.Now().Before(j.deadline) {
+			l.stats.expired.Add(1)
+		}
+		l.finished(j)
 		return
 	}
 	if l.closing.Load() {

@@ -3,7 +3,6 @@ package zmqhttp
 import (
 	"context"
 	"io"
-	"maps"
 	"net"
 	"net/http"
 	"net/textproto"
@@ -463,7 +462,10 @@ func (b *directBody) end(kv []string) {
 		b.trailer = make(http.Header)
 		b.c.req.Trailer = b.trailer
 	}
-	maps.Copy(b.trailer, headerFromPairs(kv))
+	got := headerFromPairs(kv)
+	for k, v := range got {
+		b.trailer[k] = v
+	}
 }
 
 // Close ends the body: later reads fail.

@@ -89,7 +89,7 @@ type directCall struct {
 
 // abortCtx is called by job.cancel: the caller gave up.
 func (c *directCall) abortCtx() {
-	if c.j.late() {
+	if dl := c.j.deadline; !dl.IsZero() && !time.Now().Before(dl) {
 		c.cancelWith(context.DeadlineExceeded)
 		return
 	}
@@ -970,7 +970,8 @@ func (c *directCall) sendWhole() error {
 // gone or late) and frees its worker slot.
 func (c *directCall) replyWhole(e *envelope, pooled bool) {
 	j := c.j
-	if !j.canceled() && !j.late() {
+	late := !j.deadline.IsZero() && !time.Now().Before(j.deadline)
+	if !j.canceled() && !late {
 		j.peer.reply(j.route, e, pooled)
 	} else if pooled {
 		wholeBodies.put(e.Body)

@@ -75,9 +75,6 @@ type job struct {
 // the capability on a direct connection.
 func (j *job) streams() bool { return j.route == nil && j.peer.has(capStream) }
 
-// late reports whether j's deadline (if any) has passed.
-func (j *job) late() bool { return !j.deadline.IsZero() && !time.Now().Before(j.deadline) }
-
 func (j *job) canceled() bool {
 	select {
 	case <-j.abort:
@@ -121,7 +118,7 @@ func (l *Listener) dropQueued(j *job) {
 	l.queue = slices.Delete(l.queue, i, i+1)
 	l.queuedBytes -= j.size
 	l.mu.Unlock()
-	if j.late() {
+	if !j.deadline.IsZero() && !time.Now().Before(j.deadline) {
 		l.stats.expired.Add(1)
 	}
 	if j.frame != nil { // nobody else has it: it left the queue unassigned
@@ -181,7 +178,11 @@ func (l *Listener) dispatch(j *job) {
 // start hands j, which holds a worker slot, to an idle connection of its
 // peer or to Accept.
 func (l *Listener) start(j *job) {
-	if l.dropCanceled(j) {
+	if j.canceled() {
+		if !j.deadline.IsZero() && !time.Now().Before(j.deadline) {
+			l.stats.expired.Add(1)
+		}
+		l.finished(j)
 		return
 	}
 	if d := l.direct.Load(); d != nil {
@@ -208,19 +209,6 @@ func (l *Listener) start(j *job) {
 	case l.acceptWake <- struct{}{}:
 	default:
 	}
-}
-
-// dropCanceled finishes j, unserved, if its caller gave up on it
-// (counted as expired if its deadline passed), and reports whether it did.
-func (l *Listener) dropCanceled(j *job) bool {
-	if !j.canceled() {
-		return false
-	}
-	if j.late() {
-		l.stats.expired.Add(1)
-	}
-	l.finished(j)
-	return true
 }
 
 // finished records that j is answered (or dropped): its worker slot goes
@@ -788,7 +776,8 @@ func (c *vconn) Write(p []byte) (int, error) {
 // (its body is the parser's own copy): a small body, copied into the
 // reply's encoding, goes to the buffer pool.
 func (c *vconn) reply(j *job, e *envelope, pooled bool) {
-	if !j.canceled() && !j.late() {
+	late := !j.deadline.IsZero() && !time.Now().Before(j.deadline)
+	if !j.canceled() && !late {
 		c.peer.reply(j.route, e, pooled)
 	}
 	if !pooled && len(e.Body) > 0 && len(e.Body) < refMin {
