@@ -71,13 +71,19 @@ func (c *directCall) buildRequest() *statusRefusal {
 		n++
 		headLen += len(name) + 2 + len(e.Header[i+1]) + 2
 	}
+	// Trailers the envelope carries that no Trailer field announced:
+	// requestBytes announces them.
+	var undeclared []string
+	if chunked && len(e.Trailer) > 0 && !declared && !streamed {
+		undeclared = trailerNames(e.Trailer)
+	}
 	var clValue string
 	switch {
 	case chunked:
 		headLen += len("Transfer-Encoding: chunked\r\n")
-		if len(e.Trailer) > 0 && !declared && !streamed {
+		if len(undeclared) > 0 {
 			headLen += len("Trailer: \r\n")
-			for i, name := range trailerNames(e.Trailer) {
+			for i, name := range undeclared {
 				if i > 0 {
 					headLen += 2
 				}
@@ -159,11 +165,9 @@ func (c *directCall) buildRequest() *statusRefusal {
 			h[name] = vals[start : start+1 : start+1]
 		}
 	}
-	if chunked && len(e.Trailer) > 0 && !declared && !streamed {
-		for _, name := range trailerNames(e.Trailer) {
-			if bad := addTrailerKeys(name); bad != nil {
-				return bad
-			}
+	for _, name := range undeclared {
+		if bad := addTrailerKeys(name); bad != nil {
+			return bad
 		}
 	}
 	if clValue != "" {

@@ -51,11 +51,10 @@ type directCall struct {
 
 	// dlMu guards the deadlines (SetReadDeadline, SetWriteDeadline may be
 	// called from any goroutine).
-	dlMu          sync.Mutex
-	readDL        time.Time
-	writeDL       time.Time
-	ctxEnded      atomic.Bool // cancel was called
-	canceledByJob atomic.Bool
+	dlMu     sync.Mutex
+	readDL   time.Time
+	writeDL  time.Time
+	ctxEnded atomic.Bool // cancel was called
 
 	// The response's state, owned by the handler's goroutine (a
 	// ResponseWriter is not safe for concurrent use).
@@ -90,7 +89,6 @@ type directCall struct {
 
 // abortCtx is called by job.cancel: the caller gave up.
 func (c *directCall) abortCtx() {
-	c.canceledByJob.Store(true)
 	if dl := c.j.deadline; !dl.IsZero() && !time.Now().Before(dl) {
 		c.cancelWith(context.DeadlineExceeded)
 		return
@@ -173,12 +171,12 @@ func (c *directCall) serve() {
 			wholeFrames.put(frame)
 		}()
 	}
-	if ref := c.buildRequest(); ref != nil {
-		j.doneUnread()
+	ref := c.buildRequest()
+	j.doneUnread()
+	if ref != nil {
 		c.refuse(ref)
 		return
 	}
-	j.doneUnread()
 	ctx := c.newCtx(w.ctxFor(j.peer))
 	w.mu.Lock()
 	w.cur = c // for kill, once cancel is set
@@ -270,12 +268,17 @@ func (c *directCall) refuse(ref *statusRefusal) {
 func (c *directCall) Header() http.Header {
 	if !c.snapTaken && c.wroteHeader && !c.committed {
 		// Changes after WriteHeader are not sent (net/http snapshots).
-		c.snap = c.flatten(c.handlerHeader, c.snap[:0])
-		c.snapNil = nilFields(c.handlerHeader)
-		c.snapTaken = true
+		c.snapshot()
 	}
 	c.calledHeader = true
 	return c.handlerHeader
+}
+
+// snapshot takes the header as it stands: what commit will send.
+func (c *directCall) snapshot() {
+	c.snap = c.flatten(c.handlerHeader, c.w.kv[:0])
+	c.snapNil = nilFields(c.handlerHeader)
+	c.snapTaken = true
 }
 
 // WriteHeader sends the status code (1xx codes other than 101 are
@@ -295,11 +298,9 @@ func (c *directCall) WriteHeader(code int) {
 	c.wroteHeader = true
 	c.status = code
 	if c.calledHeader && !c.snapTaken {
-		c.snap = c.flatten(c.handlerHeader, c.w.kv[:0])
-		c.snapNil = nilFields(c.handlerHeader)
-		c.snapTaken = true
+		c.snapshot()
 	}
-	if cl := headerGet(c.handlerHeader, "Content-Length"); cl != "" {
+	if cl := c.handlerHeader.Get("Content-Length"); cl != "" {
 		v, err := strconv.ParseInt(cl, 10, 64)
 		if err == nil && v >= 0 {
 			c.contentLength = v
@@ -316,24 +317,12 @@ func relevantCaller() runtime.Frame {
 	pc := make([]uintptr, 16)
 	n := runtime.Callers(1, pc)
 	frames := runtime.CallersFrames(pc[:n])
-	var frame runtime.Frame
 	for {
 		f, more := frames.Next()
-		if !strings.HasPrefix(f.Function, "net/http.") && !strings.HasPrefix(f.Function, "github.com/zmqhttp/zmqhttp.") {
-			return f
-		}
-		frame = f
-		if !more {
-			return frame
+		if !more || !strings.HasPrefix(f.Function, "net/http.") && !strings.HasPrefix(f.Function, "github.com/zmqhttp/zmqhttp.") {
+			return f // the last frame if all are ours
 		}
 	}
-}
-
-func headerGet(h http.Header, key string) string {
-	if v := h[key]; len(v) > 0 {
-		return v[0]
-	}
-	return ""
 }
 
 func bodyAllowedForStatus(status int) bool {
@@ -552,7 +541,7 @@ func (c *directCall) flatten(h http.Header, kv []string) []string {
 		}
 		for _, v := range h[k] {
 			if strings.ContainsAny(v, "\r\n") {
-				v = strings.NewReplacer("\n", " ", "\r", " ").Replace(v)
+				v = newlineToSpace.Replace(v)
 			}
 			kv = append(kv, k, textproto.TrimString(v))
 		}
@@ -561,6 +550,10 @@ func (c *directCall) flatten(h http.Header, kv []string) []string {
 	c.w.keys = keys[:0]
 	return kv
 }
+
+// newlineToSpace makes a header value's line breaks spaces, as net/http
+// does when it writes the header.
+var newlineToSpace = strings.NewReplacer("\n", " ", "\r", " ")
 
 // The fields whose mere presence in the handler's header, even with a
 // nil value, stops net/http from adding them (nilFields).
@@ -671,24 +664,27 @@ func (c *directCall) commit(p []byte) {
 			})
 		}
 	}
+	// Transfer-Encoding is read here; the responseSkip filter at the end
+	// drops it (in any spelling) from what is sent.
 	te := kvGet(hdr, "Transfer-Encoding")
 	hasTE := te != ""
 	code := c.status
+	bodyOK := bodyAllowedForStatus(code)
 	var setCL, setCT string
-	if c.handlerDone && !trailers && !hasTE && bodyAllowedForStatus(code) && !has("Content-Length", nilContentLength) && (!isHEAD || len(p) > 0) {
+	if c.handlerDone && !trailers && !hasTE && bodyOK && !has("Content-Length", nilContentLength) && (!isHEAD || len(p) > 0) {
 		c.contentLength = int64(len(p))
 		setCL = itoa(int64(len(p)))
 	}
 	hasCL := c.contentLength != -1
-	if bodyAllowedForStatus(code) {
+	if bodyOK {
 		if !has("Content-Type", nilContentType) && kvGet(hdr, "Content-Encoding") == "" && !hasTE && len(p) > 0 {
-			setCT = http.DetectContentType(p[:min(len(p), 512)])
+			setCT = http.DetectContentType(p) // it reads at most 512 bytes
 		}
 	} else {
 		if code == http.StatusNotModified {
 			hdr = kvDel(hdr, "Content-Type")
 		}
-		hdr = kvDel(kvDel(hdr, "Content-Length"), "Transfer-Encoding")
+		hdr = kvDel(hdr, "Content-Length")
 	}
 	setDate := !has("Date", nilDate)
 	if hasCL && hasTE && te != "identity" {
@@ -697,17 +693,13 @@ func (c *directCall) commit(p []byte) {
 		hasCL = false
 	}
 	switch {
-	case isHEAD || !bodyAllowedForStatus(code):
-		hdr = kvDel(hdr, "Transfer-Encoding")
+	case isHEAD || !bodyOK:
 		c.noBody = true
 	case hasCL:
-		hdr = kvDel(hdr, "Transfer-Encoding")
 	case hasTE && te == "identity":
 		c.untilClose = true
-		hdr = kvDel(hdr, "Transfer-Encoding")
 	default:
 		c.chunking = true
-		hdr = kvDel(hdr, "Transfer-Encoding")
 	}
 	if c.chunking {
 		hdr = kvDel(hdr, "Content-Length")
@@ -929,38 +921,24 @@ func (c *directCall) renderEnvelope(streamed bool) *envelope {
 	if text := http.StatusText(c.status); text == "" {
 		e.Message = "status code " + strconv.Itoa(c.status)
 	}
-	switch {
-	case c.noBody:
-		e.ContentLength = 0
-	case c.chunking:
-		e.ContentLength = -1
-	case c.untilClose:
-		e.ContentLength = -1
-		e.Flags |= flagBodyUntilClose
-	case streamed:
-		e.ContentLength = c.contentLength
-	default:
-		e.ContentLength = int64(len(c.buf))
+	if c.noBody {
+		e.setFraming(false, false, streamed, 0, 0)
+		return e
 	}
-	if streamed {
-		e.Flags |= flagStreamed
-	} else if !c.noBody {
-		e.Body = c.buf
-		e.Trailer = c.trailerKV()
+	e.setFraming(c.chunking, c.untilClose, streamed, c.contentLength, len(c.buf))
+	if !streamed {
+		e.Body, e.Trailer = c.buf, c.trailerKV()
 	}
 	return e
 }
 
 // sendWhole sends the complete response in one envelope.
 func (c *directCall) sendWhole() error {
-	c.replied = true
 	j := c.j
-	if c.untilClose || c.chunking {
-		if int64(len(c.buf)) > c.w.d.l.cfg.limits.maxBodyBytes() && !j.streams() {
-			c.replied = false
-			return c.fail(ErrBodyTooLarge)
-		}
+	if (c.untilClose || c.chunking) && int64(len(c.buf)) > c.w.d.l.cfg.limits.maxBodyBytes() && !j.streams() {
+		return c.fail(ErrBodyTooLarge)
 	}
+	c.replied = true
 	if dl := c.writeDeadline(); !dl.IsZero() && !time.Now().Before(dl) {
 		// The server's write fails: the connection closes without a
 		// complete response.

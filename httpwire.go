@@ -459,23 +459,32 @@ func (p *respParser) render(id uint64, streamed bool) *envelope {
 	if p.reason != http.StatusText(p.status) {
 		e.Message = p.reason
 	}
-	switch {
-	case p.chunked:
-		e.ContentLength = -1
-	case p.untilClose || p.state == psUntilClose:
-		e.ContentLength = -1
-		e.Flags |= flagBodyUntilClose
-	case streamed:
-		e.ContentLength = p.declared
-	default:
-		e.ContentLength = int64(len(p.body))
-	}
-	if streamed {
-		e.Flags |= flagStreamed
-	} else {
+	e.setFraming(p.chunked, p.untilClose || p.state == psUntilClose, streamed, p.declared, len(p.body))
+	if !streamed {
 		e.Body, e.Trailer = p.body, p.trailer
 	}
 	return e
+}
+
+// setFraming sets a response envelope's ContentLength and Flags (both
+// sides' renderers share it): no length for a chunked body or one that
+// runs until the connection closes (flagged so), the declared length
+// (-1: none) for the head of a stream, else n, the whole body's length.
+func (e *envelope) setFraming(chunked, untilClose, streamed bool, declared int64, n int) {
+	switch {
+	case chunked:
+		e.ContentLength = -1
+	case untilClose:
+		e.ContentLength = -1
+		e.Flags |= flagBodyUntilClose
+	case streamed:
+		e.ContentLength = declared
+	default:
+		e.ContentLength = int64(n)
+	}
+	if streamed {
+		e.Flags |= flagStreamed
+	}
 }
 
 // skipFields removes the fields named in skip from kv, in place.
