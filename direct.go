@@ -79,8 +79,11 @@ import (
 // once the Listener is closed and their handlers have returned.
 //
 // A Listener is served by Serve or by an http.Server's Serve, never both;
-// Serve fails if l is served by Serve already.
+// Serve fails if l is served by Serve already, or if l or srv is nil.
 func Serve(l *Listener, srv *http.Server) error {
+	if l == nil || srv == nil {
+		return errors.New("zmqhttp: Serve: nil Listener or http.Server")
+	}
 	d := &directServer{
 		l:       l,
 		srv:     srv,

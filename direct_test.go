@@ -593,3 +593,19 @@ func TestDirectBodyEOFWithData(t *testing.T) {
 		t.Errorf("one Read of a 12-byte body: %q, want 12 EOF", b)
 	}
 }
+
+// TestDirectServeNil: Serve with a nil Listener or Server is a clear
+// error, not a panic.
+func TestDirectServeNil(t *testing.T) {
+	l, err := Listen("tcp://127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	if err := Serve(l, nil); err == nil {
+		t.Error("Serve(l, nil) returned nil")
+	}
+	if err := Serve(nil, &http.Server{}); err == nil {
+		t.Error("Serve(nil, srv) returned nil")
+	}
+}
